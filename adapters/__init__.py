@@ -1,0 +1,1 @@
+"""Channels end users write from: Slack, Telegram and the web widget."""

@@ -1,0 +1,157 @@
+"""The `snapdesk` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from engine.base import ChatMessage, EngineError, GenerationRequest, ModelLoadError
+from engine.images import ImageRejected, prepare_image
+
+from .engine_setup import make_engine
+from .settings import Settings, get_settings
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"snapdesk: {message}", file=sys.stderr)
+    return code
+
+
+def _settings_with(args: argparse.Namespace) -> Settings:
+    settings = get_settings()
+    overrides = {}
+    if getattr(args, "model", None):
+        overrides["model"] = args.model
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from engine.tiny import build_tiny_checkpoint
+
+    started = time.perf_counter()
+    path = build_tiny_checkpoint(args.directory)
+    print(f"wrote a tiny random-weight Qwen3-VL checkpoint to {path} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+class _UnusableImage(Exception):
+    """A --image file that cannot be used, with the reason to print."""
+
+
+def _read_images(paths: list[str], settings: Settings) -> list:
+    images = []
+    for name in paths:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            raise _UnusableImage(f"cannot read {name}: {exc.strerror or exc}") from None
+        try:
+            images.append(prepare_image(data, settings.image_limits()).image)
+        except ImageRejected as exc:
+            raise _UnusableImage(f"{name}: {exc.message('en')} ({exc.reason})") from None
+    return images
+
+
+async def _ask(engine, request: GenerationRequest, stream_to_stdout: bool):
+    stream = engine.stream(request)
+    async for delta in stream:
+        if stream_to_stdout:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    return await stream.result()
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    settings = _settings_with(args)
+    try:
+        images = _read_images(args.image or [], settings)
+    except _UnusableImage as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    request = GenerationRequest(
+        messages=(ChatMessage.of("user", *images, args.text),),
+        max_new_tokens=args.max_new_tokens or settings.max_new_tokens,
+    )
+    engine = make_engine(settings)
+    try:
+        engine.start()
+    except ModelLoadError as exc:
+        return _fail(str(exc))
+    try:
+        generation = asyncio.run(_ask(engine, request, stream_to_stdout=not args.json))
+    except EngineError as exc:
+        return _fail(f"the engine could not answer: {exc}")
+    finally:
+        engine.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "reply": generation.text,
+                    "confidence": generation.confidence,
+                    "min_token_prob": generation.min_token_prob,
+                    "finish_reason": generation.finish_reason,
+                    "prompt_tokens": generation.prompt_tokens,
+                    "image_tokens": generation.image_tokens,
+                    "completion_tokens": generation.completion_tokens,
+                    "latency_ms": round(generation.timings.total_ms, 1),
+                    "first_token_ms": round(generation.timings.first_token_ms, 1),
+                    "model": engine.model_name,
+                },
+                ensure_ascii=False,
+            )
+        )
+    else:
+        confidence = generation.confidence
+        print(
+            f"\n[confidence {confidence:.3f} · {generation.completion_tokens} tokens · "
+            f"{generation.timings.total_ms:.0f} ms]"
+            if confidence is not None
+            else "",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="snapdesk", description="Self-hosted support bot that reads screenshots.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tiny = commands.add_parser("tiny-model", help="write a tiny random-weight Qwen3-VL checkpoint (for tests and demos)")
+    tiny.add_argument("directory", help="where to write it")
+    tiny.set_defaults(func=cmd_tiny_model)
+
+    ask = commands.add_parser("ask", help="ask the model one question, optionally about screenshots")
+    ask.add_argument("--model", help="hub id or local directory of a Qwen3-VL checkpoint (default: SNAPDESK_MODEL)")
+    ask.add_argument("--image", action="append", metavar="FILE", help="attach a screenshot (repeatable)")
+    ask.add_argument("--json", action="store_true", help="print one JSON object with the reply and its figures")
+    ask.add_argument("--max-new-tokens", type=int, default=None, help="longest answer in tokens")
+    ask.add_argument("text", help="the question")
+    ask.set_defaults(func=cmd_ask)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Every Snapdesk setting, read in one place.
+
+Values come from environment variables prefixed `SNAPDESK_` and an optional `.env` file
+in the working directory; command-line flags override them. Everything else receives the
+`Settings` object (or the small option objects built from it) instead of reading the
+environment itself.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.images import ImageLimits
+from engine.loading import DEFAULT_MODEL, LoadOptions
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SNAPDESK_", env_file=".env", extra="ignore")
+
+    # Model and engine
+    model: str = Field(DEFAULT_MODEL, description="Hub id or local directory of a Qwen3-VL checkpoint.")
+    engine: Literal["transformers"] = "transformers"
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    max_batch_size: int = Field(8, ge=1)
+    batch_window_ms: float = Field(5.0, ge=0)
+    queue_size: int = Field(64, ge=1)
+    request_timeout_s: float = Field(120.0, gt=0)
+    max_new_tokens: int = Field(512, ge=1)
+
+    # Images
+    image_max_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    image_max_source_pixels: int = Field(40_000_000, ge=1)
+    image_min_tokens: int = Field(256, ge=1)
+    image_max_tokens: int = Field(1280, ge=1)
+
+    # Storage
+    data_dir: Path = Path("data")
+
+    def load_options(self) -> LoadOptions:
+        return LoadOptions(
+            model=self.model,
+            device=self.device,
+            dtype=self.dtype,
+            attn_implementation=self.attn_implementation,
+            min_image_tokens=self.image_min_tokens,
+            max_image_tokens=max(self.image_max_tokens, self.image_min_tokens),
+        )
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_bytes=self.image_max_bytes,
+            max_source_pixels=self.image_max_source_pixels,
+            max_pixels=max(self.image_max_tokens, self.image_min_tokens) * 32 * 32,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

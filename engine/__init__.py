@@ -1,0 +1,1 @@
+"""The vision-language engine: image intake, the model worker and its backends."""
