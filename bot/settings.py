@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     max_batch_size: int = Field(8, ge=1)
-    batch_window_ms: float = Field(5.0, ge=0)
+    batch_window_ms: float = Field(2.0, ge=0)
     queue_size: int = Field(64, ge=1)
     request_timeout_s: float = Field(120.0, gt=0)
     max_new_tokens: int = Field(512, ge=1)

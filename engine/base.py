@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Literal, Protocol, Union, runtime_checkable
 
@@ -163,6 +166,53 @@ class ModelLoadError(Exception):
     """The model could not be loaded; the message says what to do."""
 
 
+class _Mailbox:
+    """Hands items from worker threads to one event loop, waking it once per burst.
+
+    A batch of eight streams produces eight deltas per decoding step; waking the loop
+    for each would make the loop thread fight the model thread for the GIL.
+    """
+
+    _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
+    _registry_lock = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> "_Mailbox":
+        with cls._registry_lock:
+            mailbox = cls._by_loop.get(loop)
+            if mailbox is None:
+                mailbox = cls._by_loop[loop] = cls(loop)
+            return mailbox
+
+    def post(self, queue: asyncio.Queue, item: tuple) -> None:
+        self.post_many([(queue, item)])
+
+    def post_many(self, items: "list[tuple[asyncio.Queue, tuple]]") -> None:
+        with self._lock:
+            self._items.extend(items)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._scheduled = False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class GenerationStream:
     """Text deltas of one request as they are produced, then its `Generation`.
 
@@ -173,6 +223,7 @@ class GenerationStream:
     def __init__(self, cancel=None, timeout: float | None = None) -> None:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
+        self._mailbox = _Mailbox.of(self._loop)
         self._result: Generation | None = None
         self._error: BaseException | None = None
         self._cancel = cancel
@@ -181,16 +232,22 @@ class GenerationStream:
 
     # Producer side: safe to call from any thread.
     def push_delta(self, text: str) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, ("delta", text))
+        self._mailbox.post(self._queue, ("delta", text))
 
     def push_result(self, generation: Generation) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, ("done", generation))
+        self._mailbox.post(self._queue, ("done", generation))
 
     def push_error(self, error: BaseException) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, ("error", error))
-        except RuntimeError:  # the loop is gone: nobody is waiting any more
-            pass
+        self._mailbox.post(self._queue, ("error", error))
+
+    @staticmethod
+    def push_deltas(deltas: "list[tuple[GenerationStream, str]]") -> None:
+        """Deliver one decoding step's deltas for many streams with one wake-up per loop."""
+        by_mailbox: dict[_Mailbox, list] = {}
+        for stream, text in deltas:
+            by_mailbox.setdefault(stream._mailbox, []).append((stream._queue, ("delta", text)))
+        for mailbox, items in by_mailbox.items():
+            mailbox.post_many(items)
 
     # Consumer side.
     def __aiter__(self) -> AsyncIterator[str]:

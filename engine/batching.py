@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
 
@@ -37,6 +38,14 @@ class Job:
         self.stream.push_error(error)
 
 
+@dataclass(eq=False)
+class _Call:
+    """A function to run on the worker thread, between batches (exclusive use of the model)."""
+
+    fn: Callable[[], Any]
+    future: Future
+
+
 _STOP = object()
 
 
@@ -54,7 +63,7 @@ class BatchWorker:
         *,
         max_queue: int = 64,
         max_batch_size: int = 8,
-        batch_window_ms: float = 5.0,
+        batch_window_ms: float = 2.0,
         name: str = "snapdesk-engine",
     ) -> None:
         self._run_batch = run_batch
@@ -85,6 +94,19 @@ class BatchWorker:
                 f"the engine queue is full ({self._queue.maxsize} requests waiting)"
             ) from None
 
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the worker thread, between batches, and return its future.
+
+        For work that needs the model to itself (measurements, one-off forward passes):
+        the model's thread-local state (e.g. the CPU thread pool) is the one requests use.
+        """
+        future: Future = Future()
+        if self._closed:
+            future.set_exception(EngineClosed("the engine has been stopped"))
+            return future
+        self._queue.put(_Call(fn, future))
+        return future
+
     def close(self, timeout: float = 10.0) -> None:
         if self._closed:
             return
@@ -109,7 +131,11 @@ class BatchWorker:
 
     def _drain(self, error: EngineError) -> None:
         while self._held:
-            self._held.popleft().fail(error)
+            held = self._held.popleft()
+            if isinstance(held, _Call):
+                held.future.set_exception(error)
+            else:
+                held.fail(error)
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -117,10 +143,15 @@ class BatchWorker:
                 return
             if isinstance(job, Job):
                 job.fail(error)
+            elif isinstance(job, _Call):
+                job.future.set_exception(error)
 
     def _next_batch(self) -> list[Job] | None:
         """Block for a first job, then gather compatible ones for up to the batch window."""
         first = self._held.popleft() if self._held else self._queue.get()
+        while isinstance(first, _Call):
+            self._run_call(first)
+            first = self._held.popleft() if self._held else self._queue.get()
         if first is _STOP:
             return None
         batch = [first]
@@ -129,7 +160,7 @@ class BatchWorker:
             if len(batch) >= self.max_batch_size:
                 break
             job = self._held.popleft()
-            if self._batch_key(job.request) == key:
+            if isinstance(job, Job) and self._batch_key(job.request) == key:
                 batch.append(job)
             else:
                 self._held.append(job)
@@ -143,11 +174,20 @@ class BatchWorker:
             if job is _STOP:
                 self._queue.put(_STOP)  # handled after this batch
                 break
-            if self._batch_key(job.request) == key:
+            if isinstance(job, Job) and self._batch_key(job.request) == key:
                 batch.append(job)
             else:
                 self._held.append(job)
         return batch
+
+    @staticmethod
+    def _run_call(call: _Call) -> None:
+        if not call.future.set_running_or_notify_cancel():
+            return
+        try:
+            call.future.set_result(call.fn())
+        except BaseException as exc:
+            call.future.set_exception(exc)
 
     def _loop(self) -> None:
         while True:

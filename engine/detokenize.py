@@ -13,14 +13,16 @@ from typing import Any
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
+        # The Rust tokenizer decodes without the Python layers around it: this runs per token.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._decode_ids = backend.decode if backend is not None else tokenizer.decode
         self.ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
         self.text = ""
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
+        return self._decode_ids(ids, skip_special_tokens=True)
 
     def add(self, token_id: int) -> str:
         """Append one token; return the text it completes (may be empty)."""

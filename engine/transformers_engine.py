@@ -62,6 +62,7 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     first_token_at: float | None = None
+    unsent: str = ""
     finish_reason: FinishReason | None = None
 
     @property
@@ -74,13 +75,20 @@ class _Row:
 
 
 class _BatchStreamer:
-    """Receives each step's tokens from `generate` and fans them out to the rows."""
+    """Receives each step's tokens from `generate` and fans them out to the rows.
 
-    def __init__(self, rows: list[_Row], eos_ids: set[int], capture: "_LogitCapture") -> None:
+    Text is handed to the event loop at most every `interval` seconds (and at once for a
+    request's first token): waking the loop on every token of every row would have the
+    loop thread compete with this one for the GIL on every decoding step.
+    """
+
+    def __init__(self, rows: list[_Row], eos_ids: set[int], capture: "_LogitCapture", interval: float) -> None:
         self.rows = rows
         self.eos_ids = eos_ids
         self.capture = capture
+        self.interval = interval
         self._seen_prompt = False
+        self._last_flush = 0.0
 
     def put(self, value: Any) -> None:
         if not self._seen_prompt:  # the first call carries the prompt ids
@@ -89,21 +97,31 @@ class _BatchStreamer:
         tokens = value.tolist()
         logprobs = self.capture.logprobs_of(value)
         now = time.perf_counter()
+        urgent = False
         for row, token, logprob in zip(self.rows, tokens, logprobs):
             if row.done:
                 continue
             if row.first_token_at is None:
                 row.first_token_at = now
+                urgent = True
             row.logprobs.append(logprob)
             row.token_ids.append(token)
             if token in self.eos_ids:
                 row.finish_reason = "stop"
                 continue
-            delta = row.detokenizer.add(token)
-            if delta:
-                row.job.stream.push_delta(delta)
+            row.unsent += row.detokenizer.add(token)
             if len(row.logprobs) >= row.max_new_tokens:
                 row.finish_reason = "length"
+        if urgent or now - self._last_flush >= self.interval:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        deltas = [(row.job.stream, row.unsent) for row in self.rows if row.unsent]
+        for row in self.rows:
+            row.unsent = ""
+        if deltas:
+            GenerationStream.push_deltas(deltas)
+        self._last_flush = now
 
     def end(self) -> None:
         pass
@@ -132,16 +150,21 @@ class _LogitCapture:
 class _RowLimits:
     """Per-row stop: each request's own max_new_tokens, or its cancellation."""
 
-    def __init__(self, rows: list[_Row], prompt_length: int) -> None:
+    def __init__(self, rows: list[_Row], prompt_length: int, device: Any) -> None:
+        import torch
+
         self.rows = rows
         self.prompt_length = prompt_length
+        self.limits = torch.tensor([row.max_new_tokens for row in rows], device=device)
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        generated = input_ids.shape[1] - self.prompt_length
-        stop = [row.job.cancelled or generated >= row.max_new_tokens for row in self.rows]
-        return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
+        stop = (input_ids.shape[1] - self.prompt_length) >= self.limits
+        if any(row.job.cancelled for row in self.rows):
+            cancelled = [row.job.cancelled for row in self.rows]
+            stop = stop | torch.tensor(cancelled, dtype=torch.bool, device=stop.device)
+        return stop
 
 
 class TransformersEngine:
@@ -153,10 +176,12 @@ class TransformersEngine:
         *,
         max_queue: int = 64,
         max_batch_size: int = 8,
-        batch_window_ms: float = 5.0,
+        batch_window_ms: float = 2.0,
         request_timeout_s: float | None = 120.0,
+        stream_interval_ms: float = 20.0,
     ) -> None:
         self.options = options
+        self.stream_interval = stream_interval_ms / 1000.0
         self.model_name = options.model
         self.request_timeout_s = request_timeout_s
         self.loaded: LoadedModel | None = None
@@ -287,8 +312,8 @@ class TransformersEngine:
                     )
                 )
             capture = _LogitCapture()
-            streamer = _BatchStreamer(rows, self.eos_token_ids(), capture)
-            limits = _RowLimits(rows, inputs["input_ids"].shape[1])
+            streamer = _BatchStreamer(rows, self.eos_token_ids(), capture, self.stream_interval)
+            limits = _RowLimits(rows, inputs["input_ids"].shape[1], inputs["input_ids"].device)
             hook = model.register_forward_hook(capture)
             try:
                 with torch.inference_mode():
@@ -323,7 +348,8 @@ class TransformersEngine:
 
     @staticmethod
     def _finish(row: _Row, finished: float) -> None:
-        tail = row.detokenizer.flush()
+        tail = row.unsent + row.detokenizer.flush()
+        row.unsent = ""
         if tail:
             row.job.stream.push_delta(tail)
         reason: FinishReason = row.finish_reason or ("cancelled" if row.job.cancelled else "length")

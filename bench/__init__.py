@@ -1,0 +1,1 @@
+"""Snapdesk benchmarks: `make bench` prints a table and one `name=value` line per figure."""

@@ -1,0 +1,27 @@
+"""Run every benchmark and print its figures."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .figures import print_figures
+
+
+def main() -> int:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(level=logging.WARNING)
+    from . import engine_bench
+
+    figures = []
+    for module in (engine_bench,):
+        figures.extend(module.run())
+    print_figures(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

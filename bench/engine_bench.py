@@ -1,0 +1,145 @@
+"""Engine figures on the tiny checkpoint: overhead, batching, image intake, visual tokens.
+
+Speed is reported as ratios measured in the same run (engine vs raw generate,
+batched vs one after another), since absolute times on a shared machine are noise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import tempfile
+import time
+
+import torch
+from PIL import Image, ImageDraw
+
+from engine.base import ChatMessage, GenerationRequest
+from engine.images import prepare_image
+from engine.loading import LoadOptions
+from engine.tiny import build_tiny_checkpoint
+from engine.transformers_engine import TransformersEngine
+
+from .figures import Figure, median_seconds
+
+ANSWER_TOKENS = 128
+QUESTIONS = [
+    "Why was I charged?",
+    "为什么扣我钱?",
+    "What does CARD_DECLINED (E-4012) mean?",
+    "Where is my parcel?",
+    "My router light is solid red, what should I do?",
+    "I am locked out of my account.",
+    "How do I turn off auto-renew?",
+    "Can I talk to a person?",
+]
+
+
+def screenshot(width: int, height: int, text: str) -> Image.Image:
+    image = Image.new("RGB", (width, height), (246, 247, 249))
+    draw = ImageDraw.Draw(image)
+    for row in range(0, height, max(height // 40, 12)):
+        draw.text((width // 20, row), f"{text}  row {row}  Membership auto-renewal  88.00", fill=(20, 20, 20))
+    draw.rectangle((width // 2, height // 8, width - width // 10, height // 4), fill=(200, 40, 40))
+    return image
+
+
+def answer_request(question: str, image: Image.Image | None) -> GenerationRequest:
+    parts = (image, question) if image is not None else (question,)
+    return GenerationRequest(
+        (ChatMessage.of("user", *parts),), max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS
+    )
+
+
+def engine_overhead(engine: TransformersEngine, repeats: int = 9) -> float:
+    """One request through the engine / the same request done by hand with transformers.
+
+    The hand-written baseline is what a script would do: processor(...) then
+    model.generate(...), greedy, no streaming. The engine adds queueing, the batch window,
+    streaming, per-token log-probs and the asyncio hand-off.
+    """
+    request = answer_request(QUESTIONS[0], prepare_image(_png(screenshot(800, 600, "Statement"))).image)
+    model = engine.loaded.model
+    config = engine.worker.call(lambda: engine.generation_config([request])).result()
+
+    def raw_generate() -> None:
+        inputs = engine.build_inputs([request])
+        with torch.inference_mode():
+            model.generate(**inputs, generation_config=config)
+
+    def raw() -> None:
+        # On the engine's own thread: a second thread using torch gets its own CPU
+        # thread pool, and the two pools slow each other down.
+        engine.worker.call(raw_generate).result()
+
+    def through_engine() -> None:
+        asyncio.run(engine.generate(request))
+
+    raw(), through_engine()  # warm up both paths
+    raw_times, engine_times = [], []
+    for _ in range(repeats):  # interleaved, so drift on the machine hits both alike
+        raw_times.append(median_seconds(raw, 1))
+        engine_times.append(median_seconds(through_engine, 1))
+    return statistics.median(engine_times) / statistics.median(raw_times)
+
+
+def batch_speedup(engine: TransformersEngine, repeats: int = 3) -> float:
+    """Throughput of 8 concurrent requests / the same 8 one after another."""
+    image = prepare_image(_png(screenshot(640, 480, "Order 1234"))).image
+    requests = [answer_request(q, image if i % 2 == 0 else None) for i, q in enumerate(QUESTIONS)]
+
+    async def one_by_one() -> None:
+        for request in requests:
+            await engine.generate(request)
+
+    async def concurrently() -> None:
+        await asyncio.gather(*(engine.generate(r) for r in requests))
+
+    asyncio.run(concurrently())  # warm up
+    sequential, batched = [], []
+    for _ in range(repeats):
+        sequential.append(median_seconds(lambda: asyncio.run(one_by_one()), 1))
+        batched.append(median_seconds(lambda: asyncio.run(concurrently()), 1))
+    return statistics.median(sequential) / statistics.median(batched)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def intake_ms_12mp(repeats: int = 9) -> float:
+    buffer = io.BytesIO()
+    screenshot(4000, 3000, "Statement of account").save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    prepare_image(data)
+    return median_seconds(lambda: prepare_image(data), repeats) * 1000.0
+
+
+def visual_tokens_1080p(engine: TransformersEngine) -> int:
+    image = prepare_image(_png(screenshot(1920, 1080, "Payment failed"))).image
+    request = answer_request("What does this error mean?", image)
+    inputs = engine.worker.call(lambda: engine.build_inputs([request])).result()
+    return int((inputs["input_ids"] == engine.loaded.model.config.image_token_id).sum())
+
+
+def run() -> list[Figure]:
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_checkpoint(tmp)
+        engine = TransformersEngine(LoadOptions(model=str(model_dir)))  # default window and batch size
+        engine.start()
+        try:
+            overhead = engine_overhead(engine)
+            speedup = batch_speedup(engine)
+            tokens = visual_tokens_1080p(engine)
+        finally:
+            engine.close()
+    return [
+        Figure("engine_overhead_ratio", overhead, "<= 1.20",
+               f"one {ANSWER_TOKENS}-token answer: engine / processor + model.generate by hand"),
+        Figure("batch_speedup_8", speedup, ">= 3.0", "8 concurrent requests vs the same 8 one after another"),
+        Figure("image_intake_ms_12mp", intake_ms_12mp(), "<= 250", "median ms to take a 4000x3000 JPEG through intake"),
+        Figure("visual_tokens_1080p", tokens, "", "visual tokens of a 1920x1080 screenshot, default budget"),
+    ]
