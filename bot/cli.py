@@ -119,6 +119,38 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_for_data(args: argparse.Namespace) -> Settings:
+    settings = _settings_with(args)
+    if getattr(args, "data", None):
+        settings = settings.model_copy(update={"data_dir": Path(args.data)})
+    return settings
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from .store import Store, StoreError
+
+    if args.older_than < 0:
+        return _fail("--older-than must be zero or more days", EXIT_USAGE)
+    try:
+        store = Store(_settings_for_data(args).data_dir)
+    except StoreError as exc:
+        return _fail(str(exc))
+    removed = store.purge(args.older_than)
+    store.close()
+    print(
+        f"removed {removed['conversations']} conversations, {removed['messages']} messages, "
+        f"{removed['escalations']} hand-overs and {removed['attachments']} screenshot files "
+        f"older than {args.older_than:g} days"
+    )
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .terminal_chat import run_chat
+
+    return run_chat(_settings_for_data(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snapdesk", description="Self-hosted support bot that reads screenshots.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -135,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=None, help="longest answer in tokens")
     ask.add_argument("text", help="the question")
     ask.set_defaults(func=cmd_ask)
+
+    chat = commands.add_parser("chat", help="talk to the bot in the terminal, through the real conversation core")
+    chat.add_argument("--model", help="hub id or local directory of a Qwen3-VL checkpoint (default: SNAPDESK_MODEL)")
+    chat.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+    chat.set_defaults(func=cmd_chat)
+
+    purge = commands.add_parser("purge", help="delete conversations, messages and screenshots older than DAYS")
+    purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    purge.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+    purge.set_defaults(func=cmd_purge)
     return parser
 
 

@@ -1,15 +1,24 @@
-"""Building the configured engine backend from settings."""
+"""Building the configured engine backend, and the conversation core around it."""
 
 from __future__ import annotations
 
 from engine.base import Engine
+from engine.stub import StubEngine
 from engine.transformers_engine import TransformersEngine
 
+from .conversation import ConversationManager
+from .escalation import EscalationPolicy
+from .messages import ChannelRegistry
 from .settings import Settings
+from .store import Store
+from .template_versions import PublishedTemplates
+from .templates import TemplateLibrary
 
 
 def make_engine(settings: Settings) -> Engine:
     """The engine named by SNAPDESK_ENGINE, not yet started."""
+    if settings.engine == "stub":
+        return StubEngine()
     return TransformersEngine(
         settings.load_options(),
         max_queue=settings.queue_size,
@@ -17,3 +26,11 @@ def make_engine(settings: Settings) -> Engine:
         batch_window_ms=settings.batch_window_ms,
         request_timeout_s=settings.request_timeout_s,
     )
+
+
+def make_manager(settings: Settings, engine: Engine, channels: ChannelRegistry) -> ConversationManager:
+    """Store (migrated), templates (seeded), policy and manager, from settings."""
+    store = Store(settings.data_dir)
+    templates = PublishedTemplates(store, TemplateLibrary())
+    templates.seed()
+    return ConversationManager(store, engine, templates, EscalationPolicy(), channels, settings.manager_options())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,13 +18,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from engine.images import ImageLimits
 from engine.loading import DEFAULT_MODEL, LoadOptions
 
+if TYPE_CHECKING:
+    from .conversation import ManagerOptions
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SNAPDESK_", env_file=".env", extra="ignore")
 
     # Model and engine
     model: str = Field(DEFAULT_MODEL, description="Hub id or local directory of a Qwen3-VL checkpoint.")
-    engine: Literal["transformers"] = "transformers"
+    engine: Literal["transformers", "stub"] = Field(
+        "transformers", description="transformers (in-process model) or stub (instant scripted answers, for load tests)."
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
@@ -40,6 +45,11 @@ class Settings(BaseSettings):
     image_min_tokens: int = Field(256, ge=1)
     image_max_tokens: int = Field(1280, ge=1)
 
+    # Conversations
+    context_tokens: int = Field(8192, ge=512, description="token budget of a prompt: system prompt + history + new message")
+    recent_images: int = Field(2, ge=0, description="screenshots sent as images; older ones become text stand-ins")
+    unknown_confidence_hands_over: bool = True
+
     # Storage
     data_dir: Path = Path("data")
 
@@ -51,6 +61,19 @@ class Settings(BaseSettings):
             attn_implementation=self.attn_implementation,
             min_image_tokens=self.image_min_tokens,
             max_image_tokens=max(self.image_max_tokens, self.image_min_tokens),
+        )
+
+    def manager_options(self) -> "ManagerOptions":
+        from .context import ContextOptions
+        from .conversation import ManagerOptions
+
+        return ManagerOptions(
+            context=ContextOptions(
+                budget_tokens=self.context_tokens, recent_images=self.recent_images, max_new_tokens=self.max_new_tokens
+            ),
+            image_limits=self.image_limits(),
+            request_timeout_s=self.request_timeout_s,
+            unknown_confidence_hands_over=self.unknown_confidence_hands_over,
         )
 
     def image_limits(self) -> ImageLimits:

@@ -309,4 +309,10 @@ class Engine(Protocol):
 
     async def generate(self, request: GenerationRequest, timeout: float | None = None) -> Generation: ...
 
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens the text costs in a prompt (for fitting history into the context budget)."""
+
+    def count_image_tokens(self, width: int, height: int) -> int:
+        """Visual tokens an image of this size costs."""
+
     def close(self) -> None: ...

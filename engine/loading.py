@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -23,6 +24,22 @@ DEFAULT_MODEL = "Qwen/Qwen3-VL-8B-Instruct"
 QWEN3_VL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
 # Qwen3-VL: 16x16 patches merged 2x2, so one visual token covers 32x32 pixels.
 PIXELS_PER_VISUAL_TOKEN = 32 * 32
+
+
+def visual_tokens(width: int, height: int, min_tokens: int = 256, max_tokens: int = 1280) -> int:
+    """Visual tokens Qwen3-VL spends on an image (its processor's smart_resize, 32 px per token)."""
+    factor = 32
+    height_bar = max(factor, round(height / factor) * factor)
+    width_bar = max(factor, round(width / factor) * factor)
+    if height_bar * width_bar > max_tokens * PIXELS_PER_VISUAL_TOKEN:
+        beta = math.sqrt(height * width / (max_tokens * PIXELS_PER_VISUAL_TOKEN))
+        height_bar = max(factor, math.floor(height / beta / factor) * factor)
+        width_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif height_bar * width_bar < min_tokens * PIXELS_PER_VISUAL_TOKEN:
+        beta = math.sqrt(min_tokens * PIXELS_PER_VISUAL_TOKEN / (height * width))
+        height_bar = math.ceil(height * beta / factor) * factor
+        width_bar = math.ceil(width * beta / factor) * factor
+    return (height_bar // factor) * (width_bar // factor)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from .base import (
 )
 from .batching import BatchWorker, Job
 from .detokenize import IncrementalDetokenizer
-from .loading import LoadedModel, LoadOptions, load_model
+from .loading import LoadedModel, LoadOptions, load_model, visual_tokens
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,14 @@ class TransformersEngine:
 
     def close(self) -> None:
         self._worker.close()
+
+    # Token accounting (for fitting history into the context budget) ----------------
+    def count_text_tokens(self, text: str) -> int:
+        assert self.loaded is not None
+        return len(self.loaded.processor.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def count_image_tokens(self, width: int, height: int) -> int:
+        return visual_tokens(width, height, self.options.min_image_tokens, self.options.max_image_tokens)
 
     # Requests --------------------------------------------------------------------
     def stream(self, request: GenerationRequest, timeout: float | None = None) -> GenerationStream:

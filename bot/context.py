@@ -1,0 +1,160 @@
+"""What the model sees on a turn: system prompt, the history that fits, the new message.
+
+A 1080p screenshot costs about 1,200 tokens, so re-sending every screenshot of a long
+conversation would blow the context and the latency. Only the most recent screenshots go
+in as images; older ones become a numbered one-line stand-in, so the user can still say
+"the first screenshot" and the model knows what it showed. History is added newest first
+while it fits the token budget, whole messages only: a multimodal message is never cut.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from engine.base import ChatMessage, Engine, GenerationRequest, ImagePart, Part, SamplingParams, TextPart
+
+MESSAGE_OVERHEAD_TOKENS = 8  # <|im_start|>role\n ... <|im_end|>\n
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    budget_tokens: int = 8192
+    recent_images: int = 2
+    max_new_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class ContextStats:
+    prompt_tokens_estimate: int
+    history_messages: int
+    images_sent: int
+    stand_ins: int
+
+
+def stand_in(number: int, sent_at: str, description: str | None) -> str:
+    when = _clock(sent_at)
+    return f"[screenshot #{number}, sent {when}: {description or 'no description yet'}]"
+
+
+def _clock(timestamp: str) -> str:
+    try:
+        return datetime.fromisoformat(timestamp).strftime("%H:%M")
+    except (TypeError, ValueError):
+        return "earlier"
+
+
+def describe_from_answer(answer: str, user_text: str) -> str:
+    """A one-line description of a screenshot, taken from the bot's answer to that turn."""
+    line = " ".join(answer.split())
+    for end in (". ", "。", "! ", "? ", "！", "？"):
+        if end in line:
+            line = line.split(end, 1)[0] + end.strip()
+            break
+    if not line:
+        line = f'sent with "{" ".join(user_text.split())[:60]}"'
+    return line[:120]
+
+
+class AttachmentInfo(Protocol):
+    path: Path
+    width: int
+    height: int
+    description: str | None
+
+
+def load_image(path: Path):
+    """The stored (already sanitised) PNG, or None if it is gone (e.g. purged)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError:
+        return None
+
+
+def attachment_ids(row: dict) -> list[int]:
+    return json.loads(row.get("attachment_ids") or "[]")
+
+
+class ContextBuilder:
+    """Turns stored messages into a GenerationRequest within the token budget."""
+
+    def __init__(self, engine: Engine, options: ContextOptions) -> None:
+        self.engine = engine
+        self.options = options
+
+    def _text_tokens(self, text: str) -> int:
+        return self.engine.count_text_tokens(text)
+
+    def build(
+        self,
+        system_prompt: str,
+        history: list[dict],
+        new_message: dict,
+        attachments: "dict[int, AttachmentInfo]",
+        *,
+        max_new_tokens: int,
+        sampling: SamplingParams,
+    ) -> tuple[GenerationRequest, ContextStats]:
+        """`history`: the episode's earlier messages, oldest first; `new_message`: the user turn."""
+        numbered: dict[int, int] = {}  # attachment id -> screenshot number in this episode
+        for row in [*history, new_message]:
+            if row["role"] == "user":
+                for attachment_id in attachment_ids(row):
+                    numbered.setdefault(attachment_id, len(numbered) + 1)
+        recent = set(list(numbered)[-self.options.recent_images :]) if self.options.recent_images else set()
+
+        def parts_of(row: dict) -> tuple[list[Part], int]:
+            parts: list[Part] = []
+            tokens = MESSAGE_OVERHEAD_TOKENS
+            if row["role"] == "user":
+                for attachment_id in attachment_ids(row):
+                    info = attachments.get(attachment_id)
+                    image = load_image(info.path) if info is not None and attachment_id in recent else None
+                    if image is not None:
+                        parts.append(ImagePart(image))
+                        tokens += self.engine.count_image_tokens(*image.size) + 2
+                    else:
+                        description = info.description if info is not None else None
+                        text = stand_in(numbered[attachment_id], row["created_at"], description)
+                        parts.append(TextPart(text + "\n"))
+                        tokens += self._text_tokens(text) + 1
+            text = row.get("text") or ""
+            if row["role"] == "agent":
+                text = f"(support agent {row.get('author') or ''}) {text}".strip()
+            if text:
+                parts.append(TextPart(text))
+                tokens += self._text_tokens(text)
+            return parts, tokens
+
+        system_tokens = self._text_tokens(system_prompt) + MESSAGE_OVERHEAD_TOKENS
+        new_parts, new_tokens = parts_of(new_message)
+        used = system_tokens + new_tokens
+        chosen: list[ChatMessage] = []
+        for row in reversed(history):
+            if row["role"] not in ("user", "bot", "agent") or not (row.get("text") or attachment_ids(row)):
+                continue
+            parts, tokens = parts_of(row)
+            if used + tokens > self.options.budget_tokens:
+                break
+            used += tokens
+            chosen.append(ChatMessage("user" if row["role"] == "user" else "assistant", tuple(parts)))
+        chosen.reverse()
+        while chosen and chosen[0].role != "user":  # a conversation opens with the user
+            chosen.pop(0)
+        messages = (
+            ChatMessage.of("system", system_prompt),
+            *chosen,
+            ChatMessage("user", tuple(new_parts) or (TextPart(""),)),
+        )
+        images_sent = sum(len(m.images) for m in messages)
+        stand_ins = sum(
+            1 for m in messages for p in m.parts if isinstance(p, TextPart) and p.text.startswith("[screenshot #")
+        )
+        request = GenerationRequest(messages, max_new_tokens=max_new_tokens, sampling=sampling)
+        return request, ContextStats(used, len(chosen), images_sent, stand_ins)

@@ -1,0 +1,439 @@
+"""The conversation core: every channel's messages go through `ConversationManager`.
+
+Promises kept here, whatever the channel:
+- an inbound message is stored before anything acknowledges it, once (a redelivered
+  event is recognised by channel + platform message id and not answered twice);
+- it stays `pending` until its answer or hand-over is stored, so after a crash
+  `recover()` finishes exactly the turns that were cut off;
+- turns of one conversation run in order, conversations run in parallel, the model and
+  the database never block the event loop;
+- while a person owns the thread the bot stays silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Literal
+
+from engine.base import Engine, EngineError, Generation, SamplingParams
+from engine.images import ImageLimits, ImageRejected, prepare_image
+
+from .context import ContextBuilder, ContextOptions, attachment_ids, describe_from_answer
+from .escalation import Decision, EscalationPolicy, Reason
+from .language import detect_language
+from .messages import ChannelRegistry, Conversation, Inbound, Outbound
+from .store import (
+    ANSWERED,
+    BOT,
+    CLAIMED,
+    FOR_AGENT,
+    HANDED_OVER,
+    HUMAN_OWNED,
+    PENDING,
+    RESOLVED,
+    WAITING,
+    Store,
+    iso,
+)
+from .template_versions import PublishedTemplates
+from .templates import TemplateError
+
+log = logging.getLogger(__name__)
+
+OutcomeKind = Literal["answered", "handed_over", "for_agent", "duplicate", "already_done"]
+
+
+@dataclass(frozen=True)
+class ManagerOptions:
+    context: ContextOptions = field(default_factory=ContextOptions)
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    request_timeout_s: float | None = None
+    unknown_confidence_hands_over: bool = True
+
+
+@dataclass(frozen=True)
+class Accepted:
+    message_id: int
+    conversation_id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    kind: OutcomeKind
+    message_id: int
+    conversation_id: int
+    reply: str = ""
+    reason: str | None = None
+    detail: str = ""
+    confidence: float | None = None
+    notices: tuple[str, ...] = ()
+
+
+def _fallback_handover(language: str) -> str:
+    return "正在为您转接人工客服，请稍候。" if language == "zh" else "I'm passing this to a member of our support team. A person will reply here."
+
+
+class ConversationManager:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        templates: PublishedTemplates,
+        policy: EscalationPolicy,
+        channels: ChannelRegistry,
+        options: ManagerOptions = ManagerOptions(),
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.templates = templates
+        self.policy = policy
+        self.channels = channels
+        self.options = options
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapdesk-db")
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._lock_users: dict[int, int] = {}
+        self.context = ContextBuilder(engine, options.context)
+        self.on_event: Callable[[str, dict], None] | None = None  # hook for consoles/metrics
+
+    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a store call on the database thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._db_thread.shutdown(wait=True)
+
+    # Intake -----------------------------------------------------------------------
+    async def handle(self, inbound: Inbound) -> TurnOutcome:
+        """Store the message, then answer it (or hand over); returns what happened."""
+        accepted = await self.accept(inbound)
+        if accepted.duplicate:
+            return TurnOutcome("duplicate", accepted.message_id, accepted.conversation_id)
+        return await self.process(accepted.message_id, accepted.conversation_id)
+
+    async def accept(self, inbound: Inbound) -> Accepted:
+        """Store the inbound message durably (idempotent); after this it may be acknowledged."""
+        prepared, refused = [], []
+        if inbound.images:  # skip image work for a redelivered event
+            existing = await self.db(self.store.find_inbound, inbound.channel, inbound.message_id)
+            if existing is not None:
+                return Accepted(existing["id"], existing["conversation_id"], duplicate=True)
+            for data in inbound.images:
+                try:
+                    prepared.append(await asyncio.to_thread(self._prepare, data))
+                except ImageRejected as exc:
+                    refused.append(exc.reason)
+        language = detect_language(inbound.text)
+        row, created = await self.db(self._store_inbound, inbound, prepared, refused, language)
+        return Accepted(row["id"], row["conversation_id"], duplicate=not created)
+
+    def _prepare(self, data: bytes):
+        image = prepare_image(data, self.options.image_limits)
+        image.encoded()  # encode here, off the database thread
+        return image
+
+    def _store_inbound(self, inbound: Inbound, prepared: list, refused: list[str], language: str):
+        attachment_ids = [
+            self.store.save_attachment(p.sha256, p.encoded(), p.mime, p.width, p.height) for p in prepared
+        ]
+        conversation = self.store.conversation_by_key(inbound.channel, inbound.conversation_key)
+        if conversation and not inbound.text.strip() and conversation.get("language"):
+            language = conversation["language"]  # an image alone keeps the conversation's language
+        return self.store.add_inbound(
+            channel=inbound.channel,
+            external_key=inbound.conversation_key,
+            platform_message_id=inbound.message_id,
+            user_id=inbound.user_id,
+            user_name=inbound.user_name,
+            text=inbound.text,
+            attachment_ids=attachment_ids,
+            refused_images=refused,
+            received_at=inbound.received_at,
+            language=language,
+        )
+
+    # Turns ------------------------------------------------------------------------
+    async def process(self, message_id: int, conversation_id: int | None = None) -> TurnOutcome:
+        """Answer or hand over one stored user message, after the earlier ones of its thread."""
+        if conversation_id is None:
+            conversation_id = (await self.db(self.store.message, message_id))["conversation_id"]
+        async with self._conversation_lock(conversation_id):
+            pending = await self.db(self.store.pending_up_to, conversation_id, message_id)
+            outcome = None
+            for row in pending:
+                result = await self._turn(row)
+                if row["id"] == message_id:
+                    outcome = result
+            if outcome is None:
+                current = await self.db(self.store.message, message_id)
+                kind: OutcomeKind = "for_agent" if current["status"] == FOR_AGENT else "already_done"
+                outcome = TurnOutcome(kind, message_id, conversation_id)
+            return outcome
+
+    class _LockHandle:
+        def __init__(self, manager: "ConversationManager", conversation_id: int) -> None:
+            self.manager, self.conversation_id = manager, conversation_id
+
+        async def __aenter__(self) -> None:
+            m, cid = self.manager, self.conversation_id
+            m._lock_users[cid] = m._lock_users.get(cid, 0) + 1
+            await m._locks.setdefault(cid, asyncio.Lock()).acquire()
+
+        async def __aexit__(self, *exc: Any) -> None:
+            m, cid = self.manager, self.conversation_id
+            m._locks[cid].release()
+            m._lock_users[cid] -= 1
+            if m._lock_users[cid] == 0:
+                del m._lock_users[cid], m._locks[cid]
+
+    def _conversation_lock(self, conversation_id: int) -> "_LockHandle":
+        return self._LockHandle(self, conversation_id)
+
+    def _turn_state(self, message: dict) -> tuple[dict, Any, list[dict], dict]:
+        """Everything a turn reads, in one trip to the database thread."""
+        conversation = self.store.conversation(message["conversation_id"])
+        if conversation["status"] in HUMAN_OWNED:
+            self.store.set_message_status(message["id"], FOR_AGENT)
+            return conversation, None, [], {}
+        try:
+            rendered: Any = self.templates.render_for(
+                conversation["channel"], conversation["language"] or "en", conversation["user_name"] or ""
+            )
+        except TemplateError as exc:
+            log.error("no usable template for channel %s", conversation["channel"])
+            rendered = exc
+        history = self.store.history(conversation["id"], message["episode"], message["id"])
+        images = self.store.attachments({i for row in [*history, message] for i in attachment_ids(row)})
+        return conversation, rendered, history, images
+
+    async def _turn(self, message: dict) -> TurnOutcome:
+        message_id = message["id"]
+        conversation, rendered, history, stored_images = await self.db(self._turn_state, message)
+        cid = conversation["id"]
+        if conversation["status"] in HUMAN_OWNED:
+            self._emit("user_message_for_agent", conversation_id=cid, message_id=message_id)
+            return TurnOutcome("for_agent", message_id, cid)
+
+        language = conversation["language"] or "en"
+        refused = json.loads(message.get("refused_images") or "[]")
+        attachments = attachment_ids(message)
+        notices = [ImageRejected(reason, self.options.image_limits).message(language) for reason in refused]
+        has_content = bool(message["text"].strip() or attachments)
+
+        generation: Generation | None = None
+        error: BaseException | None = None
+        if isinstance(rendered, TemplateError):
+            error, rendered = rendered, None
+        previous_low = False
+        if rendered is not None and has_content:
+            threshold = rendered.template.escalation.confidence_threshold
+            previous_low = _last_bot_low_confidence(history, threshold)
+            try:
+                build = partial(
+                    self.context.build,
+                    rendered.system_prompt,
+                    history,
+                    message,
+                    stored_images,
+                    max_new_tokens=min(rendered.template.generation.max_new_tokens, self.options.context.max_new_tokens),
+                    sampling=SamplingParams(
+                        temperature=rendered.template.generation.temperature, top_p=rendered.template.generation.top_p
+                    ),
+                )
+                # Reading screenshots from disk is slow work: off the event loop.
+                request, _ = await asyncio.to_thread(build) if stored_images else build()
+                generation = await self.engine.generate(request, timeout=self.options.request_timeout_s)
+            except EngineError as exc:
+                error = exc
+            except Exception as exc:  # an engine bug must not lose the turn: hand over
+                log.exception("generation failed")
+                error = exc
+        decision = self.policy.decide(
+            user_text=message["text"],
+            generation=generation,
+            error=error if has_content else None,
+            unreadable_images=len(refused),
+            answerable_text=has_content,
+            previous_turn_low_confidence=previous_low,
+            threshold=rendered.template.escalation.confidence_threshold if rendered else 0.55,
+            decline_marker=rendered.template.escalation.decline_marker if rendered else "[[HANDOVER]]",
+            unknown_confidence_hands_over=self.options.unknown_confidence_hands_over,
+        )
+        if not has_content and not refused:  # an empty message: nothing to answer, nothing to escalate
+            decision = Decision(True, Reason.UNREADABLE_IMAGE, "empty message", "")
+        handover_text = (
+            rendered.template.render_handover(language) if rendered is not None else _fallback_handover(language)
+        ) if decision.handover else ""
+        stored = await self.db(
+            self._store_turn, conversation, message, decision, generation, rendered, notices, handover_text
+        )
+        await self._deliver_all(conversation, stored)
+        self._emit(
+            "handover" if decision.handover else "answer",
+            conversation_id=cid,
+            message_id=message_id,
+            reason=decision.reason.value if decision.reason else None,
+        )
+        return TurnOutcome(
+            "handed_over" if decision.handover else "answered",
+            message_id,
+            cid,
+            reply=handover_text if decision.handover else decision.answer,
+            reason=decision.reason.value if decision.reason else None,
+            detail=decision.detail,
+            confidence=generation.confidence if generation else None,
+            notices=tuple(notices),
+        )
+
+    def _store_turn(self, conversation: dict, message: dict, decision: Decision, generation: Generation | None,
+                    rendered, notices: list[str], handover_text: str) -> list[tuple[int, Outbound]]:
+        """Persist a turn's outcome in one transaction; returns what to deliver."""
+        cid = conversation["id"]
+        out: list[tuple[int, Outbound]] = []
+        figures: dict[str, Any] = {}
+        if generation is not None:
+            figures = {
+                "confidence": generation.confidence,
+                "min_token_prob": generation.min_token_prob,
+                "latency_ms": generation.timings.total_ms,
+                "first_token_ms": generation.timings.first_token_ms,
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": generation.completion_tokens,
+            }
+        if rendered is not None:
+            figures.update(template_name=rendered.template.name, template_version=rendered.version)
+        with self.store.transaction():
+            for notice in notices:
+                notice_id = self.store.add_message(cid, "system", notice, reply_to=message["id"])
+                out.append((notice_id, Outbound(notice, kind="notice", message_id=notice_id)))
+            if decision.handover:
+                notice_id = self.store.add_message(cid, "system", handover_text, reply_to=message["id"], **figures)
+                out.append((notice_id, Outbound(handover_text, kind="handover", message_id=notice_id)))
+                self.store.add_escalation(
+                    cid, message["id"], decision.reason.value if decision.reason else "engine_error",
+                    decision.detail, figures.get("confidence"), decision.answer,
+                )
+                self.store.update_conversation(cid, status=WAITING, assigned_agent=None)
+                self.store.set_message_status(message["id"], HANDED_OVER)
+            else:
+                reply_id = self.store.add_message(cid, "bot", decision.answer, reply_to=message["id"], **figures)
+                out.append((reply_id, Outbound(decision.answer, kind="answer", message_id=reply_id)))
+                self.store.set_message_status(message["id"], ANSWERED)
+            attachments = attachment_ids(message)
+            if attachments:
+                self.store.describe_attachments(attachments, describe_from_answer(decision.answer, message["text"]))
+        return out
+
+    async def _deliver_all(self, conversation: dict, items: list[tuple[int, Outbound]]) -> None:
+        target = Conversation(
+            conversation["id"], conversation["channel"], conversation["external_key"],
+            conversation["user_id"] or "", conversation["language"] or "en",
+        )
+        for message_id, outbound in items:
+            await self._deliver(target, message_id, outbound)
+
+    async def _deliver(self, target: Conversation, message_id: int, outbound: Outbound) -> bool:
+        channel = self.channels.get(target.channel)
+        if channel is None:
+            log.warning("no channel %r registered; message %d stays undelivered", target.channel, message_id)
+            return False
+        try:
+            await channel.send(target, outbound)
+        except Exception as exc:
+            log.warning("delivery of message %d on %s failed: %s", message_id, target.channel, type(exc).__name__)
+            return False
+        await self.db(self.store.mark_delivered, message_id)
+        return True
+
+    def _emit(self, event: str, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(event, data)
+
+    # Crash recovery -----------------------------------------------------------------
+    async def recover(self) -> dict[str, int]:
+        """Finish turns cut off by a crash, then deliver replies stored but not sent."""
+        pending = await self.db(self.store.pending_inbound)
+        for row in pending:
+            await self.process(row["id"])
+        redelivered = 0
+        for row in await self.db(self.store.undelivered):
+            conversation = await self.db(self.store.conversation, row["conversation_id"])
+            kind = {"bot": "answer", "agent": "agent"}.get(row["role"], "notice")
+            outbound = Outbound(row["text"], kind=kind, author=row.get("author") or "", message_id=row["id"])
+            target = Conversation(conversation["id"], conversation["channel"], conversation["external_key"],
+                                  conversation["user_id"] or "", conversation["language"] or "en")
+            redelivered += await self._deliver(target, row["id"], outbound)
+        return {"reprocessed": len(pending), "redelivered": redelivered}
+
+    # Human side ---------------------------------------------------------------------
+    async def request_human(self, conversation_id: int, reason: str = "user_request") -> None:
+        """Put a conversation in the agents' queue (e.g. the user pressed 'talk to a person')."""
+        def apply() -> None:
+            with self.store.transaction():
+                self.store.add_escalation(conversation_id, 0, reason, "requested", None, "")
+                self.store.update_conversation(conversation_id, status=WAITING)
+        await self.db(apply)
+
+    async def claim(self, conversation_id: int, agent: str) -> bool:
+        """Assign a waiting conversation to an agent; False if someone else has it."""
+        def apply() -> bool:
+            with self.store.transaction():
+                conversation = self.store.conversation(conversation_id)
+                if conversation is None or conversation["status"] != WAITING:
+                    return False
+                self.store.update_conversation(conversation_id, status=CLAIMED, assigned_agent=agent)
+                escalation = self.store.open_escalation(conversation_id)
+                if escalation:
+                    self.store.update_escalation(escalation["id"], status="claimed", claimed_by=agent, claimed_at=iso())
+                self.store.audit(agent, "claim", f"conversation:{conversation_id}")
+                return True
+        return await self.db(apply)
+
+    async def agent_reply(self, conversation_id: int, agent: str, text: str) -> int:
+        """Store an agent's reply and deliver it on the user's channel."""
+        def apply() -> tuple[int, dict]:
+            with self.store.transaction():
+                conversation = self.store.conversation(conversation_id)
+                if conversation["status"] == WAITING:
+                    self.store.update_conversation(conversation_id, status=CLAIMED, assigned_agent=agent)
+                message_id = self.store.add_message(conversation_id, "agent", text, author=agent)
+                self.store.audit(agent, "reply", f"conversation:{conversation_id}")
+                return message_id, self.store.conversation(conversation_id)
+        message_id, conversation = await self.db(apply)
+        await self._deliver_all(conversation, [(message_id, Outbound(text, kind="agent", author=agent, message_id=message_id))])
+        return message_id
+
+    async def _finish_human(self, conversation_id: int, agent: str, status: str, action: str) -> None:
+        def apply() -> None:
+            with self.store.transaction():
+                self.store.update_conversation(conversation_id, status=status, assigned_agent=None)
+                escalation = self.store.open_escalation(conversation_id)
+                if escalation:
+                    self.store.update_escalation(
+                        escalation["id"], status="resolved" if status == RESOLVED else "returned",
+                        resolved_by=agent, resolved_at=iso(),
+                    )
+                self.store.audit(agent, action, f"conversation:{conversation_id}")
+        await self.db(apply)
+
+    async def resolve(self, conversation_id: int, agent: str) -> None:
+        await self._finish_human(conversation_id, agent, RESOLVED, "resolve")
+
+    async def hand_back(self, conversation_id: int, agent: str) -> None:
+        await self._finish_human(conversation_id, agent, BOT, "hand_back")
+
+
+def _last_bot_low_confidence(history: list[dict], threshold: float) -> bool:
+    for row in reversed(history):
+        if row["role"] == "bot":
+            return row.get("confidence") is not None and row["confidence"] < threshold
+        if row["role"] == "user":
+            continue
+        if row["role"] in ("agent", "system"):
+            return False
+    return False

@@ -1,0 +1,72 @@
+"""The normalized messages every channel speaks, and the channel interface.
+
+Adapters turn a platform event into an `Inbound` and deliver an `Outbound` back; the
+conversation core only ever sees these, so it never learns which platform it serves.
+(`adapters.base` re-exports them for the adapters.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal, Protocol, runtime_checkable
+
+OutboundKind = Literal["answer", "handover", "notice", "agent"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    channel: str  # "widget", "slack", "telegram", "cli", ...
+    conversation_key: str  # chat/thread within the channel
+    message_id: str  # the platform's id: the idempotency key with `channel`
+    user_id: str
+    user_name: str = ""
+    text: str = ""
+    images: tuple[bytes, ...] = ()
+    received_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What a channel needs to deliver into a conversation."""
+
+    id: int
+    channel: str
+    conversation_key: str
+    user_id: str
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class Outbound:
+    text: str
+    kind: OutboundKind = "answer"
+    author: str = ""  # the agent's name for kind "agent"
+    message_id: int | None = None  # the stored message this delivers
+
+
+@runtime_checkable
+class Channel(Protocol):
+    name: str
+
+    async def send(self, conversation: Conversation, outbound: Outbound) -> None: ...
+
+
+class ChannelRegistry:
+    """Channel name -> channel, so a reply (bot or agent) finds its way back."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, Channel] = {}
+
+    def register(self, channel: Channel) -> None:
+        self._channels[channel.name] = channel
+
+    def get(self, name: str) -> Channel | None:
+        return self._channels.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._channels)

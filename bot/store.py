@@ -1,0 +1,494 @@
+"""Everything Snapdesk keeps: one SQLite file (through sqlite-utils) plus image files.
+
+A support tool must never lose a message: the database runs in WAL mode with
+`synchronous=FULL` and a busy timeout, an inbound message is written before anyone
+acknowledges it, and the schema only changes through numbered migrations applied at
+start-up. Attachments are the re-encoded output of image intake, stored under their
+sha256, never the uploaded bytes and never under a name a user chose.
+
+The Store is synchronous; the conversation core calls it from one database thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import sqlite_utils
+
+from .messages import utcnow
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "snapdesk.db"
+BUSY_TIMEOUT_MS = 10_000
+
+# Conversation status: who owns the thread.
+BOT, WAITING, CLAIMED, RESOLVED = "bot", "waiting", "claimed", "resolved"
+HUMAN_OWNED = (WAITING, CLAIMED)
+# User message status: pending until its answer or hand-over is stored.
+PENDING, ANSWERED, HANDED_OVER, FOR_AGENT = "pending", "answered", "handed_over", "for_agent"
+
+
+def iso(moment: datetime | None = None) -> str:
+    return (moment or utcnow()).astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+class StoreError(Exception):
+    """The data directory or database cannot be used; the message says why."""
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["conversations"].create(
+        {
+            "id": int, "channel": str, "external_key": str, "user_id": str, "user_name": str,
+            "status": str, "assigned_agent": str, "language": str, "episode": int,
+            "template_name": str, "created_at": str, "updated_at": str, "last_message_at": str,
+        },
+        pk="id",
+        not_null={"channel", "external_key", "status"},
+        defaults={"status": BOT, "episode": 1, "language": "en"},
+    )
+    db["conversations"].create_index(["channel", "external_key"], unique=True)
+    db["conversations"].create_index(["status", "last_message_at"])
+    db["attachments"].create(
+        {
+            "id": int, "sha256": str, "mime": str, "width": int, "height": int, "bytes": int,
+            "path": str, "description": str, "created_at": str,
+        },
+        pk="id",
+    )
+    db["attachments"].create_index(["sha256"], unique=True)
+    db["messages"].create(
+        {
+            "id": int, "conversation_id": int, "episode": int, "role": str, "text": str,
+            "attachment_ids": str, "refused_images": str, "status": str, "channel": str,
+            "platform_message_id": str, "reply_to": int, "author": str,
+            "confidence": float, "min_token_prob": float, "template_name": str, "template_version": int,
+            "latency_ms": float, "first_token_ms": float, "prompt_tokens": int, "completion_tokens": int,
+            "delivered": int, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("conversation_id", "conversations", "id")],
+        not_null={"conversation_id", "role"},
+        defaults={"text": "", "attachment_ids": "[]", "delivered": 0},
+    )
+    db["messages"].create_index(["channel", "platform_message_id"], unique=True)
+    db["messages"].create_index(["conversation_id", "id"])
+    db["messages"].create_index(["status"])
+    db["escalations"].create(
+        {
+            "id": int, "conversation_id": int, "message_id": int, "reason": str, "detail": str,
+            "confidence": float, "draft_answer": str, "status": str, "created_at": str,
+            "claimed_by": str, "claimed_at": str, "resolved_by": str, "resolved_at": str,
+        },
+        pk="id",
+        foreign_keys=[("conversation_id", "conversations", "id")],
+        defaults={"status": "open"},
+    )
+    db["escalations"].create_index(["conversation_id"])
+    db["template_versions"].create(
+        {
+            "id": int, "name": str, "version": int, "body": str, "author": str,
+            "created_at": str, "published_at": str,
+        },
+        pk="id",
+    )
+    db["template_versions"].create_index(["name", "version"], unique=True)
+    db["channel_templates"].create({"channel": str, "template_name": str}, pk="channel")
+    db["users"].create(
+        {"id": int, "name": str, "role": str, "password_hash": str, "disabled": int, "created_at": str},
+        pk="id",
+        defaults={"disabled": 0},
+    )
+    db["users"].create_index(["name"], unique=True)
+    db["audit_log"].create(
+        {"id": int, "at": str, "actor": str, "action": str, "target": str, "detail": str}, pk="id"
+    )
+
+
+# Numbered migrations: append, never edit one that has shipped.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+
+
+@dataclass(frozen=True)
+class StoredAttachment:
+    id: int
+    sha256: str
+    path: Path
+    width: int
+    height: int
+    description: str | None = None
+
+
+class Store:
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.attachments_dir = self.data_dir / "attachments"
+        try:
+            self.attachments_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.data_dir / ".write-test"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StoreError(
+                f"The data directory {self.data_dir} is not writable ({exc.strerror or exc}): "
+                "set SNAPDESK_DATA_DIR to a directory Snapdesk may write to."
+            ) from None
+        self.path = self.data_dir / DB_NAME
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._lock = threading.RLock()
+        self._migrate()
+
+    # Schema ---------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._lock:
+            if "schema_migrations" not in self.db.table_names():
+                self.db["schema_migrations"].create({"version": int, "applied_at": str}, pk="version")
+            applied = {row["version"] for row in self.db["schema_migrations"].rows}
+            for number, migration in enumerate(MIGRATIONS, start=1):
+                if number in applied:
+                    continue
+                with self.transaction():
+                    migration(self.db)
+                    self.db["schema_migrations"].insert({"version": number, "applied_at": iso()})
+                log.info("applied database migration %d (%s)", number, migration.__name__)
+
+    @property
+    def schema_version(self) -> int:
+        return max((row["version"] for row in self.db["schema_migrations"].rows), default=0)
+
+    def transaction(self):
+        """A write transaction: `with store.transaction(): ...` commits or rolls back."""
+        return _Transaction(self)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # Plain SQL for the per-message paths: table look-ups through sqlite-utils inspect the
+    # schema on every call, which would cost more than the writes themselves.
+    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        cursor = self.db.conn.execute(sql, list(params))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> dict | None:
+        rows = self._all(sql, params)
+        return rows[0] if rows else None
+
+    def _insert(self, table: str, record: dict[str, Any]) -> int:
+        columns = ", ".join(record)
+        marks = ", ".join("?" * len(record))
+        with self.transaction():
+            return self.db.conn.execute(f"insert into {table} ({columns}) values ({marks})", list(record.values())).lastrowid
+
+    def _update(self, table: str, row_id: int, fields: dict[str, Any]) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        with self.transaction():
+            self.db.conn.execute(f"update {table} set {assignments} where id = ?", [*fields.values(), row_id])
+
+    # Conversations --------------------------------------------------------------
+    def conversation(self, conversation_id: int) -> dict | None:
+        return self._one("select * from conversations where id = ?", [conversation_id])
+
+    def conversation_by_key(self, channel: str, external_key: str) -> dict | None:
+        return self._one("select * from conversations where channel = ? and external_key = ?", [channel, external_key])
+
+    def _ensure_conversation(self, channel: str, external_key: str, user_id: str, user_name: str, now: str) -> dict:
+        existing = self.conversation_by_key(channel, external_key)
+        if existing is not None:
+            return existing
+        self._insert(
+            "conversations",
+            {
+                "channel": channel, "external_key": external_key, "user_id": user_id, "user_name": user_name,
+                "status": BOT, "episode": 1, "language": "en", "created_at": now, "updated_at": now,
+                "last_message_at": now,
+            },
+        )
+        return self.conversation_by_key(channel, external_key)  # type: ignore[return-value]
+
+    def update_conversation(self, conversation_id: int, **fields: Any) -> None:
+        fields["updated_at"] = iso()
+        self._update("conversations", conversation_id, fields)
+
+    # Attachments ----------------------------------------------------------------
+    def save_attachment(self, sha256: str, data: bytes, mime: str, width: int, height: int) -> int:
+        """Store re-encoded image bytes under their hash (once); return the attachment id."""
+        relative = Path(sha256[:2]) / f"{sha256}.png"
+        target = self.attachments_dir / relative
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        rows = list(self.db["attachments"].rows_where("sha256 = ?", [sha256]))
+        if rows:
+            return rows[0]["id"]
+        return self.db["attachments"].insert(
+            {
+                "sha256": sha256, "mime": mime, "width": width, "height": height, "bytes": len(data),
+                "path": str(relative), "created_at": iso(),
+            }
+        ).last_pk
+
+    def attachments(self, attachment_ids: Iterable[int]) -> dict[int, StoredAttachment]:
+        ids = list(attachment_ids)
+        if not ids:
+            return {}
+        rows = self._all(f"select * from attachments where id in ({','.join('?' * len(ids))})", ids)
+        return {
+            row["id"]: StoredAttachment(
+                row["id"], row["sha256"], self.attachments_dir / row["path"], row["width"], row["height"],
+                row["description"],
+            )
+            for row in rows
+        }
+
+    def describe_attachments(self, attachment_ids: Iterable[int], description: str) -> None:
+        """Record a one-line description once per screenshot (the first one wins)."""
+        for attachment_id in attachment_ids:
+            self.db.execute(
+                "update attachments set description = ? where id = ? and description is null",
+                [description, attachment_id],
+            )
+
+    # Messages -------------------------------------------------------------------
+    def find_inbound(self, channel: str, platform_message_id: str) -> dict | None:
+        return self._one(
+            "select * from messages where channel = ? and platform_message_id = ?", [channel, platform_message_id]
+        )
+
+    def add_inbound(
+        self,
+        *,
+        channel: str,
+        external_key: str,
+        platform_message_id: str,
+        user_id: str,
+        user_name: str,
+        text: str,
+        attachment_ids: list[int],
+        refused_images: list[str],
+        received_at: datetime,
+        language: str,
+    ) -> tuple[dict, bool]:
+        """Store a user message idempotently. Returns (message row, created)."""
+        with self.transaction():
+            existing = self.find_inbound(channel, platform_message_id)
+            if existing is not None:
+                return existing, False
+            now = iso(received_at)
+            conversation = self._ensure_conversation(channel, external_key, user_id, user_name, now)
+            updates: dict[str, Any] = {"last_message_at": now, "language": language}
+            if user_name and user_name != conversation.get("user_name"):
+                updates["user_name"] = user_name
+            status = conversation["status"]
+            episode = conversation["episode"]
+            if status == RESOLVED:  # a new message after resolution starts a fresh bot episode
+                episode += 1
+                status = BOT
+                updates.update(status=BOT, episode=episode, assigned_agent=None)
+            self.update_conversation(conversation["id"], **updates)
+            message_id = self._insert(
+                "messages",
+                {
+                    "conversation_id": conversation["id"], "episode": episode, "role": "user", "text": text,
+                    "attachment_ids": json.dumps(attachment_ids), "refused_images": json.dumps(refused_images),
+                    "status": FOR_AGENT if status in HUMAN_OWNED else PENDING, "channel": channel,
+                    "platform_message_id": platform_message_id, "delivered": 1, "created_at": now,
+                },
+            )
+            return self.message(message_id), True  # type: ignore[return-value]
+
+    def message(self, message_id: int) -> dict | None:
+        return self._one("select * from messages where id = ?", [message_id])
+
+    def add_message(self, conversation_id: int, role: str, text: str, **fields: Any) -> int:
+        conversation = self.conversation(conversation_id)
+        record = {
+            "conversation_id": conversation_id, "episode": conversation["episode"] if conversation else 1,
+            "role": role, "text": text, "created_at": iso(), "delivered": 0, **fields,
+        }
+        if "attachment_ids" in record and not isinstance(record["attachment_ids"], str):
+            record["attachment_ids"] = json.dumps(record["attachment_ids"])
+        return self._insert("messages", record)
+
+    def set_message_status(self, message_id: int, status: str) -> None:
+        self._update("messages", message_id, {"status": status})
+
+    def mark_delivered(self, message_id: int) -> None:
+        self._update("messages", message_id, {"delivered": 1})
+
+    def undelivered(self) -> list[dict]:
+        """Replies stored but not yet confirmed delivered (e.g. a crash in between)."""
+        return list(
+            self.db["messages"].rows_where(
+                "delivered = 0 and role in ('bot', 'agent', 'system')", order_by="id"
+            )
+        )
+
+    def pending_inbound(self) -> list[dict]:
+        return self._all("select * from messages where role = 'user' and status = ? order by id", [PENDING])
+
+    def pending_up_to(self, conversation_id: int, message_id: int) -> list[dict]:
+        """A conversation's unanswered user messages up to `message_id`, oldest first."""
+        return self._all(
+            "select * from messages where conversation_id = ? and role = 'user' and status = ? and id <= ? order by id",
+            [conversation_id, PENDING, message_id],
+        )
+
+    def history(self, conversation_id: int, episode: int, before_id: int | None = None) -> list[dict]:
+        """Messages of one bot episode, oldest first (notes excluded)."""
+        where = "conversation_id = ? and episode = ? and role != 'note'"
+        params: list[Any] = [conversation_id, episode]
+        if before_id is not None:
+            where += " and id < ?"
+            params.append(before_id)
+        return self._all(f"select * from messages where {where} order by id", params)
+
+    def messages(self, conversation_id: int) -> list[dict]:
+        return list(self.db["messages"].rows_where("conversation_id = ?", [conversation_id], order_by="id"))
+
+    # Escalations ----------------------------------------------------------------
+    def add_escalation(self, conversation_id: int, message_id: int, reason: str, detail: str,
+                       confidence: float | None, draft_answer: str) -> int:
+        return self._insert(
+            "escalations",
+            {
+                "conversation_id": conversation_id, "message_id": message_id, "reason": reason, "detail": detail,
+                "confidence": confidence, "draft_answer": draft_answer, "status": "open", "created_at": iso(),
+            },
+        )
+
+    def open_escalation(self, conversation_id: int) -> dict | None:
+        rows = list(
+            self.db["escalations"].rows_where(
+                "conversation_id = ? and status in ('open', 'claimed')", [conversation_id], order_by="id desc", limit=1
+            )
+        )
+        return rows[0] if rows else None
+
+    def escalations(self, conversation_id: int) -> list[dict]:
+        return list(self.db["escalations"].rows_where("conversation_id = ?", [conversation_id], order_by="id"))
+
+    def update_escalation(self, escalation_id: int, **fields: Any) -> None:
+        self._update("escalations", escalation_id, fields)
+
+    # Templates ------------------------------------------------------------------
+    def template_versions(self, name: str) -> list[dict]:
+        return list(self.db["template_versions"].rows_where("name = ?", [name], order_by="version"))
+
+    def add_template_version(self, name: str, body: str, author: str = "", publish: bool = False) -> int:
+        with self.transaction():
+            current = self.db.execute(
+                "select coalesce(max(version), 0) from template_versions where name = ?", [name]
+            ).fetchone()[0]
+            version = current + 1
+            self.db["template_versions"].insert(
+                {
+                    "name": name, "version": version, "body": body, "author": author, "created_at": iso(),
+                    "published_at": iso() if publish else None,
+                }
+            )
+            return version
+
+    def publish_template_version(self, name: str, version: int) -> None:
+        with self.transaction():
+            self.db.execute(
+                "update template_versions set published_at = ? where name = ? and version = ?", [iso(), name, version]
+            )
+
+    def published_template_versions(self, name: str) -> list[dict]:
+        """Published versions, most recently published first (the first is the live one)."""
+        return self._all(
+            "select * from template_versions where name = ? and published_at is not null "
+            "order by published_at desc, version desc",
+            [name],
+        )
+
+    def channel_template(self, channel: str) -> str | None:
+        row = self._one("select template_name from channel_templates where channel = ?", [channel])
+        return row["template_name"] if row else None
+
+    def set_channel_template(self, channel: str, template_name: str) -> None:
+        with self.transaction():
+            self.db["channel_templates"].upsert({"channel": channel, "template_name": template_name}, pk="channel")
+
+    # Audit ----------------------------------------------------------------------
+    def audit(self, actor: str, action: str, target: str = "", **detail: Any) -> None:
+        self._insert(
+            "audit_log", {"at": iso(), "actor": actor, "action": action, "target": target, "detail": json.dumps(detail)}
+        )
+
+    # Retention ------------------------------------------------------------------
+    def purge(self, older_than_days: float, now: datetime | None = None) -> dict[str, int]:
+        """Delete conversations whose last message is older than the cutoff, with their
+        messages, escalations and the attachment files no remaining message uses."""
+        cutoff = iso((now or utcnow()) - timedelta(days=older_than_days))
+        removed = {"conversations": 0, "messages": 0, "escalations": 0, "attachments": 0}
+        with self.transaction():
+            ids = [row["id"] for row in self.db["conversations"].rows_where("last_message_at < ?", [cutoff], select="id")]
+            for conversation_id in ids:
+                removed["messages"] += self.db.execute(
+                    "delete from messages where conversation_id = ?", [conversation_id]
+                ).rowcount
+                removed["escalations"] += self.db.execute(
+                    "delete from escalations where conversation_id = ?", [conversation_id]
+                ).rowcount
+                self.db.execute("delete from conversations where id = ?", [conversation_id])
+            removed["conversations"] = len(ids)
+            used: set[int] = set()
+            for row in self.db["messages"].rows_where("attachment_ids != '[]'", select="attachment_ids"):
+                used.update(json.loads(row["attachment_ids"]))
+            orphans = [
+                row for row in self.db["attachments"].rows_where(select="id, path") if row["id"] not in used
+            ]
+            for row in orphans:
+                self.db.execute("delete from attachments where id = ?", [row["id"]])
+        for row in orphans:  # files go after the commit: a crash leaves a file, never a dangling row
+            try:
+                (self.attachments_dir / row["path"]).unlink()
+            except FileNotFoundError:
+                pass
+        removed["attachments"] = len(orphans)
+        return removed
+
+
+class _Transaction:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._outer = False
+
+    def __enter__(self) -> Store:
+        self.store._lock.acquire()
+        conn = self.store.db.conn
+        self._outer = not conn.in_transaction
+        if self._outer:
+            conn.execute("BEGIN IMMEDIATE")
+        return self.store
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._outer:
+                if exc_type is None:
+                    self.store.db.conn.execute("COMMIT")
+                else:
+                    self.store.db.conn.execute("ROLLBACK")
+        finally:
+            self.store._lock.release()

@@ -1,0 +1,79 @@
+"""Which template version is live for a channel, and the fall-back when one breaks.
+
+The shipped files in prompts/ seed version 1 of each template; operators publish newer
+versions. An end user must never see a template error: if the live version fails to
+render, the previous published versions are tried, then the shipped file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .store import Store
+from .templates import Template, TemplateError, TemplateLibrary
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "general"
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    template: Template
+    version: int
+    system_prompt: str
+
+
+@lru_cache(maxsize=256)
+def _parse(body: str) -> Template:
+    """Stored versions are parsed once, not on every turn."""
+    return Template.from_yaml(body)
+
+
+class PublishedTemplates:
+    def __init__(self, store: Store, library: TemplateLibrary, default: str = DEFAULT_TEMPLATE) -> None:
+        self.store = store
+        self.library = library
+        self.default = default
+
+    def seed(self) -> None:
+        """Store each shipped template as published version 1 unless it has versions already."""
+        for name in self.library.names():
+            if not self.store.template_versions(name):
+                self.store.add_template_version(name, self.library.get(name).to_yaml(), author="snapdesk", publish=True)
+
+    def template_name_for(self, channel: str) -> str:
+        name = self.store.channel_template(channel) or self.default
+        return name if name in self.library.names() or self.store.template_versions(name) else self.default
+
+    def candidates(self, name: str) -> list[tuple[Template, int]]:
+        """Published versions newest first, then the shipped file (version 0 when unstored)."""
+        found: list[tuple[Template, int]] = []
+        for row in self.store.published_template_versions(name):
+            try:
+                found.append((_parse(row["body"]), row["version"]))
+            except TemplateError as exc:
+                log.error("template %s version %s cannot be read: %s", name, row["version"], exc)
+        if name in self.library.names():
+            found.append((self.library.get(name), 0))
+        return found
+
+    def render_for(self, channel: str, language: str, user_name: str = "") -> RenderedPrompt:
+        name = self.template_name_for(channel)
+        try:
+            return self._render(name, channel, language, user_name)
+        except TemplateError:
+            if name == self.default:
+                raise
+            return self._render(self.default, channel, language, user_name)
+
+    def _render(self, name: str, channel: str, language: str, user_name: str) -> RenderedPrompt:
+        for template, version in self.candidates(name):
+            try:
+                prompt = template.render_system_prompt(language, channel=channel, user_name=user_name)
+                return RenderedPrompt(template, version, prompt)
+            except TemplateError as exc:
+                log.error("template %s version %s failed to render, trying an older one: %s", name, version, exc)
+        raise TemplateError([])  # nothing usable: the caller hands the turn over

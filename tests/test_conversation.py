@@ -1,0 +1,305 @@
+"""The conversation core through ConversationManager, with the real store and templates."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.context import ContextOptions
+from bot.conversation import ConversationManager, ManagerOptions
+from bot.escalation import EscalationPolicy
+from bot.messages import ChannelRegistry, Inbound, utcnow
+from bot.store import CLAIMED, RESOLVED, WAITING, Store
+from bot.template_versions import PublishedTemplates
+from bot.templates import TemplateLibrary
+from engine.base import EngineOverloaded, ImagePart, TextPart
+from engine.stub import StubEngine, last_user_text
+
+
+class RecordingChannel:
+    name = "widget"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str]] = []  # (conversation key, kind, text)
+
+    async def send(self, conversation, outbound) -> None:
+        self.sent.append((conversation.conversation_key, outbound.kind, outbound.text))
+
+
+def png(width: int = 1920, height: int = 1080, colour: str = "white") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def make(data_dir: Path, engine=None, **context) -> tuple[ConversationManager, RecordingChannel, StubEngine]:
+    engine = engine or StubEngine(reply="You were charged 88 for the automatic renewal of your membership.")
+    engine.start()
+    store = Store(data_dir)
+    templates = PublishedTemplates(store, TemplateLibrary())
+    templates.seed()
+    channel = RecordingChannel()
+    channels = ChannelRegistry()
+    channels.register(channel)
+    options = ManagerOptions(context=ContextOptions(**context)) if context else ManagerOptions()
+    return ConversationManager(store, engine, templates, EscalationPolicy(), channels, options), channel, engine
+
+
+_counter = iter(range(1, 10**9))
+
+
+def inbound(text: str = "Why was I charged?", key: str = "visitor-1", images: tuple[bytes, ...] = (), mid: str | None = None):
+    return Inbound(channel="widget", conversation_key=key, message_id=mid or f"m{next(_counter)}",
+                   user_id=key, user_name="Ana", text=text, images=images)
+
+
+async def test_a_redelivered_message_is_answered_once(tmp_path):
+    manager, channel, _ = make(tmp_path)
+    message = inbound(mid="evt-1")
+    first = await manager.handle(message)
+    second = await manager.handle(message)
+    assert first.kind == "answered" and second.kind == "duplicate"
+    assert [kind for _, kind, _ in channel.sent] == ["answer"]
+    assert len([m for m in manager.store.messages(first.conversation_id) if m["role"] == "bot"]) == 1
+
+
+async def test_turns_of_one_conversation_stay_in_order_while_conversations_overlap(tmp_path):
+    active, peak = 0, 0
+
+    class SlowEngine(StubEngine):
+        async def generate(self, request, timeout=None):
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            text = last_user_text(request)
+            await asyncio.sleep(0.05 if text.endswith("0") else 0.001)  # the first turn is the slowest
+            active -= 1
+            return await super().generate(request, timeout)
+
+    engine = SlowEngine(script=lambda r: (f"answer to {last_user_text(r)}", 0.9))
+    manager, channel, _ = make(tmp_path, engine)
+    turns = [inbound(f"{key} question {i}", key=key) for i in range(5) for key in ("a", "b")]
+    await asyncio.gather(*(manager.handle(t) for t in turns))
+    for key in ("a", "b"):
+        answers = [text for k, kind, text in channel.sent if k == key and kind == "answer"]
+        assert answers == [f"answer to {key} question {i}" for i in range(5)]
+    assert peak >= 2, "different conversations should be answered concurrently"
+
+
+CRASHING_CLIENT = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    sys.path.insert(0, {root!r})
+    from tests.test_conversation import make, inbound
+
+    async def main():
+        manager, _, _ = make({data!r})
+        accepted = await manager.accept(inbound("Why was I charged?", mid="evt-crash"))
+        print(accepted.message_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # die between storing and answering
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_crash_between_storing_and_answering_is_recovered_with_one_answer(tmp_path):
+    root = str(Path(__file__).resolve().parent.parent)
+    script = CRASHING_CLIENT.format(root=root, data=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -9, result.stderr
+    message_id = int(result.stdout.strip())
+
+    manager, channel, _ = make(tmp_path)
+    assert manager.store.message(message_id)["status"] == "pending"
+    report = await manager.recover()
+    assert report["reprocessed"] == 1
+    assert [kind for _, kind, _ in channel.sent] == ["answer"]
+    again = await manager.recover()  # a second restart answers nothing twice
+    assert again == {"reprocessed": 0, "redelivered": 0}
+    duplicate = await manager.handle(inbound("Why was I charged?", mid="evt-crash"))
+    assert duplicate.kind == "duplicate" and len(channel.sent) == 1
+
+
+async def test_undelivered_replies_are_sent_after_a_restart(tmp_path):
+    class BrokenChannel(RecordingChannel):
+        async def send(self, conversation, outbound):
+            raise ConnectionError("platform down")
+
+    manager, _, _ = make(tmp_path)
+    manager.channels.register(BrokenChannel())
+    outcome = await manager.handle(inbound())
+    assert outcome.kind == "answered"
+    assert len(manager.store.undelivered()) == 1  # stored, not lost
+
+    restarted, channel, _ = make(tmp_path)
+    assert (await restarted.recover())["redelivered"] == 1
+    assert channel.sent[0][1] == "answer" and not restarted.store.undelivered()
+
+
+async def test_the_bot_stays_silent_while_a_person_owns_the_thread(tmp_path):
+    manager, channel, engine = make(tmp_path)
+    handover = await manager.handle(inbound("Can I talk to a real person?"))
+    assert handover.kind == "handed_over" and handover.reason == "user_request"
+    cid = handover.conversation_id
+    assert manager.store.conversation(cid)["status"] == WAITING
+    calls = len(engine.requests)
+
+    waiting = await manager.handle(inbound("Hello? Anyone?"))
+    assert waiting.kind == "for_agent"
+    assert await manager.claim(cid, "mei") and not await manager.claim(cid, "li")  # one agent only
+    assert manager.store.conversation(cid)["status"] == CLAIMED
+    claimed = await manager.handle(inbound("Still there?"))
+    assert claimed.kind == "for_agent"
+    assert len(engine.requests) == calls, "the model must not be asked while a person owns the thread"
+    await manager.agent_reply(cid, "mei", "Hi Ana, I'm looking at your bill now.")
+    assert channel.sent[-1] == ("visitor-1", "agent", "Hi Ana, I'm looking at your bill now.")
+
+    await manager.hand_back(cid, "mei")
+    back = await manager.handle(inbound("Thanks. How do I turn off auto-renew?"))
+    assert back.kind == "answered"
+
+    await manager.handle(inbound("human please"))
+    await manager.resolve(cid, "mei")
+    assert manager.store.conversation(cid)["status"] == RESOLVED
+    fresh = await manager.handle(inbound("One more question: why was I charged?"))
+    assert fresh.kind == "answered"
+    conversation = manager.store.conversation(cid)
+    assert conversation["episode"] == 2
+    assert all(
+        "human please" not in (p.text if isinstance(p, TextPart) else "")
+        for m in engine.requests[-1].messages for p in m.parts
+    ), "a fresh episode starts without the old history"
+
+
+def scripted(reply: str, confidence: float = 0.9):
+    return StubEngine(reply=reply, confidence=confidence)
+
+
+@pytest.mark.parametrize(
+    "engine, turns, reason, language",
+    [
+        (scripted("ok"), ["我要转人工"], "user_request", "zh"),
+        (scripted("ok"), ["Can I speak to a human agent?"], "user_request", "en"),
+        (scripted("It may be a renewal.", 0.2), ["Why was I charged?"], "low_confidence", "en"),
+        (scripted("[[HANDOVER]] the screenshot shows a full card number"), ["Is my card OK?"], "model_declined", "en"),
+        (scripted("ok"), ["I want a refund for this charge"], "sensitive_topic", "en"),
+        (scripted("ok"), ["我要退款"], "sensitive_topic", "zh"),
+        (scripted("Restart the router."), ["My router light is red", "that didn't help"], "repeated_failure", "en"),
+        (StubEngine(script=lambda r: EngineOverloaded("queue full")), ["Where is my parcel?"], "engine_error", "en"),
+    ],
+)
+async def test_each_hand_over_reason_from_a_realistic_case(tmp_path, engine, turns, reason, language):
+    manager, channel, _ = make(tmp_path, engine)
+    for text in turns:
+        outcome = await manager.handle(inbound(text))
+    assert outcome.kind == "handed_over" and outcome.reason == reason
+    escalation = manager.store.escalations(outcome.conversation_id)[-1]
+    assert escalation["reason"] == reason
+    notice = channel.sent[-1]
+    assert notice[1] == "handover"
+    has_chinese = any("\u4e00" <= ch <= "\u9fff" for ch in notice[2])
+    assert has_chinese == (language == "zh")
+    if reason == "model_declined":
+        assert "[[HANDOVER]]" not in escalation["draft_answer"]
+    if reason == "low_confidence":
+        assert escalation["draft_answer"] == "It may be a renewal." and escalation["confidence"] < 0.3
+
+
+async def test_an_unreadable_image_alone_hands_over_with_a_clear_message(tmp_path):
+    manager, channel, engine = make(tmp_path)
+    outcome = await manager.handle(inbound("", images=(b"<!DOCTYPE html><html>not an image</html>",)))
+    assert outcome.kind == "handed_over" and outcome.reason == "unreadable_image"
+    kinds = [kind for _, kind, _ in channel.sent]
+    assert kinds == ["notice", "handover"]
+    assert "PNG" in channel.sent[0][2]
+    assert not engine.requests
+
+
+async def test_an_unreadable_image_with_a_question_still_gets_an_answer(tmp_path):
+    manager, channel, _ = make(tmp_path)
+    outcome = await manager.handle(inbound("Why was I charged?", images=(b"\x89PNG\r\n\x1a\n broken",)))
+    assert outcome.kind == "answered"
+    assert [kind for _, kind, _ in channel.sent] == ["notice", "answer"]
+
+
+async def test_old_screenshots_become_numbered_stand_ins_and_the_budget_holds(tmp_path):
+    manager, _, engine = make(tmp_path, budget_tokens=4096, recent_images=2)
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    for i, colour in enumerate(colours):
+        await manager.handle(inbound(f"What does screenshot {i + 1} show?", images=(png(colour=colour),)))
+    last = engine.requests[-1]
+    images = [p for m in last.messages for p in m.parts if isinstance(p, ImagePart)]
+    assert len(images) == 2 and images[-1].image.getpixel((5, 5)) == (255, 165, 0)
+    texts = [p.text for m in last.messages for p in m.parts if isinstance(p, TextPart)]
+    stand_ins = [t for t in texts if t.startswith("[screenshot #")]
+    assert stand_ins, "older screenshots should be described, not dropped silently"
+    assert all("You were charged 88" in t for t in stand_ins), "the description comes from the bot's answer"
+    prompt_tokens = sum(
+        engine.count_text_tokens(p.text) if isinstance(p, TextPart) else engine.count_image_tokens(*p.image.size)
+        for m in last.messages for p in m.parts
+    )
+    assert prompt_tokens <= 4096
+    files = list((tmp_path / "attachments").rglob("*.png"))
+    assert len(files) == 6 and all(len(f.stem) == 64 for f in files)  # content-addressed, re-encoded
+
+
+async def test_a_broken_published_template_never_reaches_the_user(tmp_path):
+    manager, channel, _ = make(tmp_path)
+    good = manager.store.template_versions("general")[-1]["body"]
+    broken = good.replace("{{ company }}", "{{ ''.__class__.__mro__ }}", 1)
+    assert broken != good
+    version = manager.store.add_template_version("general", broken, author="op", publish=True)
+    outcome = await manager.handle(inbound("Why was I charged?"))
+    assert outcome.kind == "answered"
+    bot = [m for m in manager.store.messages(outcome.conversation_id) if m["role"] == "bot"][-1]
+    assert bot["template_version"] != version  # the last good version answered
+
+
+async def test_purge_removes_old_conversations_and_their_files(tmp_path):
+    manager, _, _ = make(tmp_path)
+    old = await manager.handle(inbound("old question", key="old", images=(png(colour="red"),)))
+    new = await manager.handle(inbound("new question", key="new", images=(png(colour="blue"),)))
+    store = manager.store
+    store.update_conversation(old.conversation_id, last_message_at=(utcnow() - timedelta(days=40)).isoformat())
+    removed = store.purge(30)
+    assert removed["conversations"] == 1 and removed["attachments"] == 1 and removed["messages"] >= 2
+    assert store.conversation(old.conversation_id) is None and store.conversation(new.conversation_id)
+    assert len(list((tmp_path / "attachments").rglob("*.png"))) == 1
+
+
+def test_purge_and_chat_commands(tmp_path):
+    env = {**os.environ, "SNAPDESK_ENGINE": "stub", "SNAPDESK_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    shot = tmp_path / "bill.png"
+    shot.write_bytes(png())
+    chat = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "chat"],
+        input=f"/image {shot}\nWhy was I charged?\n/human\nhello?\n",
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert chat.returncode == 0, chat.stderr
+    assert "[answered · confidence 0.90]" in chat.stdout
+    assert "handed over to a person: user_request" in chat.stdout
+    assert "the bot stays silent" in chat.stdout
+    purge = subprocess.run([sys.executable, "-m", "bot.cli", "purge", "--older-than", "30"],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert purge.returncode == 0 and "removed 0 conversations" in purge.stdout
+
+
+def test_an_unwritable_data_directory_is_a_clear_error(tmp_path):
+    from bot.store import StoreError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match="not writable"):
+        Store(blocker / "data")
