@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench install clean
+.PHONY: run demo test bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/snapdesk serve
+
+# The whole flow without a GPU or a download: a tiny random-weight model (every answer is handed over).
+demo: $(STAMP)
+	test -f models/tiny/config.json || $(BIN)/snapdesk tiny-model models/tiny
+	$(BIN)/snapdesk serve --model models/tiny
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

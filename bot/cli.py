@@ -145,6 +145,20 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .store import StoreError
+    from .web.app import serve
+
+    settings = _settings_for_data(args)
+    updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = settings.model_copy(update=updates) if updates else settings
+    try:
+        serve(settings)
+    except StoreError as exc:
+        return _fail(str(exc))
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .terminal_chat import run_chat
 
@@ -168,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("text", help="the question")
     ask.set_defaults(func=cmd_ask)
 
+    serve = commands.add_parser("serve", help="run the server: widget, demo page, health and metrics")
+    serve.add_argument("--model", help="hub id or local directory of a Qwen3-VL checkpoint (default: SNAPDESK_MODEL)")
+    serve.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+    serve.add_argument("--host", help="address to listen on (default: SNAPDESK_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: SNAPDESK_PORT or 8000)")
+    serve.set_defaults(func=cmd_serve)
+
     chat = commands.add_parser("chat", help="talk to the bot in the terminal, through the real conversation core")
     chat.add_argument("--model", help="hub id or local directory of a Qwen3-VL checkpoint (default: SNAPDESK_MODEL)")
     chat.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
@@ -180,8 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def _configure_logging(verbose: bool, command: str) -> None:
+    server = command == "serve"
+    logging.basicConfig(
+        level=logging.INFO if verbose or server else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if server else "%(levelname)s %(name)s: %(message)s",
+    )
+    if server:
+        return  # the server log shows model loading progress
     if not verbose:
         import transformers
 
@@ -191,7 +218,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, args.command)
     return args.func(args)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Literal
@@ -23,6 +22,7 @@ from typing import Any, Callable, Literal
 from engine.base import Engine, EngineError, Generation, SamplingParams
 from engine.images import ImageLimits, ImageRejected, prepare_image
 
+from .db_thread import DatabaseThread
 from .context import ContextBuilder, ContextOptions, attachment_ids, describe_from_answer
 from .escalation import Decision, EscalationPolicy, Reason
 from .language import detect_language
@@ -95,18 +95,18 @@ class ConversationManager:
         self.policy = policy
         self.channels = channels
         self.options = options
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapdesk-db")
+        self._database = DatabaseThread(store)
         self._locks: dict[int, asyncio.Lock] = {}
         self._lock_users: dict[int, int] = {}
         self.context = ContextBuilder(engine, options.context)
         self.on_event: Callable[[str, dict], None] | None = None  # hook for consoles/metrics
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a store call on the database thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
+        """Run a store call on the database thread; it returns once committed."""
+        return await self._database.run(fn, *args, **kwargs)
 
     def close(self) -> None:
-        self._db_thread.shutdown(wait=True)
+        self._database.close()
 
     # Intake -----------------------------------------------------------------------
     async def handle(self, inbound: Inbound) -> TurnOutcome:
@@ -130,6 +130,8 @@ class ConversationManager:
                     refused.append(exc.reason)
         language = detect_language(inbound.text)
         row, created = await self.db(self._store_inbound, inbound, prepared, refused, language)
+        if created:
+            self._emit("inbound", channel=inbound.channel, conversation_id=row["conversation_id"], message_id=row["id"])
         return Accepted(row["id"], row["conversation_id"], duplicate=not created)
 
     def _prepare(self, data: bytes):
@@ -247,7 +249,9 @@ class ConversationManager:
                 )
                 # Reading screenshots from disk is slow work: off the event loop.
                 request, _ = await asyncio.to_thread(build) if stored_images else build()
-                generation = await self.engine.generate(request, timeout=self.options.request_timeout_s)
+                generation = await self._generate(
+                    request, conversation, message, rendered.template.escalation.decline_marker
+                )
             except EngineError as exc:
                 error = exc
             except Exception as exc:  # an engine bug must not lose the turn: hand over
@@ -273,11 +277,15 @@ class ConversationManager:
             self._store_turn, conversation, message, decision, generation, rendered, notices, handover_text
         )
         await self._deliver_all(conversation, stored)
+        if decision.handover:
+            await self.announce(cid)
         self._emit(
             "handover" if decision.handover else "answer",
             conversation_id=cid,
             message_id=message_id,
+            channel=conversation["channel"],
             reason=decision.reason.value if decision.reason else None,
+            generation=generation,
         )
         return TurnOutcome(
             "handed_over" if decision.handover else "answered",
@@ -289,6 +297,32 @@ class ConversationManager:
             confidence=generation.confidence if generation else None,
             notices=tuple(notices),
         )
+
+    async def _generate(self, request, conversation: dict, message: dict, marker: str) -> Generation:
+        """Generate, streaming the text to the user's channel when it can show it.
+
+        Nothing is streamed when the turn is bound to go to a person anyway, and text that
+        could still turn into the decline marker is held back until it cannot.
+        """
+        channel = self.channels.get(conversation["channel"])
+        send_delta = getattr(channel, "send_delta", None)
+        text = message["text"]
+        if send_delta is None or self.policy.wants_human(text) or self.policy.sensitive_topic(text):
+            return await self.engine.generate(request, timeout=self.options.request_timeout_s)
+        target = _target(conversation)
+        stream = self.engine.stream(request, timeout=self.options.request_timeout_s)
+        held, released = "", False
+        async for delta in stream:
+            if released:
+                await send_delta(target, message["id"], delta)
+                continue
+            held += delta
+            head = held.lstrip()
+            if marker and (marker.startswith(head) or head.startswith(marker)):
+                continue  # might be (or is) the decline marker: never show it
+            released = True
+            await send_delta(target, message["id"], held)
+        return await stream.result()
 
     def _store_turn(self, conversation: dict, message: dict, decision: Decision, generation: Generation | None,
                     rendered, notices: list[str], handover_text: str) -> list[tuple[int, Outbound]]:
@@ -309,11 +343,15 @@ class ConversationManager:
             figures.update(template_name=rendered.template.name, template_version=rendered.version)
         with self.store.transaction():
             for notice in notices:
-                notice_id = self.store.add_message(cid, "system", notice, reply_to=message["id"])
-                out.append((notice_id, Outbound(notice, kind="notice", message_id=notice_id)))
+                notice_id = self.store.add_message(cid, "system", notice, reply_to=message["id"], kind="notice")
+                out.append((notice_id, Outbound(notice, kind="notice", message_id=notice_id, reply_to=message["id"])))
             if decision.handover:
-                notice_id = self.store.add_message(cid, "system", handover_text, reply_to=message["id"], **figures)
-                out.append((notice_id, Outbound(handover_text, kind="handover", message_id=notice_id)))
+                notice_id = self.store.add_message(
+                    cid, "system", handover_text, reply_to=message["id"], kind="handover", **figures
+                )
+                out.append(
+                    (notice_id, Outbound(handover_text, kind="handover", message_id=notice_id, reply_to=message["id"]))
+                )
                 self.store.add_escalation(
                     cid, message["id"], decision.reason.value if decision.reason else "engine_error",
                     decision.detail, figures.get("confidence"), decision.answer,
@@ -321,8 +359,12 @@ class ConversationManager:
                 self.store.update_conversation(cid, status=WAITING, assigned_agent=None)
                 self.store.set_message_status(message["id"], HANDED_OVER)
             else:
-                reply_id = self.store.add_message(cid, "bot", decision.answer, reply_to=message["id"], **figures)
-                out.append((reply_id, Outbound(decision.answer, kind="answer", message_id=reply_id)))
+                reply_id = self.store.add_message(
+                    cid, "bot", decision.answer, reply_to=message["id"], kind="answer", **figures
+                )
+                out.append(
+                    (reply_id, Outbound(decision.answer, kind="answer", message_id=reply_id, reply_to=message["id"]))
+                )
                 self.store.set_message_status(message["id"], ANSWERED)
             attachments = attachment_ids(message)
             if attachments:
@@ -330,10 +372,7 @@ class ConversationManager:
         return out
 
     async def _deliver_all(self, conversation: dict, items: list[tuple[int, Outbound]]) -> None:
-        target = Conversation(
-            conversation["id"], conversation["channel"], conversation["external_key"],
-            conversation["user_id"] or "", conversation["language"] or "en",
-        )
+        target = _target(conversation)
         for message_id, outbound in items:
             await self._deliver(target, message_id, outbound)
 
@@ -350,6 +389,18 @@ class ConversationManager:
         await self.db(self.store.mark_delivered, message_id)
         return True
 
+    async def announce(self, conversation_id: int) -> None:
+        """Tell the user's channel who owns the conversation now, if it can show that."""
+        conversation = await self.db(self.store.conversation, conversation_id)
+        channel = self.channels.get(conversation["channel"]) if conversation else None
+        send_status = getattr(channel, "send_status", None)
+        if send_status is None:
+            return
+        try:
+            await send_status(_target(conversation), conversation["status"], conversation["assigned_agent"])
+        except Exception as exc:
+            log.warning("status update on %s failed: %s", conversation["channel"], type(exc).__name__)
+
     def _emit(self, event: str, **data: Any) -> None:
         if self.on_event is not None:
             self.on_event(event, data)
@@ -363,11 +414,9 @@ class ConversationManager:
         redelivered = 0
         for row in await self.db(self.store.undelivered):
             conversation = await self.db(self.store.conversation, row["conversation_id"])
-            kind = {"bot": "answer", "agent": "agent"}.get(row["role"], "notice")
-            outbound = Outbound(row["text"], kind=kind, author=row.get("author") or "", message_id=row["id"])
-            target = Conversation(conversation["id"], conversation["channel"], conversation["external_key"],
-                                  conversation["user_id"] or "", conversation["language"] or "en")
-            redelivered += await self._deliver(target, row["id"], outbound)
+            outbound = Outbound(row["text"], kind=row.get("kind") or "notice", author=row.get("author") or "",
+                                message_id=row["id"], reply_to=row.get("reply_to"))
+            redelivered += await self._deliver(_target(conversation), row["id"], outbound)
         return {"reprocessed": len(pending), "redelivered": redelivered}
 
     # Human side ---------------------------------------------------------------------
@@ -378,6 +427,7 @@ class ConversationManager:
                 self.store.add_escalation(conversation_id, 0, reason, "requested", None, "")
                 self.store.update_conversation(conversation_id, status=WAITING)
         await self.db(apply)
+        await self.announce(conversation_id)
 
     async def claim(self, conversation_id: int, agent: str) -> bool:
         """Assign a waiting conversation to an agent; False if someone else has it."""
@@ -392,19 +442,25 @@ class ConversationManager:
                     self.store.update_escalation(escalation["id"], status="claimed", claimed_by=agent, claimed_at=iso())
                 self.store.audit(agent, "claim", f"conversation:{conversation_id}")
                 return True
-        return await self.db(apply)
+        claimed = await self.db(apply)
+        if claimed:
+            await self.announce(conversation_id)
+        return claimed
 
     async def agent_reply(self, conversation_id: int, agent: str, text: str) -> int:
         """Store an agent's reply and deliver it on the user's channel."""
-        def apply() -> tuple[int, dict]:
+        def apply() -> tuple[int, dict, bool]:
             with self.store.transaction():
                 conversation = self.store.conversation(conversation_id)
-                if conversation["status"] == WAITING:
+                joined = conversation["status"] != CLAIMED or conversation["assigned_agent"] != agent
+                if joined:
                     self.store.update_conversation(conversation_id, status=CLAIMED, assigned_agent=agent)
-                message_id = self.store.add_message(conversation_id, "agent", text, author=agent)
+                message_id = self.store.add_message(conversation_id, "agent", text, author=agent, kind="agent")
                 self.store.audit(agent, "reply", f"conversation:{conversation_id}")
-                return message_id, self.store.conversation(conversation_id)
-        message_id, conversation = await self.db(apply)
+                return message_id, self.store.conversation(conversation_id), joined
+        message_id, conversation, joined = await self.db(apply)
+        if joined:
+            await self.announce(conversation_id)
         await self._deliver_all(conversation, [(message_id, Outbound(text, kind="agent", author=agent, message_id=message_id))])
         return message_id
 
@@ -420,12 +476,20 @@ class ConversationManager:
                     )
                 self.store.audit(agent, action, f"conversation:{conversation_id}")
         await self.db(apply)
+        await self.announce(conversation_id)
 
     async def resolve(self, conversation_id: int, agent: str) -> None:
         await self._finish_human(conversation_id, agent, RESOLVED, "resolve")
 
     async def hand_back(self, conversation_id: int, agent: str) -> None:
         await self._finish_human(conversation_id, agent, BOT, "hand_back")
+
+
+def _target(conversation: dict) -> Conversation:
+    return Conversation(
+        conversation["id"], conversation["channel"], conversation["external_key"],
+        conversation["user_id"] or "", conversation["language"] or "en",
+    )
 
 
 def _last_bot_low_confidence(history: list[dict], threshold: float) -> bool:

@@ -47,10 +47,18 @@ class Outbound:
     kind: OutboundKind = "answer"
     author: str = ""  # the agent's name for kind "agent"
     message_id: int | None = None  # the stored message this delivers
+    reply_to: int | None = None  # the user message this answers
 
 
 @runtime_checkable
 class Channel(Protocol):
+    """A place users write from. Optional extras a channel may implement:
+
+    - `async send_delta(conversation, reply_to, text)`: show an answer as it is generated;
+    - `async send_status(conversation, status, agent)`: show who owns the conversation
+      (`bot`, `waiting`, `claimed` by `agent`, `resolved`).
+    """
+
     name: str
 
     async def send(self, conversation: Conversation, outbound: Outbound) -> None: ...

@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     # Storage
     data_dir: Path = Path("data")
 
+    # Web server and widget
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    secret_key: str = Field("", description="signs visitor tokens; generated and kept in the data directory when empty")
+    widget_allowed_origins: str = Field(
+        "", description="comma-separated origins of the sites that embed the widget (the server's own origin is always allowed)"
+    )
+    widget_max_images: int = Field(4, ge=1, le=20)
+    widget_max_text_chars: int = Field(4000, ge=1)
+    widget_rate_per_visitor: int = Field(20, ge=1, description="messages per visitor per minute")
+    widget_rate_per_ip: int = Field(120, ge=1, description="widget requests per IP address per minute")
+
     def load_options(self) -> LoadOptions:
         return LoadOptions(
             model=self.model,
@@ -75,6 +87,10 @@ class Settings(BaseSettings):
             request_timeout_s=self.request_timeout_s,
             unknown_confidence_hands_over=self.unknown_confidence_hands_over,
         )
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.widget_allowed_origins.split(",") if o.strip()]
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(

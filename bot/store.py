@@ -114,8 +114,13 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m2_message_kind(db: sqlite_utils.Database) -> None:
+    """What a bot-side message is for the user: answer, handover, notice or agent."""
+    db["messages"].add_column("kind", str)
+
+
 # Numbered migrations: append, never edit one that has shipped.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_message_kind]
 
 
 @dataclass(frozen=True)

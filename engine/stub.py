@@ -95,8 +95,10 @@ class StubEngine:
         except BaseException as exc:  # the script may raise any engine error
             stream.push_error(exc)
             return stream
-        for i, word in enumerate(generation.text.split(" ")):
-            stream.push_delta(word if i == 0 else " " + word)
+        first, _, rest = generation.text.partition(" ")  # streamed in two chunks, as a batch would coalesce
+        stream.push_delta(first)
+        if rest:
+            stream.push_delta(" " + rest)
         stream.push_result(generation)
         return stream
 

@@ -1,0 +1,385 @@
+"""The web widget channel: its HTTP API, visitor tokens and live event streams.
+
+A visitor on any page that embeds `/widget.js` is anonymous: the widget asks for a signed
+visitor token once, keeps it in localStorage, and sends it with every call; the visitor id
+inside it is the conversation key. Messages are stored before the POST is acknowledged,
+keyed by the client's own message id so a retried POST is never answered twice. Replies,
+streamed text and status changes reach the page over server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from typing import Annotated, Any, AsyncIterator
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from bot.context import attachment_ids
+from bot.messages import Conversation, Inbound, Outbound, utcnow
+from bot.web.ratelimit import RateLimiter
+from bot.web.runtime import Runtime, RuntimeDep
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "widget"
+TOKEN_MAX_AGE_S = 180 * 24 * 3600
+KEEPALIVE_S = 15.0
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,100}$")
+KIND_ROLE = {"answer": "bot", "handover": "system", "notice": "system", "agent": "agent"}
+
+
+# Visitor tokens ------------------------------------------------------------------------
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def issue_token(secret: bytes, visitor_id: str, issued: int | None = None) -> str:
+    body = f"v1.{visitor_id}.{issued if issued is not None else int(time.time())}"
+    signature = hmac.new(secret, body.encode("ascii"), hashlib.sha256).digest()
+    return f"{body}.{_b64(signature)}"
+
+
+def verify_token(secret: bytes, token: str, now: float | None = None) -> str | None:
+    """The visitor id of a valid, unexpired token; None for anything else."""
+    try:
+        version, visitor_id, issued, signature = token.split(".")
+        if version != "v1" or not re.fullmatch(r"[0-9a-f]{32}", visitor_id):
+            return None
+        expected = _b64(hmac.new(secret, f"v1.{visitor_id}.{issued}".encode("ascii"), hashlib.sha256).digest())
+        if not hmac.compare_digest(expected, signature):
+            return None
+        if (now if now is not None else time.time()) - int(issued) > TOKEN_MAX_AGE_S:
+            return None
+        return visitor_id
+    except (ValueError, UnicodeError):
+        return None
+
+
+# The channel: delivering to open pages ---------------------------------------------------
+class WidgetChannel:
+    """Fans each outbound message out to the visitor's open event streams."""
+
+    name = CHANNEL
+
+    def __init__(self, max_buffered: int = 1000) -> None:
+        self._subscribers: dict[str, set[asyncio.Queue]] = {}
+        self._max_buffered = max_buffered
+
+    def subscribe(self, visitor_id: str) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue(self._max_buffered)
+        self._subscribers.setdefault(visitor_id, set()).add(queue)
+        return queue
+
+    def unsubscribe(self, visitor_id: str, queue: asyncio.Queue) -> None:
+        queues = self._subscribers.get(visitor_id)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self._subscribers[visitor_id]
+
+    def publish(self, visitor_id: str, event: str, data: dict) -> None:
+        for queue in list(self._subscribers.get(visitor_id, ())):
+            try:
+                queue.put_nowait((event, data))
+            except asyncio.QueueFull:  # a stalled page: it reloads history when it reconnects
+                self.unsubscribe(visitor_id, queue)
+
+    async def send(self, conversation: Conversation, outbound: Outbound) -> None:
+        self.publish(conversation.conversation_key, "message", outbound_json(outbound))
+
+    async def send_delta(self, conversation: Conversation, reply_to: int, text: str) -> None:
+        self.publish(conversation.conversation_key, "delta", {"reply_to": reply_to, "text": text})
+
+    async def send_status(self, conversation: Conversation, status: str, agent: str | None) -> None:
+        self.publish(conversation.conversation_key, "status", {"status": status, "agent": agent})
+
+
+def outbound_json(outbound: Outbound) -> dict:
+    return {
+        "id": outbound.message_id,
+        "role": KIND_ROLE.get(outbound.kind, "system"),
+        "kind": outbound.kind,
+        "text": outbound.text,
+        "author": outbound.author,
+        "images": [],
+        "created_at": utcnow().isoformat(),
+        "client_message_id": None,
+        "reply_to": outbound.reply_to,
+    }
+
+
+# HTTP API --------------------------------------------------------------------------------
+class ApiError(HTTPException):
+    """An error the widget shows to the visitor: a stable code and a readable message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(status, detail={"error": code, "message": message}, headers=headers)
+
+
+class SessionOut(BaseModel):
+    token: str
+    visitor_id: str
+
+
+class ConfigOut(BaseModel):
+    max_images: int
+    max_image_bytes: int
+    max_text_chars: int
+    demo: bool
+    banner: str | None
+
+
+class MessageOut(BaseModel):
+    id: int | None
+    role: str
+    kind: str
+    text: str
+    author: str
+    images: list[str]
+    created_at: str
+    client_message_id: str | None
+    reply_to: int | None
+
+
+class ConversationOut(BaseModel):
+    status: str
+    agent: str | None
+    messages: list[MessageOut]
+
+
+class AcceptedOut(BaseModel):
+    message_id: int
+    duplicate: bool
+    client_message_id: str
+
+
+class Limits:
+    """The widget's per-IP and per-visitor rate limiters (one set per server)."""
+
+    def __init__(self, per_ip: int, per_visitor: int) -> None:
+        self.ip = RateLimiter(per_ip)
+        self.visitor = RateLimiter(per_visitor)
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _too_many(retry_after: float) -> ApiError:
+    seconds = max(1, int(retry_after + 0.999))
+    return ApiError(
+        429, "rate_limited", f"Too many messages. Please wait {seconds} seconds and try again.",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+async def check_origin_and_rate(request: Request, runtime: RuntimeDep) -> None:
+    """Refuse pages on origins that may not embed the widget, and over-eager clients."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        own = f"{request.url.scheme}://{request.url.netloc}"
+        allowed = set(runtime.settings.allowed_origins) | {own}
+        if origin.rstrip("/") not in allowed:
+            raise ApiError(403, "origin_not_allowed", "This site may not use the support chat.")
+    retry = request.app.state.widget_limits.ip.check(_client_ip(request))
+    if retry is not None:
+        raise _too_many(retry)
+
+
+async def visitor_id(
+    runtime: RuntimeDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> str:
+    token = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else ""
+    visitor = verify_token(runtime.secret_key, token.strip()) if token else None
+    if visitor is None:
+        raise ApiError(401, "bad_token", "Your chat session has expired. Please reload the page.")
+    return visitor
+
+
+Visitor = Annotated[str, Depends(visitor_id)]
+router = APIRouter(prefix="/widget/api", tags=["widget"], dependencies=[Depends(check_origin_and_rate)])
+
+
+@router.get("/config", response_model=ConfigOut, summary="Limits and demo banner for the widget")
+async def config(runtime: RuntimeDep) -> ConfigOut:
+    settings = runtime.settings
+    return ConfigOut(
+        max_images=settings.widget_max_images,
+        max_image_bytes=settings.image_max_bytes,
+        max_text_chars=settings.widget_max_text_chars,
+        demo=runtime.demo_banner is not None,
+        banner=runtime.demo_banner,
+    )
+
+
+@router.post("/session", response_model=SessionOut, summary="Get (or keep) an anonymous visitor token")
+async def session(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> SessionOut:
+    if authorization and authorization.lower().startswith("bearer "):
+        token = authorization[7:].strip()
+        existing = verify_token(runtime.secret_key, token)
+        if existing is not None:
+            return SessionOut(token=token, visitor_id=existing)
+    new_id = secrets.token_hex(16)
+    return SessionOut(token=issue_token(runtime.secret_key, new_id), visitor_id=new_id)
+
+
+def _attachment_url(request: Request, sha256: str, token: str) -> str:
+    return f"{request.url.scheme}://{request.url.netloc}/widget/api/attachments/{sha256}?token={token}"
+
+
+def _history(runtime: Runtime, visitor: str) -> tuple[dict | None, list[dict], dict]:
+    conversation = runtime.store.conversation_by_key(CHANNEL, visitor)
+    if conversation is None:
+        return None, [], {}
+    rows = [row for row in runtime.store.messages(conversation["id"]) if row["role"] != "note"]
+    attachments = runtime.store.attachments({i for row in rows for i in attachment_ids(row)})
+    return conversation, rows, attachments
+
+
+@router.get("/conversation", response_model=ConversationOut, summary="The visitor's conversation so far")
+async def conversation(request: Request, runtime: RuntimeDep, visitor: Visitor,
+                       authorization: Annotated[str, Header()]) -> ConversationOut:
+    token = authorization[7:].strip()
+    found, rows, attachments = await runtime.manager.db(_history, runtime, visitor)
+    if found is None:
+        return ConversationOut(status="bot", agent=None, messages=[])
+    messages = []
+    for row in rows:
+        kind = "user" if row["role"] == "user" else (row.get("kind") or "notice")
+        images = [
+            _attachment_url(request, attachments[i].sha256, token) for i in attachment_ids(row) if i in attachments
+        ]
+        client_id = row["platform_message_id"].split(":", 1)[1] if row["role"] == "user" and row["platform_message_id"] else None
+        messages.append(
+            MessageOut(
+                id=row["id"], role=row["role"], kind=kind, text=row["text"] or "", author=row.get("author") or "",
+                images=images, created_at=row["created_at"], client_message_id=client_id, reply_to=row.get("reply_to"),
+            )
+        )
+    return ConversationOut(status=found["status"], agent=found["assigned_agent"], messages=messages)
+
+
+async def _read_images(form: Any, runtime: Runtime) -> list[bytes]:
+    files = [value for key, value in form.multi_items() if key == "images" and hasattr(value, "read")]
+    if len(files) > runtime.settings.widget_max_images:
+        raise ApiError(413, "too_many_images", f"Please send at most {runtime.settings.widget_max_images} images at a time.")
+    images = []
+    limit = runtime.settings.image_max_bytes
+    for upload in files:
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, "too_large", f"That image is too large (limit {limit // (1024 * 1024)} MB).")
+        images.append(data)
+    return images
+
+
+@router.post("/messages", status_code=202, response_model=AcceptedOut,
+             summary="Send a message with optional screenshots (multipart/form-data)",
+             description="Fields: `client_message_id` (8-100 characters of A-Z a-z 0-9 _ -, reused when retrying), "
+                         "`text`, and one `images` file per screenshot. The message is stored before this answers; "
+                         "the reply arrives on the event stream.")
+async def post_message(request: Request, runtime: RuntimeDep, visitor: Visitor) -> AcceptedOut:
+    settings = runtime.settings
+    body_limit = settings.widget_max_images * (settings.image_max_bytes + 4096) + 4 * settings.widget_max_text_chars + 65536
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > body_limit:
+        raise ApiError(413, "too_large", "That message is too large. Please send smaller screenshots.")
+    retry = request.app.state.widget_limits.visitor.check(visitor)
+    if retry is not None:
+        raise _too_many(retry)
+    try:
+        form = await request.form(max_files=settings.widget_max_images + 1, max_fields=20,
+                                  max_part_size=settings.image_max_bytes + 1)
+    except Exception:
+        raise ApiError(413, "too_large", "That message is too large or malformed.") from None
+    client_id = str(form.get("client_message_id") or "")
+    if not CLIENT_ID.fullmatch(client_id):
+        raise ApiError(400, "bad_request", "client_message_id must be 8 to 100 letters, digits, '-' or '_'.")
+    text = str(form.get("text") or "")
+    if len(text) > settings.widget_max_text_chars:
+        raise ApiError(413, "text_too_long", f"Please keep messages under {settings.widget_max_text_chars} characters.")
+    images = await _read_images(form, runtime)
+    if not text.strip() and not images:
+        raise ApiError(400, "empty", "Please type a message or attach a screenshot.")
+    inbound = Inbound(channel=CHANNEL, conversation_key=visitor, message_id=f"{visitor}:{client_id}",
+                      user_id=visitor, user_name="", text=text, images=tuple(images))
+    accepted = await runtime.manager.accept(inbound)
+    if not accepted.duplicate:
+        runtime.spawn(runtime.process(accepted.message_id, accepted.conversation_id))
+    return AcceptedOut(message_id=accepted.message_id, duplicate=accepted.duplicate, client_message_id=client_id)
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@router.get("/events", summary="Server-sent events: message, delta and status",
+            response_class=StreamingResponse)
+async def events(request: Request, runtime: RuntimeDep, token: Annotated[str, Query()]) -> StreamingResponse:
+    visitor = verify_token(runtime.secret_key, token)
+    if visitor is None:
+        raise ApiError(401, "bad_token", "Your chat session has expired. Please reload the page.")
+    channel: WidgetChannel = request.app.state.widget_channel
+    queue = channel.subscribe(visitor)
+    found = await runtime.manager.db(runtime.store.conversation_by_key, CHANNEL, visitor)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 2000\n\n"
+            if found is not None:
+                yield _sse("status", {"status": found["status"], "agent": found["assigned_agent"]})
+            while True:
+                try:
+                    event, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                yield _sse(event, data)
+        finally:
+            channel.unsubscribe(visitor, queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _attachment_for(runtime: Runtime, visitor: str, sha256: str):
+    conversation = runtime.store.conversation_by_key(CHANNEL, visitor)
+    if conversation is None:
+        return None
+    ids = {i for row in runtime.store.messages(conversation["id"]) for i in attachment_ids(row)}
+    return next((a for a in runtime.store.attachments(ids).values() if a.sha256 == sha256), None)
+
+
+@router.get("/attachments/{sha256}", summary="A screenshot from the visitor's own conversation",
+            response_class=FileResponse)
+async def attachment(runtime: RuntimeDep, sha256: str, token: Annotated[str, Query()]):
+    visitor = verify_token(runtime.secret_key, token)
+    if visitor is None:
+        raise ApiError(401, "bad_token", "Your chat session has expired. Please reload the page.")
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ApiError(404, "not_found", "No such image.")
+    found = await runtime.manager.db(_attachment_for, runtime, visitor, sha256)
+    if found is None or not found.path.is_file():
+        raise ApiError(404, "not_found", "No such image.")
+    return FileResponse(found.path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+
+def api_error_response(request: Request, exc: HTTPException) -> JSONResponse:
+    """Widget errors as flat JSON ({"error", "message"}) instead of FastAPI's {"detail": ...}."""
+    if isinstance(exc.detail, dict) and "error" in exc.detail:
+        return JSONResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"error": "http_error", "message": str(exc.detail)}, status_code=exc.status_code,
+                        headers=exc.headers)

@@ -1,0 +1,207 @@
+"""The Snapdesk server: one FastAPI application, assembled here at start-up.
+
+The process answers `/healthz` at once and loads the model in the background (with progress
+in the log); `/readyz` turns ready only when the model has answered a first request.
+Messages that arrive while it loads are stored and answered as soon as it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import html
+import logging
+import sys
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from adapters.widget import Limits, WidgetChannel, api_error_response
+from adapters.widget import router as widget_router
+from engine.base import ChatMessage, Engine, GenerationRequest, ModelLoadError
+from engine.stub import StubEngine
+from engine.tiny import is_tiny_checkpoint
+
+from ..engine_setup import make_engine, make_manager
+from ..messages import ChannelRegistry
+from ..settings import Settings
+from .metrics import Metrics
+from .runtime import Runtime
+from .secret_key import load_secret_key
+
+log = logging.getLogger("snapdesk")
+
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+DEMO_BANNER = (
+    "Demo mode: replies come from a tiny random-weight model, so they are noise and every answer is handed "
+    "over to a person."
+)
+
+
+def _static(name: str) -> str:
+    return resources.files("bot.web").joinpath("static").joinpath(name).read_text(encoding="utf-8")
+
+
+def demo_banner(settings: Settings, engine: Engine) -> str | None:
+    if isinstance(engine, StubEngine):
+        return "Demo mode: replies come from a scripted stub engine, not a model."
+    if is_tiny_checkpoint(settings.model):
+        return DEMO_BANNER
+    return None
+
+
+async def _load_engine(runtime: Runtime) -> None:
+    """Load the model off the event loop, check it answers, then finish interrupted turns."""
+    try:
+        await asyncio.to_thread(runtime.engine.start)
+        await runtime.engine.generate(
+            GenerationRequest((ChatMessage.of("user", "ping"),), max_new_tokens=1), timeout=600
+        )
+        log.info("engine ready: %s", runtime.engine.model_name)
+    except ModelLoadError as exc:
+        runtime.load_error = str(exc)
+        log.error("the model could not be loaded: %s", exc)
+    except Exception as exc:  # the server keeps storing messages and hands them over
+        runtime.load_error = f"{type(exc).__name__}: the model failed its first answer"
+        log.exception("the model failed its first answer")
+    finally:
+        runtime.ready.set()
+    report = await runtime.manager.recover()
+    if any(report.values()):
+        log.info("recovered after restart: %(reprocessed)d turns answered, %(redelivered)d replies re-sent", report)
+
+
+def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
+    """Everything the server holds; raises StoreError for an unusable data directory."""
+    engine = engine or make_engine(settings)
+    widget = WidgetChannel()
+    channels = ChannelRegistry()
+    channels.register(widget)
+    manager = make_manager(settings, engine, channels)
+    metrics = Metrics()
+    metrics.watch_engine(engine)
+    manager.on_event = metrics.on_event
+    runtime = Runtime(
+        settings=settings,
+        store=manager.store,
+        engine=engine,
+        manager=manager,
+        metrics=metrics,
+        secret_key=load_secret_key(settings.secret_key, settings.data_dir),
+        demo_banner=demo_banner(settings, engine),
+        widget_channel=widget,
+    )
+    return runtime
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    runtime = build_runtime(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if runtime.demo_banner:
+            log.warning("%s", runtime.demo_banner)
+        loader = asyncio.create_task(_load_engine(runtime))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            for task in list(runtime.tasks):
+                task.cancel()
+            await asyncio.gather(loader, *runtime.tasks, return_exceptions=True)
+            runtime.engine.close()
+            runtime.manager.close()
+            runtime.store.close()
+
+    app = FastAPI(
+        title="Snapdesk",
+        version="0.1.0",
+        summary="Self-hosted customer-support bot that understands screenshots.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.widget_channel = runtime.widget_channel
+    app.state.widget_limits = Limits(settings.widget_rate_per_ip, settings.widget_rate_per_visitor)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins,
+        allow_credentials=False,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Retry-After"],
+        max_age=600,
+    )
+    app.add_exception_handler(HTTPException, api_error_response)
+    app.include_router(widget_router)
+    _add_pages(app, runtime)
+    return app
+
+
+def _add_pages(app: FastAPI, runtime: Runtime) -> None:
+    page_headers = {"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY",
+                    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def demo_page() -> HTMLResponse:
+        page = _static("demo.html")
+        if runtime.demo_banner:
+            page = page.replace(
+                '<div id="demo-banner" hidden></div>',
+                f'<div id="demo-banner" role="note">{html.escape(runtime.demo_banner)}</div>',
+            )
+        return HTMLResponse(page, headers=page_headers)
+
+    @app.get("/widget.js", include_in_schema=False)
+    async def widget_js() -> Response:
+        return Response(_static("widget.js"), media_type="text/javascript; charset=utf-8",
+                        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/healthz", summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and answering")
+    async def readyz() -> JSONResponse:
+        if runtime.load_error:
+            return JSONResponse({"status": "failed", "error": runtime.load_error}, status_code=503)
+        if not runtime.ready.is_set():
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ready", "model": runtime.engine.model_name})
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    async def metrics() -> Response:
+        return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class HideQueryStrings(logging.Filter):
+    """Access-log lines without query strings: the widget's event stream carries its token there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            args = list(record.args)
+            args[2] = args[2].split("?", 1)[0]
+            record.args = tuple(args)
+        return True
+
+
+def serve(settings: Settings, **uvicorn_options: Any) -> None:
+    import uvicorn
+
+    logging.getLogger("uvicorn.access").addFilter(HideQueryStrings())
+    # The database and model threads hand the GIL back and forth with the event loop many
+    # times per message; the default 5 ms switch interval would add that wait each time.
+    sys.setswitchinterval(0.0005)
+    app = create_app(settings)
+    # Everything imported so far lives as long as the process: keep it out of the cyclic
+    # collector's way, so its pauses do not show up as slow requests.
+    gc.collect()
+    gc.freeze()
+    log.info("Snapdesk on http://%s:%d (data in %s)", settings.host, settings.port, settings.data_dir)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", **uvicorn_options)

@@ -1,0 +1,58 @@
+"""What one running server holds, and the request dependencies that reach it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Coroutine
+
+from fastapi import Depends, Request
+
+from engine.base import Engine
+
+from ..conversation import ConversationManager
+from ..settings import Settings
+from ..store import Store
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    engine: Engine
+    manager: ConversationManager
+    metrics: Metrics
+    secret_key: bytes
+    demo_banner: str | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    load_error: str | None = None
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    widget_channel: Any = None
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        """Run work after the response, keeping a reference so it is not collected."""
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed: %s", type(task.exception()).__name__)
+
+    async def process(self, message_id: int, conversation_id: int) -> None:
+        """Answer a stored message once the model is loaded (or has failed to load)."""
+        await self.ready.wait()
+        await self.manager.process(message_id, conversation_id)
+
+
+async def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

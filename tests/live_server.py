@@ -1,0 +1,48 @@
+"""Running the real Snapdesk app on a loopback port inside the test process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from bot.settings import Settings
+from bot.web.app import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def live_server(data_dir: Path, engine=None, **settings):
+    """Serve create_app(...) on 127.0.0.1 until the block ends; yields (base_url, app)."""
+    port = free_port()
+    config = Settings(data_dir=data_dir, host="127.0.0.1", port=port, **settings)
+    app = create_app(config, engine=engine)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    else:
+        raise RuntimeError("the test server did not become ready")
+    try:
+        yield base, app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -1,0 +1,193 @@
+"""The server and the widget API over real HTTP on loopback (stub engine)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from adapters.widget import issue_token, verify_token
+from engine.stub import StubEngine
+from tests.live_server import live_server
+
+
+def png_bytes(width=640, height=480) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with live_server(tmp_path_factory.mktemp("web"), engine=StubEngine(), widget_rate_per_visitor=5,
+                     widget_max_images=2, widget_max_text_chars=200,
+                     widget_allowed_origins="https://shop.example") as (base, app):
+        yield base, app
+
+
+def session(base: str) -> dict[str, str]:
+    token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def send(base, headers, client_id, text="Why was I charged?", files=None, extra_headers=None):
+    return httpx.post(
+        f"{base}/widget/api/messages",
+        headers={**headers, **(extra_headers or {})},
+        data={"client_message_id": client_id, "text": text},
+        files=files,
+        timeout=30,
+    )
+
+
+def wait_for_answer(base, headers, count=1, timeout=10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conversation = httpx.get(f"{base}/widget/api/conversation", headers=headers).json()
+        if sum(m["role"] != "user" for m in conversation["messages"]) >= count:
+            return conversation
+        time.sleep(0.05)
+    raise AssertionError("no answer arrived")
+
+
+def test_health_ready_metrics_and_openapi(server):
+    base, _ = server
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+    spec = httpx.get(f"{base}/openapi.json").json()
+    for path in ("/widget/api/session", "/widget/api/messages", "/widget/api/conversation", "/widget/api/events"):
+        assert path in spec["paths"]
+    headers = session(base)
+    assert send(base, headers, "metrics-0001").status_code == 202
+    wait_for_answer(base, headers)
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'snapdesk_messages_total{channel="widget"}' in metrics
+    assert "snapdesk_time_to_first_token_seconds_bucket" in metrics
+    assert "snapdesk_engine_queue_depth" in metrics and "snapdesk_tokens_total" in metrics
+
+
+def test_a_message_is_stored_answered_and_a_retry_is_not_answered_twice(server):
+    base, app = server
+    headers = session(base)
+    first = send(base, headers, "retry-0001")
+    assert first.status_code == 202 and first.json()["duplicate"] is False
+    again = send(base, headers, "retry-0001")
+    assert again.status_code == 202 and again.json() == {**first.json(), "duplicate": True}
+    conversation = wait_for_answer(base, headers)
+    time.sleep(0.2)
+    conversation = httpx.get(f"{base}/widget/api/conversation", headers=headers).json()
+    roles = [m["role"] for m in conversation["messages"]]
+    assert roles == ["user", "bot"]
+    assert conversation["messages"][0]["client_message_id"] == "retry-0001"
+
+
+def test_screenshots_are_stored_and_served_only_to_their_visitor(server):
+    base, _ = server
+    headers = session(base)
+    response = send(base, headers, "shot-00001", files=[("images", ("bill.png", png_bytes(), "image/png"))])
+    assert response.status_code == 202
+    conversation = wait_for_answer(base, headers)
+    url = conversation["messages"][0]["images"][0]
+    image = httpx.get(url)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    other = session(base)["Authorization"][7:]
+    assert httpx.get(url.split("?")[0], params={"token": other}).status_code == 404
+
+
+def test_bad_and_missing_tokens_are_refused(server):
+    base, app = server
+    good = session(base)["Authorization"][7:]
+    tampered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    forged = issue_token(b"not the server key", "0" * 32)
+    for headers in ({}, {"Authorization": "Basic abc"}, *({"Authorization": f"Bearer {t}"} for t in ("garbage", tampered, forged))):
+        response = send(base, headers, "token-0001")
+        assert response.status_code == 401 and response.json()["error"] == "bad_token"
+    assert httpx.get(f"{base}/widget/api/events", params={"token": tampered}).status_code == 401
+    secret = app.state.runtime.secret_key
+    assert verify_token(secret, issue_token(secret, "a" * 32, issued=0)) is None  # expired
+
+
+def test_wrong_origins_are_refused_and_allowed_ones_get_cors(server):
+    base, _ = server
+    headers = session(base)
+    evil = send(base, headers, "origin-0001", extra_headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403 and evil.json()["error"] == "origin_not_allowed"
+    shop = send(base, headers, "origin-0002", extra_headers={"Origin": "https://shop.example"})
+    assert shop.status_code == 202
+    assert shop.headers["access-control-allow-origin"] == "https://shop.example"
+    assert "access-control-allow-credentials" not in shop.headers
+    preflight = httpx.options(f"{base}/widget/api/messages", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.headers.get("access-control-allow-origin") != "*"
+
+
+def test_upload_limits_answer_413_with_a_readable_message(server):
+    base, _ = server
+    headers = session(base)
+    three = [("images", (f"s{i}.png", png_bytes(), "image/png")) for i in range(3)]
+    too_many = send(base, headers, "limit-0001", files=three)
+    assert too_many.status_code == 413 and too_many.json()["error"] == "too_many_images"
+    assert "at most 2" in too_many.json()["message"]
+    long_text = send(base, headers, "limit-0002", text="x" * 201)
+    assert long_text.status_code == 413 and long_text.json()["error"] == "text_too_long"
+    empty = send(base, headers, "limit-0003", text="   ")
+    assert empty.status_code == 400 and empty.json()["error"] == "empty"
+    bad_id = send(base, headers, "../../x")
+    assert bad_id.status_code == 400
+
+
+def test_per_visitor_rate_limit_answers_429(server):
+    base, _ = server
+    headers = session(base)
+    codes = [send(base, headers, f"rate-{i:05d}").status_code for i in range(7)]
+    assert codes[:5] == [202] * 5 and codes[-1] == 429
+    limited = send(base, headers, "rate-99999")
+    assert limited.json()["error"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+
+
+def test_events_stream_delivers_the_answer_and_status(server):
+    base, _ = server
+    headers = session(base)
+    token = headers["Authorization"][7:]
+    seen: list[tuple[str, dict]] = []
+
+    def listen():
+        with httpx.stream("GET", f"{base}/widget/api/events", params={"token": token}, timeout=10) as stream:
+            event = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event:
+                    seen.append((event, json.loads(line[6:])))
+                    if event == "status" and seen[-1][1]["status"] == "waiting":
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(0.3)
+    send(base, headers, "events-001", text="Why was I charged?")
+    send(base, headers, "events-002", text="Can I talk to a human?")
+    listener.join(timeout=10)
+    kinds = [(event, data.get("kind")) for event, data in seen]
+    assert ("delta", None) in kinds, "the answer should stream"
+    assert ("message", "answer") in kinds and ("message", "handover") in kinds
+    assert seen[-1] == ("status", {"status": "waiting", "agent": None})
+    streamed = "".join(d["text"] for e, d in seen if e == "delta")
+    answer = next(d for e, d in seen if e == "message" and d["kind"] == "answer")
+    assert streamed == answer["text"]
+
+
+def test_demo_page_and_widget_script_are_served_with_a_strict_policy(server):
+    base, _ = server
+    page = httpx.get(f"{base}/")
+    assert page.status_code == 200 and '<script src="/widget.js"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "scripted stub engine" in page.text  # the demo banner
+    script = httpx.get(f"{base}/widget.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
