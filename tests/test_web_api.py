@@ -191,3 +191,63 @@ def test_demo_page_and_widget_script_are_served_with_a_strict_policy(server):
     assert "scripted stub engine" in page.text  # the demo banner
     script = httpx.get(f"{base}/widget.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+
+
+class SlowLoadingEngine(StubEngine):
+    """A model that takes a while to load, like an 8B checkpoint."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def start(self) -> None:
+        self.gate.wait(30)
+        super().start()
+
+
+def test_health_answers_while_the_model_loads_and_messages_wait_for_it(tmp_path):
+    import uvicorn
+
+    from bot.settings import Settings
+    from bot.web.app import create_app
+    from tests.live_server import free_port
+
+    gate = threading.Event()
+    port = free_port()
+    app = create_app(Settings(data_dir=tmp_path, port=port), engine=SlowLoadingEngine(gate))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"{base}/healthz")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        assert health.status_code == 200
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "loading"
+        headers = session(base)
+        assert send(base, headers, "early-0001").status_code == 202  # stored while loading
+        gate.set()
+        conversation = wait_for_answer(base, headers)
+        assert [m["kind"] for m in conversation["messages"]] == ["user", "answer"]
+        assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def test_access_log_lines_hide_query_strings():
+    import logging
+
+    from bot.web.app import HideQueryStrings
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", "/widget/api/events?token=v1.secret", "1.1", 200), None)
+    HideQueryStrings().filter(record)
+    assert "secret" not in record.getMessage() and "/widget/api/events" in record.getMessage()

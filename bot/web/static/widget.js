@@ -456,7 +456,7 @@ button { font: inherit; color: inherit; }
 .imgs img, .imgs a { display: block; }
 .imgs img {
   max-width: 220px; max-height: 200px; border-radius: 12px; object-fit: cover; object-position: top center;
-  background: rgba(255,255,255,.25);
+  background: #fff; box-shadow: 0 0 0 1px rgba(15, 23, 42, .1);
 }
 .imgs.many img { width: 100px; height: 100px; }
 .img-missing {
@@ -659,8 +659,8 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
       id: "sd-panel", class: "panel", role: "dialog", "aria-label": TITLE, "data-testid": "panel", hidden: true
     }, [header, bannerEl, list, previews, composer, dropzone]);
 
-    root.appendChild(panel);
     root.appendChild(launcher);
+    root.appendChild(panel);
     shadow.appendChild(root);
     document.body.appendChild(host);
 

@@ -1,0 +1,192 @@
+"""The widget in a real browser: Debian's Chromium driven by Playwright, against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+
+import pytest
+from PIL import Image
+
+from engine.base import GenerationStream
+from engine.stub import StubEngine
+from tests.live_server import live_server
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+ANSWER = "Your membership renewed automatically for 88. You can turn auto-renew off in Settings."
+
+
+class SlowStreamingEngine(StubEngine):
+    """Streams its answer word by word with a pause, like a model would."""
+
+    def stream(self, request, timeout=None):
+        generation = self._answer(request)
+        stream = GenerationStream(timeout=timeout)
+
+        async def produce():
+            for i, word in enumerate(generation.text.split(" ")):
+                stream.push_delta(word if i == 0 else " " + word)
+                await asyncio.sleep(0.08)
+            stream.push_result(generation)
+
+        asyncio.get_running_loop().create_task(produce())
+        return stream
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with live_server(tmp_path_factory.mktemp("browser"), engine=SlowStreamingEngine(reply=ANSWER)) as (base, app):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(locale="en-US")
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.dialogs = dialogs
+    page.goto(server + "/")
+    page.click("[data-testid=launcher]")
+    page.wait_for_selector("[data-testid=panel]", state="visible")
+    yield page
+    context.close()
+
+
+def png_bytes(colour="red") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 200), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def last_bot_text(page) -> str:
+    return page.locator("[data-testid=message][data-role=bot] [data-testid=message-text]").last.inner_text()
+
+
+def send(page, text: str) -> None:
+    page.fill("[data-testid=input]", text)
+    page.keyboard.press("Enter")
+
+
+def test_text_message_gets_a_streamed_reply(page):
+    send(page, "Why was I charged?")
+    streaming = page.wait_for_selector("[data-testid=message][data-streaming=true]", timeout=10_000)
+    partial = streaming.inner_text()
+    assert partial and len(partial) < len(ANSWER)
+    page.wait_for_selector("[data-testid=message][data-role=bot]:not([data-streaming=true])", timeout=10_000)
+    page.wait_for_function(
+        """(answer) => [...document.querySelector('#snapdesk-widget').shadowRoot
+              .querySelectorAll('[data-testid=message][data-role=bot] [data-testid=message-text]')]
+              .some(e => e.textContent === answer)""",
+        arg=ANSWER, timeout=10_000,
+    )
+    assert "Assistant" in page.inner_text("[data-testid=status]")
+
+
+def test_screenshot_by_file_picker_shows_a_preview_and_gets_a_reply(page, tmp_path):
+    shot = tmp_path / "bill.png"
+    shot.write_bytes(png_bytes())
+    page.set_input_files("[data-testid=file-input]", str(shot))
+    page.wait_for_selector("[data-testid=preview]")
+    assert page.locator("[data-testid=preview]").count() == 1
+    send(page, "What is this charge?")
+    page.wait_for_selector("[data-testid=message][data-role=user] img", timeout=10_000)
+    assert page.locator("[data-testid=preview]").count() == 0
+    page.wait_for_function(
+        """(answer) => [...document.querySelector('#snapdesk-widget').shadowRoot
+              .querySelectorAll('[data-testid=message][data-role=bot]:not([data-streaming=true]) [data-testid=message-text]')]
+              .some(e => e.textContent === answer)""",
+        arg=ANSWER, timeout=10_000,
+    )
+
+
+def test_pasted_screenshot_is_previewed_and_can_be_removed(page):
+    page.evaluate(
+        """async () => {
+            const canvas = document.createElement('canvas'); canvas.width = 200; canvas.height = 120;
+            canvas.getContext('2d').fillRect(0, 0, 200, 120);
+            const blob = await new Promise(r => canvas.toBlob(r, 'image/png'));
+            const file = new File([blob], 'clipboard.png', {type: 'image/png'});
+            const data = new DataTransfer(); data.items.add(file);
+            const input = document.querySelector('#snapdesk-widget').shadowRoot.querySelector('[data-testid=input]');
+            input.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+        }"""
+    )
+    page.wait_for_selector("[data-testid=preview]")
+    page.click("[data-testid=remove-preview]")
+    assert page.locator("[data-testid=preview]").count() == 0
+    page.evaluate(
+        """async () => {
+            const canvas = document.createElement('canvas'); canvas.width = 200; canvas.height = 120;
+            const blob = await new Promise(r => canvas.toBlob(r, 'image/png'));
+            const data = new DataTransfer(); data.items.add(new File([blob], 'again.png', {type: 'image/png'}));
+            const input = document.querySelector('#snapdesk-widget').shadowRoot.querySelector('[data-testid=input]');
+            input.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+        }"""
+    )
+    page.wait_for_selector("[data-testid=preview]")
+    send(page, "Pasted screenshot")
+    page.wait_for_selector("[data-testid=message][data-role=user] img", timeout=10_000)
+
+
+def test_history_is_restored_after_a_reload(page):
+    send(page, "Where is my parcel?")
+    page.wait_for_function(
+        """() => [...document.querySelector('#snapdesk-widget').shadowRoot
+              .querySelectorAll('[data-testid=message][data-role=bot]:not([data-streaming=true])')].length >= 1""",
+        timeout=10_000,
+    )
+    before = page.locator("[data-testid=message]").count()
+    page.reload()
+    page.click("[data-testid=launcher]")
+    page.wait_for_function(
+        f"""() => document.querySelector('#snapdesk-widget').shadowRoot
+              .querySelectorAll('[data-testid=message]').length >= {before}""",
+        timeout=10_000,
+    )
+    assert "Where is my parcel?" in page.inner_text("[data-testid=messages]")
+
+
+def test_html_in_a_message_is_shown_as_text_and_runs_nothing(page):
+    payload = '<img src=x onerror="window.__snapdesk_xss = 1; alert(1)">'
+    send(page, payload)
+    page.wait_for_function(
+        """(p) => [...document.querySelector('#snapdesk-widget').shadowRoot
+              .querySelectorAll('[data-testid=message][data-role=user] [data-testid=message-text]')]
+              .some(e => e.textContent === p)""",
+        arg=payload, timeout=10_000,
+    )
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => window.__snapdesk_xss") is None
+    assert page.dialogs == []
+    shadow_imgs = page.evaluate(
+        "() => document.querySelector('#snapdesk-widget').shadowRoot.querySelectorAll('[data-testid=message] img[src=x]').length"
+    )
+    assert shadow_imgs == 0
+
+
+def test_a_hand_over_shows_the_waiting_status(page):
+    send(page, "Can I talk to a human, please?")
+    page.wait_for_selector("[data-testid=message][data-kind=handover]", timeout=10_000)
+    page.wait_for_function(
+        """() => document.querySelector('#snapdesk-widget').shadowRoot
+              .querySelector('[data-testid=status]').textContent.includes('Waiting')""",
+        timeout=10_000,
+    )
