@@ -234,8 +234,9 @@ async def session(runtime: RuntimeDep, authorization: Annotated[str | None, Head
     return SessionOut(token=issue_token(runtime.secret_key, new_id), visitor_id=new_id)
 
 
-def _attachment_url(request: Request, sha256: str, token: str) -> str:
-    return f"{request.url.scheme}://{request.url.netloc}/widget/api/attachments/{sha256}?token={token}"
+def _attachment_url(sha256: str, token: str) -> str:
+    """Relative, so it holds behind a reverse proxy; the widget resolves it against its server."""
+    return f"/widget/api/attachments/{sha256}?token={token}"
 
 
 def _history(runtime: Runtime, visitor: str) -> tuple[dict | None, list[dict], dict]:
@@ -248,7 +249,7 @@ def _history(runtime: Runtime, visitor: str) -> tuple[dict | None, list[dict], d
 
 
 @router.get("/conversation", response_model=ConversationOut, summary="The visitor's conversation so far")
-async def conversation(request: Request, runtime: RuntimeDep, visitor: Visitor,
+async def conversation(runtime: RuntimeDep, visitor: Visitor,
                        authorization: Annotated[str, Header()]) -> ConversationOut:
     token = authorization[7:].strip()
     found, rows, attachments = await runtime.manager.db(_history, runtime, visitor)
@@ -258,7 +259,7 @@ async def conversation(request: Request, runtime: RuntimeDep, visitor: Visitor,
     for row in rows:
         kind = "user" if row["role"] == "user" else (row.get("kind") or "notice")
         images = [
-            _attachment_url(request, attachments[i].sha256, token) for i in attachment_ids(row) if i in attachments
+            _attachment_url(attachments[i].sha256, token) for i in attachment_ids(row) if i in attachments
         ]
         client_id = row["platform_message_id"].split(":", 1)[1] if row["role"] == "user" and row["platform_message_id"] else None
         messages.append(

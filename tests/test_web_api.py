@@ -92,7 +92,7 @@ def test_screenshots_are_stored_and_served_only_to_their_visitor(server):
     response = send(base, headers, "shot-00001", files=[("images", ("bill.png", png_bytes(), "image/png"))])
     assert response.status_code == 202
     conversation = wait_for_answer(base, headers)
-    url = conversation["messages"][0]["images"][0]
+    url = base + conversation["messages"][0]["images"][0]
     image = httpx.get(url)
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     other = session(base)["Authorization"][7:]
