@@ -148,13 +148,14 @@ def cmd_purge(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .store import StoreError
     from .web.app import serve
+    from .web.runtime import AdapterConfigError
 
     settings = _settings_for_data(args)
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=updates) if updates else settings
     try:
         serve(settings)
-    except StoreError as exc:
+    except (StoreError, AdapterConfigError) as exc:
         return _fail(str(exc))
     return 0
 

@@ -306,7 +306,13 @@ class ConversationManager:
         """
         channel = self.channels.get(conversation["channel"])
         send_delta = getattr(channel, "send_delta", None)
+        send_typing = getattr(channel, "send_typing", None)
         text = message["text"]
+        if send_typing is not None:
+            try:
+                await send_typing(_target(conversation), message["id"])
+            except Exception as exc:  # a typing indicator is a courtesy: never fail the turn for it
+                log.warning("typing indicator on %s failed: %s", conversation["channel"], type(exc).__name__)
         if send_delta is None or self.policy.wants_human(text) or self.policy.sensitive_topic(text):
             return await self.engine.generate(request, timeout=self.options.request_timeout_s)
         target = _target(conversation)
@@ -350,7 +356,9 @@ class ConversationManager:
                     cid, "system", handover_text, reply_to=message["id"], kind="handover", **figures
                 )
                 out.append(
-                    (notice_id, Outbound(handover_text, kind="handover", message_id=notice_id, reply_to=message["id"]))
+                    (notice_id, Outbound(handover_text, kind="handover", message_id=notice_id, reply_to=message["id"],
+                                         reason=decision.reason.value if decision.reason else None,
+                                         confidence=figures.get("confidence")))
                 )
                 self.store.add_escalation(
                     cid, message["id"], decision.reason.value if decision.reason else "engine_error",
@@ -404,6 +412,17 @@ class ConversationManager:
     def _emit(self, event: str, **data: Any) -> None:
         if self.on_event is not None:
             self.on_event(event, data)
+
+    # Platform events ----------------------------------------------------------------
+    async def record_event(self, channel: str, event_key: str, payload: dict) -> bool:
+        """Store a raw platform event before acknowledging it; False for a retry of a stored one."""
+        return await self.db(self.store.add_platform_event, channel, event_key, payload)
+
+    async def finish_event(self, channel: str, event_key: str) -> None:
+        await self.db(self.store.finish_platform_event, channel, event_key)
+
+    async def pending_events(self, channel: str) -> list[dict]:
+        return await self.db(self.store.pending_platform_events, channel)
 
     # Crash recovery -----------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
@@ -477,6 +496,14 @@ class ConversationManager:
                 self.store.audit(agent, action, f"conversation:{conversation_id}")
         await self.db(apply)
         await self.announce(conversation_id)
+
+    async def restart(self, channel: str, conversation_key: str) -> bool:
+        """The user starts over (e.g. /reset): the next message opens a fresh bot episode."""
+        conversation = await self.db(self.store.conversation_by_key, channel, conversation_key)
+        if conversation is None:
+            return False
+        await self._finish_human(conversation["id"], "user", RESOLVED, "restart")
+        return True
 
     async def resolve(self, conversation_id: int, agent: str) -> None:
         await self._finish_human(conversation_id, agent, RESOLVED, "resolve")

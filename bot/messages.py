@@ -48,6 +48,8 @@ class Outbound:
     author: str = ""  # the agent's name for kind "agent"
     message_id: int | None = None  # the stored message this delivers
     reply_to: int | None = None  # the user message this answers
+    reason: str | None = None  # for kind "handover": why the thread goes to a person
+    confidence: float | None = None  # the bot's confidence in its draft, when there was one
 
 
 @runtime_checkable
@@ -56,7 +58,8 @@ class Channel(Protocol):
 
     - `async send_delta(conversation, reply_to, text)`: show an answer as it is generated;
     - `async send_status(conversation, status, agent)`: show who owns the conversation
-      (`bot`, `waiting`, `claimed` by `agent`, `resolved`).
+      (`bot`, `waiting`, `claimed` by `agent`, `resolved`);
+    - `async send_typing(conversation, reply_to)`: show that an answer is being prepared.
     """
 
     name: str

@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     widget_max_text_chars: int = Field(4000, ge=1)
     widget_rate_per_visitor: int = Field(20, ge=1, description="messages per visitor per minute")
     widget_rate_per_ip: int = Field(120, ge=1, description="widget requests per IP address per minute")
+    public_url: str = Field("", description="the server's public base URL, for links (e.g. to the agent console)")
+
+    # Slack
+    slack_bot_token: str = ""
+    slack_signing_secret: str = ""
+    slack_app_token: str = Field("", description="xapp- token: Socket Mode instead of HTTP events")
+    slack_agent_channel: str = Field("", description="channel id where hand-overs are announced")
+    slack_api_url: str = "https://slack.com/api/"
+
+    # Telegram
+    telegram_token: str = ""
+    telegram_webhook_secret: str = ""
+    telegram_webhook_url: str = Field("", description="public URL of /telegram/webhook, registered with setWebhook")
+    telegram_api_url: str = "https://api.telegram.org"
 
     def load_options(self) -> LoadOptions:
         return LoadOptions(

@@ -119,8 +119,19 @@ def _m2_message_kind(db: sqlite_utils.Database) -> None:
     db["messages"].add_column("kind", str)
 
 
+def _m3_platform_events(db: sqlite_utils.Database) -> None:
+    """Raw platform events, stored before they are acknowledged and processed afterwards."""
+    db["platform_events"].create(
+        {"id": int, "channel": str, "event_key": str, "payload": str, "received_at": str, "processed_at": str},
+        pk="id",
+        not_null={"channel", "event_key", "payload"},
+    )
+    db["platform_events"].create_index(["channel", "event_key"], unique=True)
+    db["platform_events"].create_index(["channel", "processed_at"])
+
+
 # Numbered migrations: append, never edit one that has shipped.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_message_kind]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_message_kind, _m3_platform_events]
 
 
 @dataclass(frozen=True)
@@ -369,6 +380,34 @@ class Store:
 
     def messages(self, conversation_id: int) -> list[dict]:
         return list(self.db["messages"].rows_where("conversation_id = ?", [conversation_id], order_by="id"))
+
+    # Platform events (inbox) -------------------------------------------------------
+    def add_platform_event(self, channel: str, event_key: str, payload: dict) -> bool:
+        """Store a raw platform event once; False when it was already stored (a retry)."""
+        with self.transaction():
+            if self._one("select id from platform_events where channel = ? and event_key = ?", [channel, event_key]):
+                return False
+            self._insert(
+                "platform_events",
+                {"channel": channel, "event_key": event_key, "payload": json.dumps(payload), "received_at": iso()},
+            )
+            return True
+
+    def finish_platform_event(self, channel: str, event_key: str) -> None:
+        with self.transaction():
+            self.db.conn.execute(
+                "update platform_events set processed_at = ? where channel = ? and event_key = ?",
+                [iso(), channel, event_key],
+            )
+
+    def pending_platform_events(self, channel: str) -> list[dict]:
+        """Stored events not yet turned into messages (e.g. cut off by a crash), oldest first."""
+        rows = self._all(
+            "select * from platform_events where channel = ? and processed_at is null order by id", [channel]
+        )
+        for row in rows:
+            row["payload"] = json.loads(row["payload"])
+        return rows
 
     # Escalations ----------------------------------------------------------------
     def add_escalation(self, conversation_id: int, message_id: int, reason: str, detail: str,

@@ -98,7 +98,24 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
         demo_banner=demo_banner(settings, engine),
         widget_channel=widget,
     )
+    for adapter in platform_adapters(settings, runtime):
+        channels.register(adapter.channel)
+        runtime.adapters.append(adapter)
     return runtime
+
+
+def platform_adapters(settings: Settings, runtime: Runtime) -> list:
+    """The Slack and Telegram channels whose settings are present (imported only then)."""
+    adapters = []
+    if settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret:
+        from adapters.slack import setup_slack
+
+        adapters.append(setup_slack(settings, runtime))
+    if settings.telegram_token:
+        from adapters.telegram import setup_telegram
+
+        adapters.append(setup_telegram(settings, runtime))
+    return [adapter for adapter in adapters if adapter is not None]
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -109,9 +126,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         if runtime.demo_banner:
             log.warning("%s", runtime.demo_banner)
         loader = asyncio.create_task(_load_engine(runtime))
+        for adapter in runtime.adapters:
+            await adapter.start()
         try:
             yield
         finally:
+            for adapter in runtime.adapters:
+                try:
+                    await adapter.stop()
+                except Exception as exc:
+                    log.warning("stopping %s failed: %s", adapter.channel.name, type(exc).__name__)
             loader.cancel()
             for task in list(runtime.tasks):
                 task.cancel()
@@ -140,6 +164,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     app.add_exception_handler(HTTPException, api_error_response)
     app.include_router(widget_router)
+    for adapter in runtime.adapters:
+        if adapter.router is not None:
+            app.include_router(adapter.router)
     _add_pages(app, runtime)
     return app
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Coroutine
+from typing import Annotated, Any, Coroutine, Protocol
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 
 from engine.base import Engine
 
@@ -17,6 +17,22 @@ from ..store import Store
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class AdapterConfigError(Exception):
+    """A channel's settings are unsafe or incomplete; the server refuses to start."""
+
+
+class Adapter(Protocol):
+    """A platform channel running inside the server (Slack, Telegram)."""
+
+    channel: Any  # a bot.messages.Channel
+    router: APIRouter | None  # its webhook routes, if it has any
+
+    async def start(self) -> None:
+        """Begin receiving (socket mode, polling, webhook registration) and finish stored events."""
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -32,6 +48,7 @@ class Runtime:
     load_error: str | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)
     widget_channel: Any = None
+    adapters: list[Adapter] = field(default_factory=list)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run work after the response, keeping a reference so it is not collected."""
