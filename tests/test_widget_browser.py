@@ -36,9 +36,14 @@ class SlowStreamingEngine(StubEngine):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def served(tmp_path_factory):
     with live_server(tmp_path_factory.mktemp("browser"), engine=SlowStreamingEngine(reply=ANSWER)) as (base, app):
-        yield base
+        yield base, app
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +195,26 @@ def test_a_hand_over_shows_the_waiting_status(page):
               .querySelector('[data-testid=status]').textContent.includes('Waiting')""",
         timeout=10_000,
     )
+
+
+def test_an_agent_reply_appears_live_with_the_agent_name(page, served):
+    _, app = served
+    runtime = app.state.runtime
+    send(page, "I want to talk to a human")
+    page.wait_for_selector("[data-testid=message][data-kind=handover]", timeout=10_000)
+    conversation_id = runtime.store._one(
+        "select id from conversations where status = 'waiting' order by id desc limit 1")["id"]
+
+    def on_server(coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, runtime.loop).result(timeout=10)
+
+    assert on_server(runtime.manager.claim(conversation_id, "Mei"))
+    page.wait_for_function(
+        """() => document.querySelector('#snapdesk-widget').shadowRoot
+              .querySelector('[data-testid=status]').textContent.includes('Mei')""",
+        timeout=10_000,
+    )
+    on_server(runtime.manager.agent_reply(conversation_id, "Mei", "Hi, I'm Mei. Let me check your bill <b>now</b>."))
+    agent = page.wait_for_selector("[data-testid=message][data-role=agent]", timeout=10_000)
+    assert "Let me check your bill <b>now</b>." in agent.inner_text()
+    assert "Mei" in agent.inner_text()

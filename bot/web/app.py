@@ -125,6 +125,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if runtime.demo_banner:
             log.warning("%s", runtime.demo_banner)
+        runtime.loop = asyncio.get_running_loop()
         loader = asyncio.create_task(_load_engine(runtime))
         for adapter in runtime.adapters:
             await adapter.start()

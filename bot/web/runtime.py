@@ -49,6 +49,7 @@ class Runtime:
     tasks: set[asyncio.Task] = field(default_factory=set)
     widget_channel: Any = None
     adapters: list[Adapter] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once it runs
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run work after the response, keeping a reference so it is not collected."""
