@@ -196,7 +196,14 @@ class TransformersEngine:
     # Lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         if self.loaded is None:
+            from tokenizers import Tokenizer
+
             self.loaded = load_model(self.options)
+            # A private copy for counting tokens from other threads: the worker's tokenizer
+            # changes its padding settings per batch, which must not race with a count.
+            self._counting = Tokenizer.from_str(self.loaded.processor.tokenizer.backend_tokenizer.to_str())
+            self._counting.no_padding()
+            self._counting.no_truncation()
             self._worker.start()
 
     @property
@@ -217,7 +224,7 @@ class TransformersEngine:
     # Token accounting (for fitting history into the context budget) ----------------
     def count_text_tokens(self, text: str) -> int:
         assert self.loaded is not None
-        return len(self.loaded.processor.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids)
+        return len(self._counting.encode(text, add_special_tokens=False).ids)
 
     def count_image_tokens(self, width: int, height: int) -> int:
         return visual_tokens(width, height, self.options.min_image_tokens, self.options.max_image_tokens)
