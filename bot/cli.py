@@ -160,6 +160,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accounts(args: argparse.Namespace):
+    from .accounts import Accounts
+    from .store import Store
+
+    return Accounts(Store(_settings_for_data(args).data_dir))
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat the password: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from .accounts import AccountError
+    from .store import StoreError
+
+    try:
+        accounts = _accounts(args)
+        if args.user_command == "add":
+            try:
+                password = _read_password(args)
+            except ValueError as exc:
+                return _fail(str(exc), EXIT_USAGE)
+            user = accounts.add_user(args.name, args.role, password)
+            print(f"added {user.role} {user.name}")
+        elif args.user_command == "list":
+            users = accounts.users()
+            if not users:
+                print("no users yet: add one with `snapdesk user add NAME --role admin`")
+            for user in users:
+                print(f"{user.name}\t{user.role}\t{'disabled' if user.disabled else 'active'}")
+        else:
+            accounts.disable_user(args.name)
+            print(f"disabled {args.name}; their sessions are closed")
+    except AccountError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except StoreError as exc:
+        return _fail(str(exc))
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .terminal_chat import run_chat
 
@@ -194,6 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", help="hub id or local directory of a Qwen3-VL checkpoint (default: SNAPDESK_MODEL)")
     chat.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
     chat.set_defaults(func=cmd_chat)
+
+    user = commands.add_parser("user", help="console accounts: add, list, disable")
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = user_commands.add_parser("add", help="add a user (the password is asked for, or read from stdin)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["agent", "operator", "admin"])
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    listing = user_commands.add_parser("list", help="list users, their roles and whether they are active")
+    disable = user_commands.add_parser("disable", help="disable a user and close their sessions")
+    disable.add_argument("name")
+    for sub in (add, listing, disable):
+        sub.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+    user.set_defaults(func=cmd_user)
 
     purge = commands.add_parser("purge", help="delete conversations, messages and screenshots older than DAYS")
     purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")

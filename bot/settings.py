@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     widget_rate_per_visitor: int = Field(20, ge=1, description="messages per visitor per minute")
     widget_rate_per_ip: int = Field(120, ge=1, description="widget requests per IP address per minute")
     public_url: str = Field("", description="the server's public base URL, for links (e.g. to the agent console)")
+    console_idle_minutes: int = Field(30, ge=1, description="console sessions end after this long without a request")
+    console_session_hours: int = Field(12, ge=1, description="console sessions end this long after sign-in")
+    login_rate_per_ip: int = Field(10, ge=1, description="console sign-in attempts per IP address per minute")
 
     # Slack
     slack_bot_token: str = ""

@@ -130,8 +130,22 @@ def _m3_platform_events(db: sqlite_utils.Database) -> None:
     db["platform_events"].create_index(["channel", "processed_at"])
 
 
+def _m4_console_sessions(db: sqlite_utils.Database) -> None:
+    """Login lockout counters and server-side console sessions."""
+    db["users"].add_column("failed_logins", int)
+    db["users"].add_column("locked_until", str)
+    db["sessions"].create(
+        {"id": str, "user_id": int, "csrf_token": str, "created_at": str, "last_seen_at": str, "expires_at": str},
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+    )
+    db["sessions"].create_index(["user_id"])
+
+
 # Numbered migrations: append, never edit one that has shipped.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_message_kind, _m3_platform_events]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions,
+]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import html
 import logging
 import sys
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
@@ -26,10 +27,13 @@ from engine.base import ChatMessage, Engine, GenerationRequest, ModelLoadError
 from engine.stub import StubEngine
 from engine.tiny import is_tiny_checkpoint
 
+from ..accounts import Accounts
 from ..engine_setup import make_engine, make_manager
 from ..messages import ChannelRegistry
 from ..settings import Settings
+from .auth import router as auth_router
 from .metrics import Metrics
+from .ratelimit import RateLimiter
 from .runtime import Runtime
 from .secret_key import load_secret_key
 
@@ -97,6 +101,11 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
         secret_key=load_secret_key(settings.secret_key, settings.data_dir),
         demo_banner=demo_banner(settings, engine),
         widget_channel=widget,
+        accounts=Accounts(
+            manager.store,
+            idle_timeout=timedelta(minutes=settings.console_idle_minutes),
+            absolute_timeout=timedelta(hours=settings.console_session_hours),
+        ),
     )
     for adapter in platform_adapters(settings, runtime):
         channels.register(adapter.channel)
@@ -154,6 +163,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.widget_channel = runtime.widget_channel
     app.state.widget_limits = Limits(settings.widget_rate_per_ip, settings.widget_rate_per_visitor)
+    app.state.login_limiter = RateLimiter(settings.login_rate_per_ip)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins,
@@ -165,6 +175,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     app.add_exception_handler(HTTPException, api_error_response)
     app.include_router(widget_router)
+    app.include_router(auth_router)
     for adapter in runtime.adapters:
         if adapter.router is not None:
             app.include_router(adapter.router)

@@ -50,6 +50,7 @@ class Runtime:
     widget_channel: Any = None
     adapters: list[Adapter] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once it runs
+    accounts: Any = None  # bot.accounts.Accounts
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run work after the response, keeping a reference so it is not collected."""

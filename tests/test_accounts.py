@@ -1,0 +1,164 @@
+"""Console accounts: argon2id passwords, sign-in, sessions, CSRF, lockout, the user command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from bot.accounts import HASHER, Accounts, AccountError
+from bot.messages import utcnow
+from bot.store import Store
+from engine.stub import StubEngine
+from tests.live_server import live_server
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("accounts")
+    accounts = Accounts(Store(data))
+    accounts.add_user("mei", "agent", PASSWORD)
+    accounts.add_user("olga", "operator", PASSWORD)
+    accounts.add_user("lock", "agent", PASSWORD)
+    with live_server(data, engine=StubEngine(), login_rate_per_ip=1000) as (base, app):
+        yield base, app
+
+
+def login(base: str, name: str, password: str, next_path: str = "/", client: httpx.Client | None = None):
+    client = client or httpx.Client(base_url=base)
+    form = client.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+    response = client.post("/login", data={"name": name, "password": password, "csrf_token": csrf, "next": next_path})
+    return client, response
+
+
+def test_passwords_are_argon2id_with_enough_memory_and_passes(tmp_path):
+    accounts = Accounts(Store(tmp_path))
+    accounts.add_user("a", "admin", PASSWORD)
+    stored = accounts.store._one("select password_hash from users where name = 'a'")["password_hash"]
+    match = re.match(r"\$argon2id\$v=19\$m=(\d+),t=(\d+),p=\d+\$", stored)
+    assert match and int(match.group(1)) >= 19 * 1024 and int(match.group(2)) >= 2
+    assert PASSWORD not in stored
+    with pytest.raises(AccountError):
+        accounts.add_user("b", "agent", "short")
+    with pytest.raises(AccountError):
+        accounts.add_user("c", "superuser", PASSWORD)
+
+
+def test_sign_in_sets_a_strict_session_cookie_and_lands_on_the_role_console(server):
+    base, _ = server
+    client, response = login(base, "mei", PASSWORD)
+    assert response.status_code == 303 and response.headers["location"] == "/agent"
+    cookie = response.headers["set-cookie"]
+    assert "snapdesk_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    me = client.get("/console/api/me").json()
+    assert me["name"] == "mei" and me["role"] == "agent" and len(me["csrf_token"]) > 20
+    _, operator = login(base, "olga", PASSWORD)
+    assert operator.headers["location"] == "/operator"
+
+
+def test_session_id_is_new_at_every_sign_in(server):
+    base, _ = server
+    client = httpx.Client(base_url=base)
+    client.cookies.set("snapdesk_session", "attacker-chosen-value")
+    _, response = login(base, "mei", PASSWORD, client=client)
+    new = response.cookies.get("snapdesk_session")
+    assert new and new != "attacker-chosen-value"
+    _, again = login(base, "mei", PASSWORD)
+    assert again.cookies.get("snapdesk_session") != new
+
+
+def test_wrong_password_and_unknown_user_look_the_same(server):
+    base, _ = server
+    _, wrong = login(base, "mei", "not the password")
+    _, unknown = login(base, "nobody", "not the password")
+    assert wrong.status_code == unknown.status_code == 401
+    assert "Wrong user name or password." in wrong.text and "Wrong user name or password." in unknown.text
+    assert "snapdesk_session" not in wrong.headers.get("set-cookie", "")
+
+
+def test_repeated_failures_lock_the_account(server):
+    base, app = server
+    for _ in range(5):
+        login(base, "lock", "wrong password!")
+    _, response = login(base, "lock", PASSWORD)
+    assert response.status_code == 401 and "locked" in response.text
+    store = app.state.runtime.store
+    assert store._one("select * from audit_log where action = 'user_locked' and target = 'user:lock'")
+
+
+def test_sign_in_form_needs_its_csrf_token(server):
+    base, _ = server
+    client = httpx.Client(base_url=base)
+    client.get("/login")
+    response = client.post("/login", data={"name": "mei", "password": PASSWORD, "csrf_token": "forged"})
+    assert response.status_code == 403
+
+
+def test_sign_out_needs_the_csrf_token_and_ends_the_session(server):
+    base, _ = server
+    client, _ = login(base, "mei", PASSWORD)
+    assert client.post("/logout").status_code == 403
+    csrf = client.get("/console/api/me").json()["csrf_token"]
+    assert client.post("/logout", headers={"X-CSRF-Token": csrf}).status_code == 303
+    assert client.get("/console/api/me").status_code == 401
+
+
+def test_next_never_leaves_the_site(server):
+    base, _ = server
+    for target in ("//evil.example/", "https://evil.example/", "/\\\\evil.example"):
+        _, response = login(base, "mei", PASSWORD, next_path=target)
+        assert response.headers["location"] in ("/agent", "/")
+
+
+def test_sessions_expire_when_idle_and_at_their_absolute_limit(tmp_path):
+    accounts = Accounts(Store(tmp_path), idle_timeout=timedelta(minutes=30), absolute_timeout=timedelta(hours=12))
+    user = accounts.add_user("mei", "agent", PASSWORD)
+    start = utcnow()
+    token, _ = accounts.open_session(user, now=start)
+    assert accounts.session(token, now=start + timedelta(minutes=29)) is not None
+    assert accounts.session(token, now=start + timedelta(minutes=58)) is not None  # activity renewed it
+    assert accounts.session(token, now=start + timedelta(minutes=90)) is None  # idle too long
+    token, _ = accounts.open_session(user, now=start)
+    for minutes in range(20, 12 * 60, 20):
+        assert accounts.session(token, now=start + timedelta(minutes=minutes)) is not None
+    assert accounts.session(token, now=start + timedelta(hours=12, minutes=1)) is None
+
+
+def test_disabling_a_user_closes_their_sessions(tmp_path):
+    accounts = Accounts(Store(tmp_path))
+    user = accounts.add_user("mei", "agent", PASSWORD)
+    token, _ = accounts.open_session(user)
+    accounts.disable_user("mei")
+    assert accounts.session(token) is None
+    assert accounts.authenticate("mei", PASSWORD) is None
+
+
+def test_user_command(tmp_path):
+    env = {**os.environ, "SNAPDESK_DATA_DIR": str(tmp_path)}
+
+    def run(*args, stdin=""):
+        return subprocess.run([sys.executable, "-m", "bot.cli", "user", *args], input=stdin,
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    assert run("add", "mei", "--role", "agent", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    short = run("add", "li", "--role", "agent", "--password-stdin", stdin="short\n")
+    assert short.returncode == 2 and "at least 10" in short.stderr
+    assert "mei\tagent\tactive" in run("list").stdout
+    assert run("disable", "mei").returncode == 0
+    assert "mei\tagent\tdisabled" in run("list").stdout
+    stored = Store(tmp_path)._one("select password_hash from users where name = 'mei'")["password_hash"]
+    assert HASHER.verify(stored, PASSWORD)
+
+
+def test_sign_in_attempts_are_limited_per_address(tmp_path):
+    with live_server(tmp_path, engine=StubEngine(), login_rate_per_ip=3) as (base, _):
+        codes = [login(base, "nobody", "wrong password")[1].status_code for _ in range(4)]
+    assert codes[:3] == [401, 401, 401] and codes[3] == 429
