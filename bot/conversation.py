@@ -99,7 +99,9 @@ class ConversationManager:
         self._locks: dict[int, asyncio.Lock] = {}
         self._lock_users: dict[int, int] = {}
         self.context = ContextBuilder(engine, options.context)
-        self.on_event: Callable[[str, dict], None] | None = None  # hook for consoles/metrics
+        # Called with (event, data) for "inbound", "answer", "handover", "message", "note" and
+        # "status": metrics and the live consoles listen here.
+        self.listeners: list[Callable[[str, dict], None]] = []
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a store call on the database thread; it returns once committed."""
@@ -218,7 +220,7 @@ class ConversationManager:
         conversation, rendered, history, stored_images = await self.db(self._turn_state, message)
         cid = conversation["id"]
         if conversation["status"] in HUMAN_OWNED:
-            self._emit("user_message_for_agent", conversation_id=cid, message_id=message_id)
+            self._emit("message", conversation_id=cid, message_id=message_id)
             return TurnOutcome("for_agent", message_id, cid)
 
         language = conversation["language"] or "en"
@@ -398,8 +400,11 @@ class ConversationManager:
         return True
 
     async def announce(self, conversation_id: int) -> None:
-        """Tell the user's channel who owns the conversation now, if it can show that."""
+        """Tell the consoles and the user's channel who owns the conversation now."""
         conversation = await self.db(self.store.conversation, conversation_id)
+        if conversation is not None:
+            self._emit("status", conversation_id=conversation_id, status=conversation["status"],
+                       agent=conversation["assigned_agent"])
         channel = self.channels.get(conversation["channel"]) if conversation else None
         send_status = getattr(channel, "send_status", None)
         if send_status is None:
@@ -410,8 +415,11 @@ class ConversationManager:
             log.warning("status update on %s failed: %s", conversation["channel"], type(exc).__name__)
 
     def _emit(self, event: str, **data: Any) -> None:
-        if self.on_event is not None:
-            self.on_event(event, data)
+        for listener in self.listeners:
+            try:
+                listener(event, data)
+            except Exception as exc:  # a broken listener must not break a conversation
+                log.warning("event listener failed on %s: %s", event, type(exc).__name__)
 
     # Platform events ----------------------------------------------------------------
     async def record_event(self, channel: str, event_key: str, payload: dict) -> bool:
@@ -480,8 +488,20 @@ class ConversationManager:
         message_id, conversation, joined = await self.db(apply)
         if joined:
             await self.announce(conversation_id)
+        self._emit("message", conversation_id=conversation_id, message_id=message_id)
         await self._deliver_all(conversation, [(message_id, Outbound(text, kind="agent", author=agent, message_id=message_id))])
         return message_id
+
+    async def add_note(self, conversation_id: int, agent: str, text: str) -> int:
+        """An internal note: visible to agents only, never delivered to the user."""
+        def apply() -> int:
+            with self.store.transaction():
+                note_id = self.store.add_message(conversation_id, "note", text, author=agent, kind="note", delivered=1)
+                self.store.audit(agent, "note", f"conversation:{conversation_id}")
+                return note_id
+        note_id = await self.db(apply)
+        self._emit("note", conversation_id=conversation_id, message_id=note_id)
+        return note_id
 
     async def _finish_human(self, conversation_id: int, agent: str, status: str, action: str) -> None:
         def apply() -> None:

@@ -142,9 +142,14 @@ def _m4_console_sessions(db: sqlite_utils.Database) -> None:
     db["sessions"].create_index(["user_id"])
 
 
+def _m5_message_search(db: sqlite_utils.Database) -> None:
+    """Full-text search over message text for the agent console (kept current by triggers)."""
+    db["messages"].enable_fts(["text"], create_triggers=True, tokenize="trigram")
+
+
 # Numbered migrations: append, never edit one that has shipped.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions,
+    _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
 ]
 
 

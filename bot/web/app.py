@@ -14,7 +14,6 @@ import logging
 import sys
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -31,11 +30,15 @@ from ..accounts import Accounts
 from ..engine_setup import make_engine, make_manager
 from ..messages import ChannelRegistry
 from ..settings import Settings
+from .agent_console import router as agent_router
 from .auth import router as auth_router
+from .console_events import ConsoleHub
 from .metrics import Metrics
 from .ratelimit import RateLimiter
 from .runtime import Runtime
 from .secret_key import load_secret_key
+from .static_files import router as static_router
+from .static_files import static_text
 
 log = logging.getLogger("snapdesk")
 
@@ -47,10 +50,6 @@ DEMO_BANNER = (
     "Demo mode: replies come from a tiny random-weight model, so they are noise and every answer is handed "
     "over to a person."
 )
-
-
-def _static(name: str) -> str:
-    return resources.files("bot.web").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 def demo_banner(settings: Settings, engine: Engine) -> str | None:
@@ -91,7 +90,7 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
     manager = make_manager(settings, engine, channels)
     metrics = Metrics()
     metrics.watch_engine(engine)
-    manager.on_event = metrics.on_event
+    manager.listeners.append(metrics.on_event)
     runtime = Runtime(
         settings=settings,
         store=manager.store,
@@ -164,6 +163,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.widget_channel = runtime.widget_channel
     app.state.widget_limits = Limits(settings.widget_rate_per_ip, settings.widget_rate_per_visitor)
     app.state.login_limiter = RateLimiter(settings.login_rate_per_ip)
+    app.state.console_hub = ConsoleHub()
+    runtime.manager.listeners.append(app.state.console_hub.on_event)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins,
@@ -176,6 +177,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, api_error_response)
     app.include_router(widget_router)
     app.include_router(auth_router)
+    app.include_router(agent_router)
+    app.include_router(static_router)
     for adapter in runtime.adapters:
         if adapter.router is not None:
             app.include_router(adapter.router)
@@ -189,7 +192,7 @@ def _add_pages(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def demo_page() -> HTMLResponse:
-        page = _static("demo.html")
+        page = static_text("demo.html")
         if runtime.demo_banner:
             page = page.replace(
                 '<div id="demo-banner" hidden></div>',
@@ -199,7 +202,7 @@ def _add_pages(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/widget.js", include_in_schema=False)
     async def widget_js() -> Response:
-        return Response(_static("widget.js"), media_type="text/javascript; charset=utf-8",
+        return Response(static_text("widget.js"), media_type="text/javascript; charset=utf-8",
                         headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
 
     @app.get("/healthz", summary="The process is up")

@@ -1,0 +1,235 @@
+"""The agent console's API: the live queue, threads, claiming, replies, notes, search.
+
+Every route needs a signed-in agent (or admin); every change needs the CSRF token and is
+written to the audit log by the conversation core. Replies go back to the user's channel
+through the same manager that answers for the bot.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from ..accounts import Session
+from ..context import attachment_ids
+from ..store import CLAIMED, HUMAN_OWNED, WAITING, Store
+from .auth import PAGE_HEADERS, current_session, require
+from .runtime import RuntimeDep
+from .static_files import static_text
+
+AgentSession = Annotated[Session, Depends(require("agent"))]
+router = APIRouter(tags=["agent console"])
+QUEUE_LIMIT = 200
+PREVIEW_CHARS = 140
+
+
+class TextIn(BaseModel):
+    text: str = Field(min_length=1, max_length=20_000)
+
+
+def _not_found() -> HTTPException:
+    return HTTPException(404, detail={"error": "not_found", "message": "No such conversation."})
+
+
+def _image_urls(row: dict, attachments: dict) -> list[str]:
+    return [f"/agent/api/attachments/{attachments[i].sha256}" for i in attachment_ids(row) if i in attachments]
+
+
+def queue_rows(store: Store, channel: str | None, reason: str | None) -> list[dict]:
+    where = ["c.status in (?, ?)"]
+    params: list = [WAITING, CLAIMED]
+    if channel:
+        where.append("c.channel = ?")
+        params.append(channel)
+    if reason:
+        where.append("e.reason = ?")
+        params.append(reason)
+    rows = store._all(
+        f"""select c.id, c.channel, c.user_name, c.user_id, c.status, c.assigned_agent, c.episode, c.updated_at,
+                  e.reason, e.detail, e.confidence, e.created_at as escalated_at
+           from conversations c
+           left join escalations e on e.id = (select id from escalations where conversation_id = c.id
+                                               and status in ('open', 'claimed') order by id desc limit 1)
+           where {' and '.join(where)}
+           order by case c.status when 'waiting' then 0 else 1 end, coalesce(e.created_at, c.updated_at)
+           limit {QUEUE_LIMIT}""",
+        params,
+    )
+    out = []
+    for row in rows:
+        messages = store._all(
+            "select text, attachment_ids from messages where conversation_id = ? and episode = ? and role = 'user' "
+            "order by id", [row["id"], row["episode"]],
+        )
+        first_image = next((i for m in messages for i in attachment_ids(m)), None)
+        thumbnail = None
+        if first_image is not None:
+            found = store.attachments([first_image]).get(first_image)
+            thumbnail = f"/agent/api/attachments/{found.sha256}" if found else None
+        preview = next((m["text"] for m in reversed(messages) if m["text"]), "")
+        out.append({
+            "id": row["id"], "channel": row["channel"], "user_name": row["user_name"] or "",
+            "user_id": row["user_id"] or "", "status": row["status"], "assigned_agent": row["assigned_agent"],
+            "reason": row["reason"], "detail": row["detail"] or "", "confidence": row["confidence"],
+            "waiting_since": row["escalated_at"] or row["updated_at"], "thumbnail": thumbnail,
+            "preview": preview[:PREVIEW_CHARS],
+        })
+    return out
+
+
+def thread(store: Store, conversation_id: int) -> dict | None:
+    conversation = store.conversation(conversation_id)
+    if conversation is None:
+        return None
+    rows = store.messages(conversation_id)
+    attachments = store.attachments({i for row in rows for i in attachment_ids(row)})
+    escalation = store.open_escalation(conversation_id) or next(reversed(store.escalations(conversation_id)), None)
+    return {
+        "id": conversation["id"], "channel": conversation["channel"], "user_name": conversation["user_name"] or "",
+        "user_id": conversation["user_id"] or "", "status": conversation["status"],
+        "assigned_agent": conversation["assigned_agent"], "language": conversation["language"],
+        "escalation": None if escalation is None else {
+            "reason": escalation["reason"], "detail": escalation["detail"] or "",
+            "confidence": escalation["confidence"], "draft_answer": escalation["draft_answer"] or "",
+            "created_at": escalation["created_at"],
+        },
+        "messages": [
+            {
+                "id": row["id"], "role": row["role"], "text": row["text"] or "", "author": row["author"] or "",
+                "kind": "user" if row["role"] == "user" else (row["kind"] or ("note" if row["role"] == "note" else "notice")),
+                "images": _image_urls(row, attachments), "created_at": row["created_at"],
+                "confidence": row["confidence"],
+            }
+            for row in rows
+        ],
+    }
+
+
+def _snippet(text: str, query: str, width: int = 60) -> str:
+    at = text.lower().find(query.lower())
+    if at < 0:
+        return text[: width * 2]
+    start = max(0, at - width)
+    return ("…" if start else "") + text[start: at + len(query) + width] + ("…" if at + len(query) + width < len(text) else "")
+
+
+def search(store: Store, query: str, limit: int = 50) -> list[dict]:
+    query = query.strip()
+    if len(query) >= 3:  # trigram index: a phrase query, quotes doubled
+        rows = store._all(
+            """select m.id, m.conversation_id, m.role, m.text, m.created_at, c.channel, c.user_name
+               from messages_fts f join messages m on m.id = f.rowid join conversations c on c.id = m.conversation_id
+               where messages_fts match ? order by m.id desc limit ?""",
+            ['"' + query.replace('"', '""') + '"', limit],
+        )
+    else:
+        like = "%" + re.sub(r"([%_\\])", r"\\\1", query) + "%"
+        rows = store._all(
+            """select m.id, m.conversation_id, m.role, m.text, m.created_at, c.channel, c.user_name
+               from messages m join conversations c on c.id = m.conversation_id
+               where m.text like ? escape '\\' order by m.id desc limit ?""",
+            [like, limit],
+        )
+    return [
+        {"conversation_id": r["conversation_id"], "message_id": r["id"], "role": r["role"],
+         "snippet": _snippet(r["text"] or "", query), "created_at": r["created_at"], "channel": r["channel"],
+         "user_name": r["user_name"] or ""}
+        for r in rows
+    ]
+
+
+@router.get("/agent", response_class=HTMLResponse, include_in_schema=False)
+async def agent_page(session: Annotated[Session | None, Depends(current_session)]) -> Response:
+    if session is None:
+        return RedirectResponse("/login?next=/agent", status_code=303)
+    if not session.user.can("agent"):
+        return HTMLResponse("Your role may not use the agent console.", status_code=403, headers=PAGE_HEADERS)
+    return HTMLResponse(static_text("agent.html"), headers=PAGE_HEADERS)
+
+
+@router.get("/agent/api/queue", summary="Conversations waiting for (or owned by) a person")
+async def queue(runtime: RuntimeDep, session: AgentSession, channel: str | None = None,
+                reason: str | None = None) -> dict:
+    return {"conversations": await runtime.manager.db(queue_rows, runtime.store, channel, reason)}
+
+
+@router.get("/agent/api/conversations/{conversation_id}", summary="One conversation with everything in it")
+async def conversation(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
+    found = await runtime.manager.db(thread, runtime.store, conversation_id)
+    if found is None:
+        raise _not_found()
+    return found
+
+
+async def _existing(runtime, conversation_id: int) -> dict:
+    found = await runtime.manager.db(runtime.store.conversation, conversation_id)
+    if found is None:
+        raise _not_found()
+    return found
+
+
+@router.post("/agent/api/conversations/{conversation_id}/claim", summary="Take a waiting conversation")
+async def claim(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
+    await _existing(runtime, conversation_id)
+    if not await runtime.manager.claim(conversation_id, session.user.name):
+        raise HTTPException(409, detail={"error": "claimed", "message": "Someone else has this conversation."})
+    return {"ok": True}
+
+
+@router.post("/agent/api/conversations/{conversation_id}/reply", summary="Reply to the user on their channel")
+async def reply(conversation_id: int, body: TextIn, runtime: RuntimeDep, session: AgentSession) -> dict:
+    found = await _existing(runtime, conversation_id)
+    if found["status"] == CLAIMED and found["assigned_agent"] not in (None, session.user.name):
+        raise HTTPException(409, detail={"error": "claimed", "message": "Someone else has this conversation."})
+    return {"message_id": await runtime.manager.agent_reply(conversation_id, session.user.name, body.text)}
+
+
+@router.post("/agent/api/conversations/{conversation_id}/note", summary="An internal note (agents only)")
+async def note(conversation_id: int, body: TextIn, runtime: RuntimeDep, session: AgentSession) -> dict:
+    await _existing(runtime, conversation_id)
+    return {"message_id": await runtime.manager.add_note(conversation_id, session.user.name, body.text)}
+
+
+@router.post("/agent/api/conversations/{conversation_id}/resolve", summary="Close the conversation")
+async def resolve(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
+    await _existing(runtime, conversation_id)
+    await runtime.manager.resolve(conversation_id, session.user.name)
+    return {"ok": True}
+
+
+@router.post("/agent/api/conversations/{conversation_id}/hand-back", summary="Let the bot answer again")
+async def hand_back(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
+    found = await _existing(runtime, conversation_id)
+    if found["status"] not in HUMAN_OWNED:
+        raise HTTPException(409, detail={"error": "not_handed_over", "message": "The bot already has it."})
+    await runtime.manager.hand_back(conversation_id, session.user.name)
+    return {"ok": True}
+
+
+@router.get("/agent/api/search", summary="Search past conversations by text")
+async def search_route(runtime: RuntimeDep, session: AgentSession, q: str = "") -> dict:
+    if not q.strip():
+        return {"results": []}
+    return {"results": await runtime.manager.db(search, runtime.store, q[:200])}
+
+
+@router.get("/agent/api/events", summary="Live updates (server-sent events)", response_class=StreamingResponse)
+async def events(request: Request, session: AgentSession) -> StreamingResponse:
+    hub = request.app.state.console_hub
+    return StreamingResponse(hub.stream(request), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@router.get("/agent/api/attachments/{sha256}", summary="A screenshot", response_class=FileResponse)
+async def attachment(sha256: str, runtime: RuntimeDep, session: AgentSession):
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise HTTPException(404, detail={"error": "not_found", "message": "No such image."})
+    row = await runtime.manager.db(runtime.store._one, "select path from attachments where sha256 = ?", [sha256])
+    path = runtime.store.attachments_dir / row["path"] if row else None
+    if path is None or not path.is_file():
+        raise HTTPException(404, detail={"error": "not_found", "message": "No such image."})
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
