@@ -31,6 +31,7 @@ from ..engine_setup import make_engine, make_manager
 from ..messages import ChannelRegistry
 from ..settings import Settings
 from .agent_console import router as agent_router
+from .operator_console import router as operator_router
 from .auth import router as auth_router
 from .console_events import ConsoleHub
 from .metrics import Metrics
@@ -178,6 +179,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(widget_router)
     app.include_router(auth_router)
     app.include_router(agent_router)
+    app.include_router(operator_router)
     app.include_router(static_router)
     for adapter in runtime.adapters:
         if adapter.router is not None:

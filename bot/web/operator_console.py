@@ -1,0 +1,324 @@
+"""The operator console's API: templates (validate, try, examples, publish, history,
+restore), the active template per channel, and statistics.
+
+"Try it" and the example runs use the unsaved draft and the real engine, so an operator
+sees what users would get before publishing. Every change is audited with its author.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import statistics
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+
+from engine.base import ChatMessage, EngineError, GenerationRequest, SamplingParams
+from engine.images import ImageRejected, prepare_image
+
+from ..accounts import Session
+from ..escalation import Decision
+from ..language import detect_language
+from ..messages import utcnow
+from ..store import Store, iso
+from ..templates import Template, TemplateError
+from .auth import PAGE_HEADERS, current_session, require
+from .runtime import Runtime, RuntimeDep
+from .static_files import static_text
+
+OperatorSession = Annotated[Session, Depends(require("operator"))]
+router = APIRouter(tags=["operator console"])
+MAX_TRY_IMAGES = 4
+
+
+class YamlIn(BaseModel):
+    yaml: str = Field(max_length=256 * 1024)
+
+
+class RestoreIn(BaseModel):
+    version: int
+
+
+class ChannelIn(BaseModel):
+    channel: str = Field(min_length=1, max_length=64)
+    template: str = Field(min_length=1, max_length=64)
+
+
+def _issues(error: TemplateError) -> list[dict]:
+    return [{"field": i.field, "message": i.message, "line": i.line} for i in error.errors]
+
+
+def _invalid(error: TemplateError) -> HTTPException:
+    return HTTPException(422, detail={"error": "invalid_template", "message": "The template has problems.",
+                                      "issues": _issues(error)})
+
+
+def _parse(yaml_text: str) -> Template:
+    try:
+        return Template.from_yaml(yaml_text)
+    except TemplateError as exc:
+        raise _invalid(exc) from None
+
+
+def _channels(runtime: Runtime) -> list[str]:
+    names = set(runtime.manager.channels.names())
+    names.update(r["channel"] for r in runtime.store._all("select channel from channel_templates"))
+    return sorted(names)
+
+
+def template_overview(runtime: Runtime) -> dict:
+    store, templates = runtime.store, runtime.manager.templates
+    names = set(templates.library.names()) | {
+        r["name"] for r in store._all("select distinct name from template_versions")
+    }
+    channels = [{"channel": c, "template": templates.template_name_for(c)} for c in _channels(runtime)]
+    out = []
+    for name in sorted(names):
+        live = next(iter(store.published_template_versions(name)), None)
+        candidates = templates.candidates(name)
+        template = candidates[0][0] if candidates else None
+        out.append({
+            "name": name,
+            "title": template.title if template else {"en": name},
+            "description": template.description if template else {},
+            "published_version": live["version"] if live else None,
+            "versions": len(store.template_versions(name)),
+            "channels": [c["channel"] for c in channels if c["template"] == name],
+        })
+    return {"templates": out, "channels": channels}
+
+
+def _decide(runtime: Runtime, template: Template, text: str, generation, error) -> Decision:
+    return runtime.manager.policy.decide(
+        user_text=text, generation=generation, error=error,
+        threshold=template.escalation.confidence_threshold, decline_marker=template.escalation.decline_marker,
+        unknown_confidence_hands_over=runtime.settings.unknown_confidence_hands_over,
+    )
+
+
+async def _run(runtime: Runtime, template: Template, text: str, language: str, images: list) -> dict:
+    """One turn against a draft template, through the real engine and escalation policy."""
+    language = detect_language(text) if language not in ("en", "zh") else language
+    try:
+        system = template.render_system_prompt(language, channel="widget")
+    except TemplateError as exc:
+        raise _invalid(exc) from None
+    request = GenerationRequest(
+        (ChatMessage.of("system", system), ChatMessage.of("user", *images, text)),
+        max_new_tokens=min(template.generation.max_new_tokens, runtime.settings.max_new_tokens),
+        sampling=SamplingParams(temperature=template.generation.temperature, top_p=template.generation.top_p),
+    )
+    generation, error = None, None
+    try:
+        generation = await runtime.engine.generate(request, timeout=runtime.settings.request_timeout_s)
+    except EngineError as exc:
+        error = exc
+    decision = _decide(runtime, template, text, generation, error)
+    return {
+        "reply": generation.text if generation else "",
+        "confidence": generation.confidence if generation else None,
+        "min_token_prob": generation.min_token_prob if generation else None,
+        "decision": {"handover": decision.handover, "reason": decision.reason.value if decision.reason else None,
+                     "detail": decision.detail},
+        "prompt_tokens": generation.prompt_tokens if generation else 0,
+        "completion_tokens": generation.completion_tokens if generation else 0,
+        "latency_ms": round(generation.timings.total_ms, 1) if generation else None,
+        "first_token_ms": round(generation.timings.first_token_ms, 1) if generation else None,
+    }
+
+
+def versions(store: Store, name: str) -> list[dict]:
+    rows = store.template_versions(name)
+    live = next(iter(store.published_template_versions(name)), None)
+    out, previous = [], None
+    for row in rows:
+        diff = "" if previous is None else "".join(difflib.unified_diff(
+            previous["body"].splitlines(keepends=True), row["body"].splitlines(keepends=True),
+            fromfile=f"version {previous['version']}", tofile=f"version {row['version']}",
+        ))
+        out.append({"version": row["version"], "author": row["author"] or "", "created_at": row["created_at"],
+                    "published_at": row["published_at"], "live": bool(live and live["version"] == row["version"]),
+                    "diff": diff})
+        previous = row
+    return list(reversed(out))
+
+
+def _percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(fraction * 100) - 1]
+
+
+def stats(store: Store, days: int) -> dict:
+    since = iso(utcnow() - timedelta(days=days))
+    per_day = {r["day"]: r for r in store._all(
+        """select substr(created_at, 1, 10) as day,
+                  sum(role = 'user') as messages,
+                  sum(role = 'bot' and kind = 'answer') as answered,
+                  sum(role = 'system' and kind = 'handover') as handed_over
+           from messages where created_at >= ? group by day order by day""", [since])}
+    today = utcnow().date()
+    series = []
+    for offset in range(days - 1, -1, -1):
+        day = (today - timedelta(days=offset)).isoformat()
+        row = per_day.get(day, {})
+        series.append({"date": day, "messages": row.get("messages") or 0, "answered": row.get("answered") or 0,
+                       "handed_over": row.get("handed_over") or 0})
+    answered = sum(d["answered"] for d in series)
+    handed = sum(d["handed_over"] for d in series)
+    reasons = {r["reason"]: r["n"] for r in store._all(
+        "select reason, count(*) as n from escalations where created_at >= ? group by reason order by n desc", [since])}
+    latencies = sorted(r["latency_ms"] for r in store._all(
+        "select latency_ms from messages where created_at >= ? and latency_ms is not null", [since]))
+    confidences = [r["confidence"] for r in store._all(
+        "select confidence from messages where created_at >= ? and confidence is not null "
+        "and kind in ('answer', 'handover')", [since])]
+    histogram = [{"from": i / 10, "to": (i + 1) / 10,
+                  "count": sum(1 for c in confidences if i / 10 <= c < (i + 1) / 10 or (i == 9 and c == 1.0))}
+                 for i in range(10)]
+    return {
+        "days": series,
+        "answered_share": answered / (answered + handed) if answered + handed else None,
+        "handovers_by_reason": reasons,
+        "latency_ms": {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)},
+        "confidence_histogram": histogram,
+    }
+
+
+@router.get("/operator", response_class=HTMLResponse, include_in_schema=False)
+async def operator_page(session: Annotated[Session | None, Depends(current_session)]) -> Response:
+    if session is None:
+        return RedirectResponse("/login?next=/operator", status_code=303)
+    if not session.user.can("operator"):
+        return HTMLResponse("Your role may not use the operator console.", status_code=403, headers=PAGE_HEADERS)
+    return HTMLResponse(static_text("operator.html"), headers=PAGE_HEADERS)
+
+
+@router.get("/operator/api/templates", summary="Templates, their live versions and the channels using them")
+async def list_templates(runtime: RuntimeDep, session: OperatorSession) -> dict:
+    return await runtime.manager.db(template_overview, runtime)
+
+
+@router.get("/operator/api/templates/{name}", summary="A template's live version as YAML")
+async def get_template(name: str, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    live = await runtime.manager.db(runtime.store.published_template_versions, name)
+    if not live:
+        raise HTTPException(404, detail={"error": "not_found", "message": "No such template."})
+    return {"name": name, "published_version": live[0]["version"], "yaml": live[0]["body"]}
+
+
+@router.post("/operator/api/validate", summary="Check a draft and preview its system prompts")
+async def validate(body: YamlIn, session: OperatorSession) -> dict:
+    try:
+        template = Template.from_yaml(body.yaml)
+    except TemplateError as exc:
+        return {"ok": False, "issues": _issues(exc), "preview": None}
+    try:
+        preview = {lang: template.render_system_prompt(lang) for lang in ("en", "zh")}
+    except TemplateError as exc:
+        return {"ok": False, "issues": _issues(exc), "preview": None}
+    return {"ok": True, "issues": [], "preview": preview}
+
+
+@router.post("/operator/api/try", summary="Run a question (and screenshots) against an unsaved draft")
+async def try_it(request: Request, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    form = await request.form(max_files=MAX_TRY_IMAGES + 1, max_part_size=runtime.settings.image_max_bytes + 1)
+    template = _parse(str(form.get("yaml") or ""))
+    text = str(form.get("text") or "")[: runtime.settings.widget_max_text_chars]
+    uploads = [v for k, v in form.multi_items() if k == "images" and hasattr(v, "read")]
+    if len(uploads) > MAX_TRY_IMAGES:
+        raise HTTPException(413, detail={"error": "too_many_images", "message": f"At most {MAX_TRY_IMAGES} images."})
+    images = []
+    for upload in uploads:
+        try:
+            prepared = await asyncio.to_thread(prepare_image, await upload.read(), runtime.settings.image_limits())
+        except ImageRejected as exc:
+            raise HTTPException(400, detail={"error": exc.reason, "message": f"{upload.filename}: {exc.message()}"}) from None
+        images.append(prepared.image)
+    if not text.strip() and not images:
+        raise HTTPException(400, detail={"error": "empty", "message": "Type a question or add a screenshot."})
+    return await _run(runtime, template, text, str(form.get("language") or "auto"), images)
+
+
+@router.post("/operator/api/examples", summary="Run every example of a draft; pass/fail by expected hand-over")
+async def run_examples(body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    template = _parse(body.yaml)
+
+    async def one(example) -> dict:
+        text = example.text if not example.screenshot else f"{example.text}\n[screenshot: {example.screenshot}]"
+        result = await _run(runtime, template, text, example.language, [])
+        outcome = "handover" if result["decision"]["handover"] else "answer"
+        return {"text": example.text, "language": example.language, "screenshot": example.screenshot,
+                "expect": example.expect, "outcome": outcome, "reason": result["decision"]["reason"],
+                "confidence": result["confidence"], "reply": result["reply"], "passed": outcome == example.expect}
+
+    results = await asyncio.gather(*(one(example) for example in template.examples))
+    passed = sum(r["passed"] for r in results)
+    return {"results": results, "passed": passed, "failed": len(results) - passed}
+
+
+@router.post("/operator/api/templates/{name}/publish", summary="Publish a draft as a new version")
+async def publish(name: str, body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    template = _parse(body.yaml)
+    if template.name != name:
+        raise HTTPException(422, detail={"error": "invalid_template", "message": "The name in the YAML must stay "
+                                         f"'{name}'.", "issues": [{"field": "name", "message": "must not change",
+                                                                    "line": None}]})
+
+    def apply() -> int:
+        version = runtime.store.add_template_version(name, body.yaml, author=session.user.name, publish=True)
+        runtime.store.audit(session.user.name, "template_publish", f"template:{name}", version=version)
+        return version
+
+    return {"version": await runtime.manager.db(apply)}
+
+
+@router.get("/operator/api/templates/{name}/versions", summary="Every version with author, time and diff")
+async def list_versions(name: str, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    found = await runtime.manager.db(versions, runtime.store, name)
+    if not found:
+        raise HTTPException(404, detail={"error": "not_found", "message": "No such template."})
+    return {"versions": found}
+
+
+@router.post("/operator/api/templates/{name}/restore", summary="Publish an old version again, as a new version")
+async def restore(name: str, body: RestoreIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    def apply() -> int | None:
+        row = runtime.store._one("select body from template_versions where name = ? and version = ?",
+                                 [name, body.version])
+        if row is None:
+            return None
+        version = runtime.store.add_template_version(name, row["body"], author=session.user.name, publish=True)
+        runtime.store.audit(session.user.name, "template_restore", f"template:{name}",
+                            restored=body.version, version=version)
+        return version
+
+    version = await runtime.manager.db(apply)
+    if version is None:
+        raise HTTPException(404, detail={"error": "not_found", "message": "No such version."})
+    return {"version": version}
+
+
+@router.post("/operator/api/channels", summary="Set the active template of a channel")
+async def set_channel(body: ChannelIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    def apply() -> bool:
+        if not runtime.store.published_template_versions(body.template):
+            return False
+        runtime.store.set_channel_template(body.channel, body.template)
+        runtime.store.audit(session.user.name, "channel_template", f"channel:{body.channel}", template=body.template)
+        return True
+
+    if not await runtime.manager.db(apply):
+        raise HTTPException(404, detail={"error": "not_found", "message": "No such template."})
+    return {"ok": True}
+
+
+@router.get("/operator/api/stats", summary="How the bot does: volume, hand-overs, latency, confidence")
+async def get_stats(runtime: RuntimeDep, session: OperatorSession, days: int = 14) -> dict:
+    return await runtime.manager.db(stats, runtime.store, max(1, min(days, 365)))

@@ -1,0 +1,157 @@
+"""The operator console API over real HTTP: roles, validation, try it, examples, versions, stats."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from bot.accounts import Accounts
+from bot.store import Store
+from engine.base import ImagePart
+from engine.stub import StubEngine
+from tests.live_server import live_server
+from tests.test_agent_console import PASSWORD, ROLES, signed_in
+
+ENGINE = StubEngine(reply="Your membership renewed automatically for 88.", confidence=0.83)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("operators")
+    accounts = Accounts(Store(data))
+    for role in ROLES:
+        accounts.add_user(role, role, PASSWORD)
+    with live_server(data, engine=ENGINE, login_rate_per_ip=1000, widget_rate_per_ip=10_000) as (base, app):
+        yield base, app
+
+
+def billing_yaml(client: httpx.Client) -> str:
+    return client.get("/operator/api/templates/billing").json()["yaml"]
+
+
+OPERATOR_ROUTES = [
+    ("GET", "/operator/api/templates", None),
+    ("GET", "/operator/api/templates/billing", None),
+    ("GET", "/operator/api/templates/billing/versions", None),
+    ("POST", "/operator/api/validate", {"yaml": "name: x"}),
+    ("GET", "/operator/api/stats", None),
+]
+
+
+@pytest.mark.parametrize("method, path, body", OPERATOR_ROUTES)
+def test_operator_routes_allow_exactly_operators_and_admins(server, method, path, body):
+    base, _ = server
+    kwargs = {"json": body} if body is not None else {}
+    assert httpx.request(method, base + path, **kwargs).status_code == 401
+    for role in ROLES:
+        response = signed_in(base, role).request(method, path, **kwargs)
+        assert (response.status_code == 200) == (role in ("operator", "admin")), (role, response.status_code)
+
+
+def test_operator_page_redirects_to_sign_in_and_refuses_agents(server):
+    base, _ = server
+    anonymous = httpx.get(f"{base}/operator", follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/login?next=/operator"
+    assert signed_in(base, "agent").get("/operator").status_code == 403
+
+
+def test_template_list_shows_live_versions_and_channels(server):
+    base, _ = server
+    overview = signed_in(base, "operator").get("/operator/api/templates").json()
+    names = {t["name"]: t for t in overview["templates"]}
+    assert {"general", "billing", "account", "orders", "screenshot_errors"} <= set(names)
+    assert names["billing"]["published_version"] == 1 and names["billing"]["title"]["zh"]
+    assert {"channel": "widget", "template": "general"} in overview["channels"]
+    assert "widget" in names["general"]["channels"]
+
+
+def test_validation_reports_problems_and_previews_good_drafts(server):
+    base, _ = server
+    operator = signed_in(base, "operator")
+    good = billing_yaml(operator)
+    result = operator.post("/operator/api/validate", json={"yaml": good}).json()
+    assert result["ok"] and "Acme" in result["preview"]["en"] and result["preview"]["zh"]
+    broken = good.replace("{{ company }}", "{{ company ", 1)
+    result = operator.post("/operator/api/validate", json={"yaml": broken}).json()
+    assert not result["ok"] and result["issues"] and result["preview"] is None
+    sneaky = good.replace("{{ company }}", "{{ ''.__class__.__mro__ }}", 1)
+    issues = operator.post("/operator/api/validate", json={"yaml": sneaky}).json()["issues"]
+    assert any("__class__" in i["message"] for i in issues)
+
+
+def test_try_it_runs_the_unsaved_draft_with_a_screenshot(server):
+    base, _ = server
+    operator = signed_in(base, "operator")
+    draft = billing_yaml(operator).replace("Acme", "Globex")
+    buffer = io.BytesIO()
+    Image.new("RGB", (800, 600), "white").save(buffer, "PNG")
+    before = len(ENGINE.requests)
+    result = operator.post("/operator/api/try", data={"yaml": draft, "text": "Why was I charged?", "language": "auto"},
+                           files=[("images", ("statement.png", buffer.getvalue(), "image/png"))]).json()
+    assert result["reply"] == "Your membership renewed automatically for 88."
+    assert result["confidence"] == pytest.approx(0.83) and result["decision"]["handover"] is False
+    assert result["prompt_tokens"] > 0 and result["latency_ms"] is not None
+    request = ENGINE.requests[before]
+    assert "Globex" in request.messages[0].parts[0].text  # the draft, not the published version
+    assert any(isinstance(p, ImagePart) for p in request.messages[1].parts)
+    refund = operator.post("/operator/api/try", data={"yaml": draft, "text": "I want a refund"}).json()
+    assert refund["decision"] == {"handover": True, "reason": "sensitive_topic", "detail": refund["decision"]["detail"]}
+    bad = operator.post("/operator/api/try", data={"yaml": "name: [", "text": "hi"})
+    assert bad.status_code == 422 and bad.json()["issues"]
+
+
+def test_examples_run_all_at_once_with_a_summary(server):
+    base, _ = server
+    operator = signed_in(base, "operator")
+    summary = operator.post("/operator/api/examples", json={"yaml": billing_yaml(operator)}).json()
+    assert summary["passed"] + summary["failed"] == len(summary["results"]) >= 3
+    for result in summary["results"]:
+        assert result["passed"] == (result["outcome"] == result["expect"])
+    assert any(r["expect"] == "handover" and r["passed"] for r in summary["results"])
+
+
+def test_publish_history_diff_and_restore(server):
+    base, app = server
+    operator = signed_in(base, "operator")
+    original = billing_yaml(operator)
+    edited = original.replace("Acme", "Initech")
+    assert operator.post("/operator/api/templates/billing/publish", json={"yaml": edited}).json()["version"] == 2
+    history = operator.get("/operator/api/templates/billing/versions").json()["versions"]
+    assert [v["version"] for v in history][:2] == [2, 1] and history[0]["live"] and history[0]["author"] == "operator"
+    assert "-" in history[0]["diff"] and "+" in history[0]["diff"] and "Initech" in history[0]["diff"]
+    restored = operator.post("/operator/api/templates/billing/restore", json={"version": 1}).json()["version"]
+    assert restored == 3 and billing_yaml(operator) == original
+    renamed = operator.post("/operator/api/templates/billing/publish", json={"yaml": original.replace("name: billing", "name: other", 1)})
+    assert renamed.status_code == 422
+    audit = app.state.runtime.store._all("select action from audit_log where actor = 'operator'")
+    assert {"template_publish", "template_restore"} <= {a["action"] for a in audit}
+
+
+def test_the_active_template_per_channel_is_set_here(server):
+    base, app = server
+    operator = signed_in(base, "operator")
+    assert operator.post("/operator/api/channels", json={"channel": "widget", "template": "billing"}).status_code == 200
+    assert app.state.runtime.manager.templates.template_name_for("widget") == "billing"
+    assert operator.post("/operator/api/channels", json={"channel": "widget", "template": "nope"}).status_code == 404
+    operator.post("/operator/api/channels", json={"channel": "widget", "template": "general"})
+
+
+def test_statistics_summarise_recent_traffic(server):
+    base, _ = server
+    token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    for i, text in enumerate(["Why was I charged?", "I want to talk to a human"]):
+        httpx.post(f"{base}/widget/api/messages", headers=headers, data={"client_message_id": f"stats-{i:04d}", "text": text})
+        time.sleep(0.3)
+    result = signed_in(base, "operator").get("/operator/api/stats", params={"days": 7}).json()
+    assert len(result["days"]) == 7 and result["days"][-1]["messages"] >= 2
+    assert result["days"][-1]["answered"] >= 1 and result["days"][-1]["handed_over"] >= 1
+    assert 0 < result["answered_share"] < 1
+    assert result["handovers_by_reason"].get("user_request", 0) >= 1
+    assert sum(b["count"] for b in result["confidence_histogram"]) >= 1
+    assert result["latency_ms"]["p50"] is not None
