@@ -314,7 +314,7 @@ async def post_message(request: Request, runtime: RuntimeDep, visitor: Visitor) 
     if not text.strip() and not images:
         raise ApiError(400, "empty", "Please type a message or attach a screenshot.")
     inbound = Inbound(channel=CHANNEL, conversation_key=visitor, message_id=f"{visitor}:{client_id}",
-                      user_id=visitor, user_name="", text=text, images=tuple(images))
+                      user_id=visitor, user_name=f"Visitor {visitor[:6]}", text=text, images=tuple(images))
     accepted = await runtime.manager.accept(inbound)
     if not accepted.duplicate:
         runtime.spawn(runtime.process(accepted.message_id, accepted.conversation_id))

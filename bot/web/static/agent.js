@@ -1,0 +1,1652 @@
+/*
+ * Snapdesk agent console (/agent).
+ *
+ * The page is served under a strict Content-Security-Policy (script-src 'self'): no inline
+ * scripts, no inline handlers, no eval. Vanilla JS, no build step, no dependencies.
+ * Everything written by end users, agents or the model is only ever inserted as text nodes.
+ *
+ * Data comes from the same-origin console API (/console/api/me, /agent/api/...) and stays live
+ * through the /agent/api/events stream (EventSource, "update" events).
+ * Debug/test handle: window.SnapdeskAgent = { state(), refresh() }.
+ */
+(function () {
+  "use strict";
+
+  const LOGIN_URL = "/login?next=/agent";
+  const TITLE = "Snapdesk · Agent";
+  const QUEUE_DEBOUNCE_MS = 200;
+  const THREAD_DEBOUNCE_MS = 200;
+  const CLOCK_MS = 30000;
+  const POLL_WHILE_OFFLINE_MS = 15000;
+  const SEARCH_DEBOUNCE_MS = 300;
+  const MAX_TEXT = 4000;
+
+  const REASONS = {
+    user_request: "Asked for a person",
+    low_confidence: "Low confidence",
+    model_declined: "Bot declined",
+    sensitive_topic: "Sensitive topic",
+    repeated_failure: "Repeated failure",
+    unreadable_image: "Unreadable image",
+    engine_error: "Engine error"
+  };
+  const CHANNELS = { widget: "Widget", slack: "Slack", telegram: "Telegram", cli: "CLI" };
+  const STATUSES = { waiting: "Waiting", claimed: "Claimed", resolved: "Resolved", bot: "With the bot" };
+  const ROLES = { user: "User", bot: "Bot", agent: "Agent", system: "System", note: "Internal note" };
+
+  // ---------------------------------------------------------------------------------------
+  // Small helpers
+  // ---------------------------------------------------------------------------------------
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    if (attrs) {
+      for (const k of Object.keys(attrs)) {
+        const v = attrs[k];
+        if (v === null || v === undefined || v === false) continue;
+        if (k === "text") node.textContent = String(v);
+        else if (k === "class") node.className = v;
+        else node.setAttribute(k, v === true ? "" : String(v));
+      }
+    }
+    if (children) for (const c of children) if (c) node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
+    return node;
+  }
+
+  function str(v) {
+    return v === null || v === undefined ? "" : String(v);
+  }
+
+  function reasonLabel(code) {
+    const c = str(code);
+    if (Object.prototype.hasOwnProperty.call(REASONS, c)) return REASONS[c];
+    if (!c) return "Handed over";
+    const words = c.replace(/[_-]+/g, " ").trim();
+    return words.charAt(0).toUpperCase() + words.slice(1);
+  }
+
+  function channelLabel(code) {
+    const c = str(code);
+    return Object.prototype.hasOwnProperty.call(CHANNELS, c) ? CHANNELS[c] : c || "Unknown";
+  }
+
+  /** A CSS class suffix only from a fixed list, never from data. */
+  function channelClass(code) {
+    return Object.prototype.hasOwnProperty.call(CHANNELS, str(code)) ? "ch-" + code : "ch-other";
+  }
+
+  function statusLabel(code) {
+    const c = str(code);
+    return Object.prototype.hasOwnProperty.call(STATUSES, c) ? STATUSES[c] : c || "Unknown";
+  }
+
+  function statusClass(code) {
+    return Object.prototype.hasOwnProperty.call(STATUSES, str(code)) ? "st-" + code : "st-other";
+  }
+
+  function isNum(v) {
+    return typeof v === "number" && isFinite(v);
+  }
+
+  function formatConfidence(c) {
+    return isNum(c) ? Math.round(Math.max(0, Math.min(1, c)) * 100) + "%" : "—";
+  }
+
+  function confidenceClass(c) {
+    if (!isNum(c)) return "conf conf-none";
+    if (c < 0.5) return "conf conf-low";
+    if (c < 0.75) return "conf conf-mid";
+    return "conf conf-high";
+  }
+
+  function parseTime(iso) {
+    if (!iso) return null;
+    // Python writes microseconds; trim the fraction to milliseconds for every browser.
+    const d = new Date(String(iso).replace(/(\.\d{3})\d+/, "$1"));
+    return isNaN(d.getTime()) ? null : d;
+  }
+
+  function sameDay(a, b) {
+    return a.getFullYear() === b.getFullYear() && a.getMonth() === b.getMonth() && a.getDate() === b.getDate();
+  }
+
+  function formatClock(d) {
+    if (!d) return "";
+    try {
+      const now = new Date();
+      if (sameDay(d, now)) return d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+      const opts = { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" };
+      if (d.getFullYear() !== now.getFullYear()) opts.year = "numeric";
+      return d.toLocaleString(undefined, opts);
+    } catch (_) {
+      return d.toLocaleString();
+    }
+  }
+
+  function formatFull(d) {
+    if (!d) return "";
+    try {
+      return d.toLocaleString(undefined, { dateStyle: "full", timeStyle: "short" });
+    } catch (_) {
+      return d.toLocaleString();
+    }
+  }
+
+  function formatWaiting(d) {
+    if (!d) return "—";
+    const min = Math.max(0, Math.floor((Date.now() - d.getTime()) / 60000));
+    if (min < 1) return "<1 min";
+    if (min < 60) return min + " min";
+    const h = Math.floor(min / 60);
+    if (h < 24) return h + " h " + (min % 60) + " min";
+    const days = Math.floor(h / 24);
+    return days + (days === 1 ? " day" : " days");
+  }
+
+  function waitingLevel(d) {
+    if (!d) return "";
+    const min = (Date.now() - d.getTime()) / 60000;
+    if (min >= 30) return "late";
+    if (min >= 10) return "slow";
+    return "";
+  }
+
+  /** A same-origin URL from the API (attachments), or null. Images may only come from here. */
+  function safeUrl(raw) {
+    if (typeof raw !== "string" || !raw) return null;
+    try {
+      const u = new URL(raw, location.href);
+      if (u.origin !== location.origin) return null;
+      return u.href;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function httpUrl(raw) {
+    try {
+      const u = new URL(raw);
+      return u.protocol === "http:" || u.protocol === "https:" ? u : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  /** Text with http(s) links made clickable; every piece is a text node. */
+  function fillText(node, text) {
+    node.textContent = "";
+    const s = str(text);
+    const re = /\bhttps?:\/\/[^\s<>"'\u3000-\u303f\uff00-\uffef]+/g;
+    let last = 0;
+    let m;
+    while ((m = re.exec(s))) {
+      let href = m[0];
+      const trail = /[.,;:!?)\]}>'"]+$/.exec(href);
+      if (trail) href = href.slice(0, href.length - trail[0].length);
+      const u = httpUrl(href);
+      if (!u) continue;
+      if (m.index > last) node.appendChild(document.createTextNode(s.slice(last, m.index)));
+      node.appendChild(el("a", { href: u.href, target: "_blank", rel: "noopener noreferrer nofollow", text: href }));
+      last = m.index + href.length;
+      re.lastIndex = last;
+    }
+    if (last < s.length) node.appendChild(document.createTextNode(s.slice(last)));
+  }
+
+  function escapeRegExp(s) {
+    return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  }
+
+  /** Plain text with the query's words wrapped in <mark>; text nodes only. */
+  function fillHighlighted(node, text, query) {
+    node.textContent = "";
+    const s = str(text);
+    const words = str(query).replace(/["“”]/g, " ").split(/\s+/).filter(function (w) {
+      return w && !/^(and|or|not)$/i.test(w);
+    });
+    if (!words.length) {
+      node.textContent = s;
+      return;
+    }
+    const re = new RegExp("(" + words.map(escapeRegExp).sort(function (a, b) { return b.length - a.length; }).join("|") + ")", "gi");
+    let last = 0;
+    let m;
+    while ((m = re.exec(s))) {
+      if (!m[0]) {
+        re.lastIndex++;
+        continue;
+      }
+      if (m.index > last) node.appendChild(document.createTextNode(s.slice(last, m.index)));
+      node.appendChild(el("mark", { text: m[0] }));
+      last = m.index + m[0].length;
+    }
+    if (last < s.length) node.appendChild(document.createTextNode(s.slice(last)));
+  }
+
+  function initials(name) {
+    const s = str(name).trim();
+    return s ? Array.from(s)[0].toUpperCase() : "?";
+  }
+
+  /** Run fn at most once per delay; a call while it runs queues exactly one more run. */
+  function coalesce(fn, delay) {
+    let timer = null;
+    let running = false;
+    let again = false;
+    async function run() {
+      timer = null;
+      if (running) {
+        again = true;
+        return;
+      }
+      running = true;
+      try {
+        await fn();
+      } catch (_) {
+        /* reported by fn */
+      } finally {
+        running = false;
+        if (again) {
+          again = false;
+          schedule(0);
+        }
+      }
+    }
+    function schedule(ms) {
+      if (timer !== null) {
+        if (ms === 0) {
+          clearTimeout(timer);
+          timer = null;
+        } else {
+          return;
+        }
+      }
+      timer = setTimeout(run, ms === undefined ? delay : ms);
+    }
+    return {
+      schedule: schedule,
+      now: function () {
+        schedule(0);
+      }
+    };
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // State
+  // ---------------------------------------------------------------------------------------
+  const state = {
+    me: null,
+    csrf: "",
+    queue: [],
+    waitingCount: null,
+    queueLoaded: false,
+    currentId: null,
+    thread: null,
+    threadLoadedFor: null,
+    threadError: null,
+    live: "connecting",
+    leaving: false
+  };
+  const drafts = new Map(); // conversation id -> {text, suggested, draftKey}
+  const queueRows = new Map(); // conversation id -> {li, link, sig}
+  const messageNodes = new Map(); // message key -> node (open thread only)
+  let pinned = true; // the open thread is scrolled to its newest message
+  let focusMessageId = null; // from a search result: scroll to and flash it once loaded
+  let knownQueueIds = null;
+
+  // ---------------------------------------------------------------------------------------
+  // The API
+  // ---------------------------------------------------------------------------------------
+  function ApiError(status, code, message) {
+    this.status = status;
+    this.code = code;
+    this.message = message;
+  }
+
+  function goLogin() {
+    if (state.leaving) return;
+    state.leaving = true;
+    location.assign(LOGIN_URL);
+  }
+
+  async function readJson(res) {
+    try {
+      return await res.json();
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function errorFrom(status, body) {
+    let code = "";
+    let message = "";
+    if (body && typeof body === "object") {
+      const d = body.detail && typeof body.detail === "object" ? body.detail : body;
+      code = typeof d.error === "string" ? d.error : "";
+      message = typeof d.message === "string" ? d.message : typeof body.detail === "string" ? body.detail : "";
+    }
+    if (!message) {
+      if (status === 403) message = "You are not allowed to do that.";
+      else if (status === 404) message = "That conversation no longer exists.";
+      else if (status === 409) message = "Someone else changed this conversation first.";
+      else if (status >= 500) message = "Something went wrong on the server. Please try again.";
+      else message = "The request failed (" + status + ").";
+    }
+    return new ApiError(status, code || String(status), message);
+  }
+
+  async function api(method, path, body, retried) {
+    const opts = { method: method, credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } };
+    if (method !== "GET") {
+      opts.headers["Content-Type"] = "application/json";
+      opts.headers["X-CSRF-Token"] = state.csrf;
+      opts.body = JSON.stringify(body || {});
+    }
+    let res;
+    try {
+      res = await fetch(path, opts);
+    } catch (_) {
+      throw new ApiError(0, "network", "Can't reach the server. Check your connection and try again.");
+    }
+    const data = await readJson(res);
+    if (res.ok) return data || {};
+    const err = errorFrom(res.status, data);
+    if (res.status === 401) {
+      goLogin();
+      throw err;
+    }
+    // A stale CSRF token (the session was renewed elsewhere): fetch the current one and try once more.
+    if (res.status === 403 && err.code === "csrf" && method !== "GET" && !retried) {
+      if (await loadMe()) return api(method, path, body, true);
+    }
+    throw err;
+  }
+
+  async function loadMe() {
+    let res;
+    try {
+      res = await fetch("/console/api/me", { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
+    } catch (_) {
+      return false;
+    }
+    if (res.status === 401) {
+      goLogin();
+      return false;
+    }
+    const me = await readJson(res);
+    if (!res.ok || !me) return false;
+    state.me = { name: str(me.name), role: str(me.role) };
+    state.csrf = str(me.csrf_token);
+    return true;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Notices
+  // ---------------------------------------------------------------------------------------
+  let toastTimer = null;
+
+  function showError(message) {
+    $("error-text").textContent = str(message);
+    $("error").hidden = false;
+  }
+
+  function clearError() {
+    $("error").hidden = true;
+    $("error-text").textContent = "";
+  }
+
+  function toast(message) {
+    const node = $("toast");
+    node.textContent = str(message);
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(function () {
+      node.textContent = "";
+    }, 4000);
+  }
+
+  function setLive(mode) {
+    state.live = mode;
+    const node = $("live");
+    node.dataset.state = mode;
+    $("live-text").textContent = mode === "live" ? "Live" : mode === "offline" ? "Reconnecting…" : "Connecting…";
+    node.title = mode === "live" ? "The queue updates by itself" : "Live updates are interrupted; retrying";
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Queue
+  // ---------------------------------------------------------------------------------------
+  function filters() {
+    return { channel: $("filter-channel").value, reason: $("filter-reason").value };
+  }
+
+  function queueUrl(f) {
+    const p = new URLSearchParams();
+    p.set("channel", f.channel || "");
+    p.set("reason", f.reason || "");
+    return "/agent/api/queue?" + p.toString();
+  }
+
+  async function loadQueue() {
+    const f = filters();
+    const filtered = Boolean(f.channel || f.reason);
+    let list;
+    let all;
+    try {
+      const results = await Promise.all([
+        api("GET", queueUrl(f)),
+        // The title counts everyone waiting, whatever this agent filters on.
+        filtered ? api("GET", queueUrl({})) : null
+      ]);
+      list = Array.isArray(results[0].conversations) ? results[0].conversations : [];
+      all = results[1] ? (Array.isArray(results[1].conversations) ? results[1].conversations : []) : list;
+    } catch (err) {
+      if (!state.queueLoaded) {
+        const empty = $("queue-empty");
+        empty.textContent = err.message || "The queue could not be loaded.";
+        empty.hidden = false;
+      }
+      if (err.status !== 401 && state.live === "live") showError(err.message);
+      throw err;
+    }
+    const now = filters();
+    if (now.channel !== f.channel || now.reason !== f.reason) return; // filters changed meanwhile: a newer load follows
+    state.queue = list;
+    state.waitingCount = all.filter(function (c) { return c && c.status === "waiting"; }).length;
+    renderQueue(announceNewArrivals(all));
+    state.queueLoaded = true;
+  }
+
+  /** Tell the agent about conversations that just joined the queue; returns their ids. */
+  function announceNewArrivals(all) {
+    const ids = new Set(all.map(function (c) { return String(c && c.id); }));
+    const freshIds = new Set();
+    if (knownQueueIds) {
+      const fresh = all.filter(function (c) { return c && !knownQueueIds.has(String(c.id)); });
+      fresh.forEach(function (c) { freshIds.add(String(c.id)); });
+      const waiting = fresh.filter(function (c) { return c.status === "waiting"; });
+      if (waiting.length === 1) toast("New conversation waiting: " + (str(waiting[0].user_name) || str(waiting[0].user_id) || "a user"));
+      else if (waiting.length > 1) toast(waiting.length + " new conversations waiting");
+    }
+    knownQueueIds = ids;
+    return freshIds;
+  }
+
+  function sortQueue(list) {
+    function since(c) {
+      const d = parseTime(c.waiting_since);
+      return d ? d.getTime() : Number.MAX_SAFE_INTEGER;
+    }
+    return list.slice().sort(function (a, b) {
+      return since(a) - since(b) || Number(a.id) - Number(b.id);
+    });
+  }
+
+  function queueSignature(c) {
+    return JSON.stringify([c.channel, c.user_name, c.user_id, c.status, c.assigned_agent, c.reason, c.detail,
+      c.confidence, c.waiting_since, c.thumbnail, c.preview]);
+  }
+
+  function renderQueue(freshIds) {
+    const active = document.activeElement;
+    const focusedId = active && active.dataset && active.dataset.testid === "queue-item" ? active.dataset.id : null;
+
+    const items = state.queue.filter(function (c) { return c && c.id !== undefined && c.id !== null; });
+    const waiting = sortQueue(items.filter(function (c) { return c.status === "waiting"; }));
+    const claimed = sortQueue(items.filter(function (c) { return c.status !== "waiting"; }));
+    const seen = new Set();
+
+    function place(listNode, group) {
+      group.forEach(function (c, i) {
+        const id = String(c.id);
+        seen.add(id);
+        let row = queueRows.get(id);
+        const sig = queueSignature(c);
+        if (!row) {
+          row = createQueueRow(id);
+          queueRows.set(id, row);
+          if (freshIds && freshIds.has(id)) row.li.classList.add("is-new");
+        }
+        if (row.sig !== sig) {
+          fillQueueRow(row, c);
+          row.sig = sig;
+        }
+        if (listNode.children[i] !== row.li) listNode.insertBefore(row.li, listNode.children[i] || null);
+      });
+    }
+    place($("list-waiting"), waiting);
+    place($("list-claimed"), claimed);
+    queueRows.forEach(function (row, id) {
+      if (!seen.has(id)) {
+        row.li.remove();
+        queueRows.delete(id);
+      }
+    });
+    markCurrentRow();
+
+    $("group-waiting-count").textContent = String(waiting.length);
+    $("group-claimed-count").textContent = String(claimed.length);
+    $("group-waiting").hidden = waiting.length === 0;
+    $("group-claimed").hidden = claimed.length === 0;
+    const empty = $("queue-empty");
+    const f = filters();
+    if (!items.length) {
+      empty.textContent = f.channel || f.reason ? "No conversations match these filters." : "Nobody is waiting. The bot has it covered.";
+      empty.hidden = false;
+    } else {
+      empty.hidden = true;
+    }
+    $("queue").setAttribute("aria-busy", "false");
+
+    const n = state.waitingCount || 0;
+    document.title = n > 0 ? "(" + n + ") " + TITLE : TITLE;
+    const countText = n === 1 ? "1 waiting" : n + " waiting";
+    const countNode = $("queue-count");
+    if (countNode.textContent !== countText) countNode.textContent = countText;
+    countNode.classList.toggle("has-waiting", n > 0);
+
+    if (focusedId && document.activeElement !== active) {
+      const row = queueRows.get(focusedId);
+      if (row) row.link.focus({ preventScroll: true });
+    }
+  }
+
+  function createQueueRow(id) {
+    const link = el("a", { class: "qrow", href: "#/conversations/" + encodeURIComponent(id), "data-testid": "queue-item", "data-id": id });
+    link.addEventListener("click", function (e) {
+      if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return; // new tab etc.
+      e.preventDefault();
+      selectConversation(id, { push: true });
+    });
+    const li = el("li", { class: "qitem" }, [link]);
+    li.addEventListener("animationend", function () {
+      li.classList.remove("is-new");
+    });
+    return { li: li, link: link, sig: null };
+  }
+
+  function fillQueueRow(row, c) {
+    const link = row.link;
+    link.dataset.reason = str(c.reason);
+    link.dataset.channel = str(c.channel);
+    link.dataset.status = str(c.status);
+    link.textContent = "";
+
+    const name = str(c.user_name) || str(c.user_id) || "Unknown user";
+    const since = parseTime(c.waiting_since);
+    const wait = el("span", { class: "qwait", "data-since": since ? since.toISOString() : "" });
+    updateWaitNode(wait);
+
+    const top = el("div", { class: "qline qtop" }, [
+      el("span", { class: "ch-badge " + channelClass(c.channel), text: channelLabel(c.channel) }),
+      el("span", { class: "qname", text: name, title: str(c.user_id) || null }),
+      wait
+    ]);
+    const reason = el("div", { class: "qline qreason" }, [
+      el("span", { class: "reason", text: reasonLabel(c.reason) }),
+      el("span", { class: confidenceClass(c.confidence), title: "Bot confidence" }, [
+        el("span", { class: "sr-only", text: "bot confidence " }), document.createTextNode(formatConfidence(c.confidence))
+      ])
+    ]);
+    const main = el("div", { class: "qmain" }, [top, reason]);
+    if (str(c.preview)) main.appendChild(el("div", { class: "qpreview", text: str(c.preview) }));
+    if (c.status === "claimed" || c.assigned_agent) {
+      const mine = state.me && c.assigned_agent === state.me.name;
+      main.appendChild(el("div", { class: "qclaim" + (mine ? " is-mine" : "") }, [
+        el("span", { class: "qclaim-dot", "aria-hidden": "true" }),
+        document.createTextNode(c.assigned_agent ? (mine ? "Claimed by you" : "Claimed by " + str(c.assigned_agent)) : "Claimed")
+      ]));
+    }
+    link.appendChild(main);
+    const thumb = safeUrl(c.thumbnail);
+    if (thumb) {
+      const img = el("img", { class: "qthumb", alt: "", loading: "lazy", decoding: "async", src: thumb });
+      img.addEventListener("error", function () {
+        img.replaceWith(el("span", { class: "qthumb qthumb-missing", "aria-hidden": "true", text: "🖼" }));
+      });
+      link.appendChild(el("span", { class: "sr-only", text: ", with a screenshot" }));
+      link.appendChild(img);
+    }
+  }
+
+  function updateWaitNode(node) {
+    const d = parseTime(node.dataset.since);
+    const text = formatWaiting(d);
+    if (node.textContent !== text) node.textContent = text;
+    node.title = d ? "Waiting since " + formatFull(d) : "";
+    node.classList.toggle("slow", waitingLevel(d) === "slow");
+    node.classList.toggle("late", waitingLevel(d) === "late");
+  }
+
+  function tickClocks() {
+    document.querySelectorAll(".qwait").forEach(updateWaitNode);
+  }
+
+  function markCurrentRow() {
+    queueRows.forEach(function (row, id) {
+      if (id === state.currentId) row.link.setAttribute("aria-current", "true");
+      else row.link.removeAttribute("aria-current");
+    });
+  }
+
+  const queueRefresher = coalesce(loadQueue, QUEUE_DEBOUNCE_MS);
+
+  // ---------------------------------------------------------------------------------------
+  // Thread
+  // ---------------------------------------------------------------------------------------
+  function idFromHash() {
+    const m = /^#\/conversations\/([^/?#]+)$/.exec(location.hash || "");
+    if (!m) return null;
+    try {
+      return decodeURIComponent(m[1]);
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function selectConversation(id, opts) {
+    const options = opts || {};
+    const key = id === null || id === undefined ? null : String(id);
+    if (options.push) {
+      const hash = key ? "#/conversations/" + encodeURIComponent(key) : "";
+      if (location.hash !== hash) history.pushState(null, "", hash || location.pathname + location.search);
+    }
+    if (key === state.currentId) {
+      if (key) threadRefresher.now();
+      if (options.focus) focusThreadHeading();
+      return;
+    }
+    saveDraft();
+    state.currentId = key;
+    state.thread = null;
+    state.threadLoadedFor = null;
+    messageNodes.clear();
+    pinned = true;
+    $("messages").textContent = "";
+    $("new-messages").hidden = true;
+    markCurrentRow();
+    clearError();
+    document.body.classList.toggle("has-thread", Boolean(key));
+    if (!key) {
+      $("thread").hidden = true;
+      $("placeholder").hidden = false;
+      return;
+    }
+    $("placeholder").hidden = true;
+    const thread = $("thread");
+    thread.hidden = false;
+    thread.dataset.id = key;
+    thread.setAttribute("aria-busy", "true");
+    // Show what the queue already knows while the thread loads.
+    const known = state.queue.find(function (c) { return String(c.id) === key; });
+    $("thread-user").textContent = known ? str(known.user_name) || str(known.user_id) : "Loading…";
+    $("messages").appendChild(el("p", { class: "loading", text: "Loading the conversation…" }));
+    $("escalation").hidden = true;
+    $("claim").hidden = true;
+    restoreDraft(key, null);
+    updateComposerState();
+    threadRefresher.now();
+    if (options.focus || isNarrow()) focusThreadHeading();
+  }
+
+  function focusThreadHeading() {
+    requestAnimationFrame(function () {
+      $("thread-user").focus({ preventScroll: true });
+    });
+  }
+
+  function isNarrow() {
+    return window.matchMedia("(max-width: 820px)").matches;
+  }
+
+  async function loadThread() {
+    const id = state.currentId;
+    if (!id) return;
+    let data;
+    try {
+      data = await api("GET", "/agent/api/conversations/" + encodeURIComponent(id));
+    } catch (err) {
+      if (id !== state.currentId) return;
+      if (err.status === 404) {
+        renderThreadMissing(id);
+        return;
+      }
+      if (err.status !== 401) {
+        if (state.threadLoadedFor !== id) {
+          const msgs = $("messages");
+          msgs.textContent = "";
+          msgs.appendChild(el("p", { class: "loading", text: err.message }));
+        }
+        showError(err.message);
+      }
+      throw err;
+    }
+    if (id !== state.currentId) return; // another conversation was opened meanwhile
+    renderThread(data);
+  }
+
+  const threadRefresher = coalesce(loadThread, THREAD_DEBOUNCE_MS);
+
+  function renderThreadMissing(id) {
+    state.thread = null;
+    state.threadLoadedFor = id;
+    messageNodes.clear();
+    $("thread").setAttribute("aria-busy", "false");
+    $("thread-user").textContent = "Conversation not found";
+    $("thread-channel").hidden = true;
+    $("thread-status").hidden = true;
+    $("thread-assignee").textContent = "";
+    $("thread-extra").textContent = "";
+    $("escalation").hidden = true;
+    $("claim").hidden = true;
+    const msgs = $("messages");
+    msgs.textContent = "";
+    msgs.appendChild(el("p", { class: "loading", text: "This conversation does not exist or was removed." }));
+    updateComposerState();
+  }
+
+  function renderThread(t) {
+    const id = String(t.id !== undefined && t.id !== null ? t.id : state.currentId);
+    const first = state.threadLoadedFor !== state.currentId;
+    state.thread = t;
+    state.threadLoadedFor = state.currentId;
+    const thread = $("thread");
+    thread.dataset.id = id;
+    thread.dataset.status = str(t.status);
+    thread.setAttribute("aria-busy", "false");
+
+    // Header
+    const name = str(t.user_name) || str(t.user_id) || "Unknown user";
+    $("thread-user").textContent = name;
+    const ch = $("thread-channel");
+    ch.hidden = false;
+    ch.className = "ch-badge " + channelClass(t.channel);
+    ch.textContent = channelLabel(t.channel);
+    const st = $("thread-status");
+    st.hidden = false;
+    st.className = "status-pill " + statusClass(t.status);
+    st.dataset.status = str(t.status);
+    st.textContent = statusLabel(t.status);
+    const mine = state.me && t.assigned_agent && t.assigned_agent === state.me.name;
+    $("thread-assignee").textContent = t.assigned_agent
+      ? "Assigned to " + str(t.assigned_agent) + (mine ? " (you)" : "")
+      : "Unassigned";
+    $("thread-assignee").classList.toggle("is-mine", Boolean(mine));
+    const extra = [];
+    if (str(t.user_id) && str(t.user_id) !== name) extra.push("ID " + str(t.user_id));
+    if (str(t.language)) extra.push(str(t.language).toUpperCase());
+    $("thread-extra").textContent = extra.join(" · ");
+
+    $("claim").hidden = t.status !== "waiting";
+    if (t.status !== "waiting" && document.activeElement === $("claim")) $("composer").focus();
+
+    // Escalation
+    const esc = t.escalation && typeof t.escalation === "object" ? t.escalation : null;
+    const escBox = $("escalation");
+    if (esc) {
+      escBox.hidden = false;
+      escBox.dataset.reason = str(esc.reason);
+      $("esc-reason").textContent = reasonLabel(esc.reason);
+      $("esc-detail").textContent = str(esc.detail);
+      $("esc-detail").hidden = !str(esc.detail);
+      const conf = $("esc-conf");
+      conf.className = confidenceClass(esc.confidence);
+      conf.textContent = formatConfidence(esc.confidence);
+      const when = parseTime(esc.created_at);
+      $("esc-when").textContent = when ? "· handed over " + formatClock(when) : "";
+      $("esc-when").title = when ? formatFull(when) : "";
+    } else {
+      escBox.hidden = true;
+    }
+
+    renderMessages(Array.isArray(t.messages) ? t.messages : [], first);
+    restoreDraft(state.currentId, t);
+    updateComposerState();
+  }
+
+  function messageKey(m, i) {
+    return m.id !== null && m.id !== undefined ? "id:" + m.id : "i:" + i + ":" + str(m.created_at);
+  }
+
+  function nearBottom(node) {
+    return node.scrollHeight - node.scrollTop - node.clientHeight < 80;
+  }
+
+  function renderMessages(list, first) {
+    const box = $("messages");
+    const wasAtBottom = first || pinned || nearBottom(box);
+    const loading = box.querySelector(".loading");
+    if (loading) loading.remove();
+    const seen = new Set();
+    let added = 0;
+    let prev = null;
+    list.forEach(function (m, i) {
+      if (!m || typeof m !== "object") return;
+      const key = messageKey(m, i);
+      seen.add(key);
+      let node = messageNodes.get(key);
+      const sig = JSON.stringify([m.text, m.images, m.author, m.confidence, m.role, m.kind]);
+      if (node && node.dataset.sig !== sig) {
+        const fresh = renderMessage(m);
+        fresh.dataset.sig = sig;
+        node.replaceWith(fresh);
+        node = fresh;
+        messageNodes.set(key, node);
+      }
+      if (!node) {
+        node = renderMessage(m);
+        node.dataset.sig = sig;
+        messageNodes.set(key, node);
+        if (!first) {
+          node.classList.add("is-new");
+          added++;
+        }
+      }
+      const expected = prev ? prev.nextSibling : box.firstChild;
+      if (expected !== node) box.insertBefore(node, expected);
+      prev = node;
+    });
+    messageNodes.forEach(function (node, key) {
+      if (!seen.has(key)) {
+        node.remove();
+        messageNodes.delete(key);
+      }
+    });
+    if (!list.length && !box.querySelector(".loading")) {
+      box.appendChild(el("p", { class: "loading", text: "No messages yet." }));
+    }
+
+    if (focusMessageId !== null) {
+      const target = messageNodes.get("id:" + focusMessageId);
+      focusMessageId = null;
+      if (target) {
+        pinned = false;
+        target.scrollIntoView({ block: "center" });
+        target.classList.add("is-found");
+        setTimeout(function () { target.classList.remove("is-found"); }, 2600);
+        return;
+      }
+    }
+    if (wasAtBottom) {
+      box.scrollTop = box.scrollHeight;
+      pinned = true;
+      $("new-messages").hidden = true;
+    } else if (added) {
+      $("new-messages").hidden = false;
+    }
+  }
+
+  function renderMessage(m) {
+    const role = str(m.role) || "system";
+    const kind = str(m.kind) || role;
+    const thread = state.thread || {};
+    const userName = str(thread.user_name) || str(thread.user_id) || "User";
+    let side = "left";
+    let cls = "from-" + (Object.prototype.hasOwnProperty.call(ROLES, role) ? role : "system");
+    if (role === "bot" || role === "agent") side = "right";
+    if (role === "system") side = "center";
+    if (role === "note" || kind === "note") {
+      side = "wide";
+      cls = "from-note";
+    }
+    if (kind === "handover") cls += " is-handover";
+
+    const node = el("div", {
+      class: "msg " + cls + " side-" + side, "data-testid": "thread-message",
+      "data-role": role, "data-kind": kind, "data-id": m.id === null || m.id === undefined ? "" : String(m.id)
+    });
+    const when = parseTime(m.created_at);
+
+    const head = el("div", { class: "msg-head" });
+    if (role === "note" || kind === "note") {
+      head.appendChild(el("span", { class: "note-tag", text: "Internal note" }));
+      if (str(m.author)) head.appendChild(el("span", { class: "msg-author", text: str(m.author) }));
+    } else if (role === "user") {
+      head.appendChild(el("span", { class: "msg-author", text: str(m.author) || userName }));
+    } else if (role === "bot") {
+      head.appendChild(el("span", { class: "msg-author", text: kind === "handover" ? "Bot · hand-over notice" : "Bot" }));
+      if (isNum(m.confidence)) {
+        head.appendChild(el("span", { class: confidenceClass(m.confidence), title: "Bot confidence" }, [
+          el("span", { class: "sr-only", text: "confidence " }), document.createTextNode(formatConfidence(m.confidence))
+        ]));
+      }
+    } else if (role === "agent") {
+      head.appendChild(el("span", { class: "msg-author", text: str(m.author) || "Agent" }));
+      head.appendChild(el("span", { class: "role-tag", text: "Agent" }));
+    }
+    if (when) head.appendChild(el("time", { class: "msg-time", datetime: when.toISOString(), title: formatFull(when), text: formatClock(when) }));
+
+    const text = el("div", { class: "msg-text", "data-testid": "thread-message-text" });
+    fillText(text, m.text);
+
+    const body = el("div", { class: "bubble" }, [text]);
+    const urls = (Array.isArray(m.images) ? m.images : []).map(safeUrl).filter(Boolean);
+    if (urls.length) {
+      const who = role === "user" ? str(m.author) || userName : ROLES[role] || role;
+      const imgs = el("div", { class: "msg-images" + (urls.length > 1 ? " many" : "") });
+      urls.forEach(function (u, i) {
+        const label = "Open screenshot " + (i + 1) + " of " + urls.length + " from " + who;
+        const img = el("img", { alt: "", src: u, loading: "lazy", decoding: "async" });
+        const btn = el("button", { type: "button", class: "thumb", "aria-label": label, title: "Enlarge", "data-testid": "thread-image" }, [img]);
+        img.addEventListener("error", function () {
+          btn.classList.add("is-missing");
+          btn.appendChild(el("span", { class: "thumb-missing", text: "Image unavailable" }));
+        });
+        btn.addEventListener("click", function () {
+          openOverlay(urls, i, who, when, btn);
+        });
+        imgs.appendChild(btn);
+      });
+      body.appendChild(imgs);
+    }
+
+    if (role === "system") {
+      node.appendChild(body);
+      if (when) body.title = formatFull(when);
+    } else {
+      node.appendChild(head);
+      node.appendChild(body);
+    }
+    return node;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Composer
+  // ---------------------------------------------------------------------------------------
+  /** The bot's draft answer for the current hand-over, unless an agent has answered since. */
+  function draftOf(t) {
+    if (!t || !t.escalation || typeof t.escalation !== "object") return null;
+    const text = str(t.escalation.draft_answer).trim();
+    if (!text) return null;
+    if (agentAnsweredSince(t)) return null;
+    return { text: text, key: str(t.escalation.created_at) + "|" + text.length };
+  }
+
+  function agentAnsweredSince(t) {
+    const list = Array.isArray(t.messages) ? t.messages : [];
+    let handover = -1;
+    list.forEach(function (m, i) {
+      if (m && m.kind === "handover") handover = i;
+    });
+    if (handover >= 0) {
+      return list.slice(handover + 1).some(function (m) { return m && m.role === "agent"; });
+    }
+    const since = parseTime(t.escalation.created_at);
+    return list.some(function (m) {
+      if (!m || m.role !== "agent") return false;
+      const at = parseTime(m.created_at);
+      return !since || !at || at >= since;
+    });
+  }
+
+  function saveDraft() {
+    if (!state.currentId) return;
+    const entry = drafts.get(state.currentId) || { text: "", suggested: false, draftKey: null };
+    entry.text = $("composer").value;
+    if (!entry.text.trim()) entry.suggested = false;
+    drafts.set(state.currentId, entry);
+  }
+
+  /** Fill the composer for a conversation: the agent's unsent text, or else the bot's draft answer. */
+  function restoreDraft(id, t) {
+    const composer = $("composer");
+    let entry = drafts.get(id);
+    if (!entry) {
+      entry = { text: "", suggested: false, draftKey: null };
+      drafts.set(id, entry);
+      composer.value = "";
+    } else if (!t) {
+      composer.value = entry.text;
+    }
+    const draft = draftOf(t);
+    const open = t && (t.status === "waiting" || t.status === "claimed");
+    // Offer a (new) suggestion only while the agent has not written anything.
+    if (draft && open && entry.draftKey !== draft.key && !composer.value.trim()) {
+      composer.value = draft.text;
+      entry.text = draft.text;
+      entry.suggested = true;
+      entry.draftKey = draft.key;
+    }
+    if (draft && entry.draftKey === null) entry.draftKey = draft.key;
+    updateSuggestion();
+  }
+
+  function updateSuggestion() {
+    const id = state.currentId;
+    const entry = id ? drafts.get(id) : null;
+    const composer = $("composer");
+    const has = composer.value.trim().length > 0;
+    if (entry && !has) entry.suggested = false;
+    const suggested = Boolean(entry && entry.suggested && has);
+    $("suggested-label").hidden = !suggested;
+    $("discard-suggestion").hidden = !suggested;
+    composer.classList.toggle("is-suggested", suggested);
+    const draft = draftOf(state.thread);
+    $("use-suggestion").hidden = !(draft && !suggested && composer.value.trim() !== draft.text);
+  }
+
+  const busy = { action: null };
+
+  function updateComposerState() {
+    const t = state.thread;
+    const loaded = Boolean(t) && state.threadLoadedFor === state.currentId;
+    const text = $("composer").value.trim();
+    const working = busy.action !== null;
+    const tooLong = text.length > MAX_TEXT;
+    $("send-reply").disabled = !loaded || working || !text || tooLong;
+    $("add-note").disabled = !loaded || working || !text || tooLong;
+    $("resolve").disabled = !loaded || working || t.status === "resolved";
+    // Only a conversation a person owns can go back to the bot.
+    $("hand-back").disabled = !loaded || working || !(t.status === "waiting" || t.status === "claimed");
+    $("claim").disabled = !loaded || working;
+    $("composer").disabled = !state.currentId;
+    const hint = $("composer-hint");
+    let hintText = "";
+    if (loaded && t.status === "claimed" && t.assigned_agent && state.me && t.assigned_agent !== state.me.name) {
+      hintText = str(t.assigned_agent) + " is handling this conversation.";
+    } else if (loaded && t.status === "waiting") {
+      hintText = "Sending a reply claims the conversation.";
+    } else if (loaded && t.status === "resolved") {
+      hintText = "This conversation is resolved.";
+    } else if (loaded && t.status === "bot") {
+      hintText = "The bot is answering this conversation.";
+    }
+    if (tooLong) hintText = "The message is too long (" + text.length + " / " + MAX_TEXT + " characters).";
+    hint.textContent = hintText;
+    hint.classList.toggle("is-warning", tooLong);
+    const name = t ? str(t.user_name) || str(t.user_id) : "";
+    $("composer-label").textContent = name ? "Reply to " + name : "Reply";
+    autosize();
+  }
+
+  function autosize() {
+    const c = $("composer");
+    c.style.height = "auto";
+    const max = Math.max(120, Math.round(window.innerHeight * 0.4));
+    c.style.height = Math.min(max, c.scrollHeight + 2) + "px";
+  }
+
+  async function act(action, fn, labelButton) {
+    if (busy.action !== null || !state.currentId) return;
+    const id = state.currentId;
+    busy.action = action;
+    const button = labelButton || null;
+    if (button) button.setAttribute("aria-busy", "true");
+    updateComposerState();
+    clearError();
+    try {
+      await fn(id);
+    } catch (err) {
+      if (err && err.status !== 401) {
+        if (action === "claim" && err.status === 409) showError("Already claimed by someone else");
+        else if (err.status === 409) showError(err.message || "Someone else changed this conversation first.");
+        else showError(err && err.message ? err.message : "That did not work. Please try again.");
+        if (err.status === 409 || err.status === 404) {
+          queueRefresher.now();
+          if (id === state.currentId) threadRefresher.now();
+        }
+      }
+    } finally {
+      busy.action = null;
+      if (button) button.removeAttribute("aria-busy");
+      updateComposerState();
+    }
+  }
+
+  function post(id, verb, body) {
+    return api("POST", "/agent/api/conversations/" + encodeURIComponent(id) + "/" + verb, body || {});
+  }
+
+  function sendText(kind) {
+    const composer = $("composer");
+    const text = composer.value.trim();
+    if (!text) {
+      composer.focus();
+      return;
+    }
+    if (text.length > MAX_TEXT) return;
+    const button = kind === "reply" ? $("send-reply") : $("add-note");
+    act(kind, async function (id) {
+      await post(id, kind === "reply" ? "reply" : "note", { text: text });
+      // Clear only what was sent: the agent may have typed on meanwhile in another conversation.
+      const entry = drafts.get(id);
+      if (id === state.currentId) {
+        if (composer.value.trim() === text) composer.value = "";
+        updateSuggestion();
+      }
+      if (entry) {
+        entry.text = id === state.currentId ? composer.value : "";
+        entry.suggested = false;
+      }
+      toast(kind === "reply" ? "Reply sent" : "Internal note added");
+      if (id === state.currentId) {
+        composer.focus();
+        threadRefresher.now();
+      }
+      queueRefresher.now();
+    }, button);
+  }
+
+  function claim() {
+    act("claim", async function (id) {
+      await post(id, "claim");
+      toast("You claimed this conversation");
+      if (id === state.currentId) {
+        $("composer").focus();
+        threadRefresher.now();
+      }
+      queueRefresher.now();
+    }, $("claim"));
+  }
+
+  function resolve() {
+    act("resolve", async function (id) {
+      await post(id, "resolve");
+      toast("Conversation resolved");
+      if (id === state.currentId) {
+        focusThreadHeading();
+        threadRefresher.now();
+      }
+      queueRefresher.now();
+    }, $("resolve"));
+  }
+
+  function handBack() {
+    act("hand-back", async function (id) {
+      await post(id, "hand-back");
+      toast("Handed back to the bot");
+      if (id === state.currentId) {
+        focusThreadHeading();
+        threadRefresher.now();
+      }
+      queueRefresher.now();
+    }, $("hand-back"));
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Image overlay
+  // ---------------------------------------------------------------------------------------
+  const overlay = { urls: [], index: 0, who: "", when: null, opener: null };
+
+  function openOverlay(urls, index, who, when, opener) {
+    overlay.urls = urls;
+    overlay.index = index;
+    overlay.who = who;
+    overlay.when = when;
+    overlay.opener = opener;
+    const node = $("image-overlay");
+    node.hidden = false;
+    $("topbar").inert = true;
+    $("layout").inert = true;
+    document.body.classList.add("has-overlay");
+    setZoom(false);
+    showOverlayImage();
+    $("overlay-close").focus();
+  }
+
+  function showOverlayImage() {
+    const url = overlay.urls[overlay.index];
+    const img = $("overlay-img");
+    const n = overlay.urls.length;
+    const caption = "Screenshot " + (overlay.index + 1) + " of " + n + " · " + overlay.who +
+      (overlay.when ? " · " + formatClock(overlay.when) : "");
+    img.src = url;
+    img.alt = "Screenshot " + (overlay.index + 1) + " of " + n + " from " + overlay.who;
+    $("overlay-caption").textContent = caption;
+    $("overlay-open").href = url;
+    $("overlay-prev").hidden = n < 2;
+    $("overlay-next").hidden = n < 2;
+    $("overlay-prev").disabled = overlay.index === 0;
+    $("overlay-next").disabled = overlay.index === n - 1;
+    $("overlay-stage").scrollTop = 0;
+    $("overlay-stage").scrollLeft = 0;
+  }
+
+  function stepOverlay(delta) {
+    const next = overlay.index + delta;
+    if (next < 0 || next >= overlay.urls.length) return;
+    overlay.index = next;
+    showOverlayImage();
+  }
+
+  function setZoom(on) {
+    $("image-overlay").classList.toggle("is-zoomed", on);
+    $("overlay-zoom").setAttribute("aria-pressed", on ? "true" : "false");
+    $("overlay-zoom").textContent = on ? "Fit to screen" : "Actual size";
+  }
+
+  function closeOverlay() {
+    const node = $("image-overlay");
+    if (node.hidden) return;
+    node.hidden = true;
+    $("topbar").inert = false;
+    $("layout").inert = false;
+    document.body.classList.remove("has-overlay");
+    $("overlay-img").removeAttribute("src");
+    const opener = overlay.opener;
+    overlay.opener = null;
+    if (opener && opener.isConnected) opener.focus();
+    else if (state.currentId) $("messages").focus();
+  }
+
+  function overlayKeydown(e) {
+    if (e.key === "Escape") {
+      e.preventDefault();
+      e.stopPropagation();
+      closeOverlay();
+    } else if (e.key === "ArrowLeft") {
+      e.preventDefault();
+      stepOverlay(-1);
+    } else if (e.key === "ArrowRight") {
+      e.preventDefault();
+      stepOverlay(1);
+    } else if (e.key === "Tab") {
+      // Keep focus inside the dialog.
+      const focusables = Array.prototype.filter.call(
+        $("image-overlay").querySelectorAll("button, a[href]"),
+        function (n) { return !n.hidden && !n.disabled && n.offsetParent !== null; }
+      );
+      if (!focusables.length) return;
+      const firstEl = focusables[0];
+      const lastEl = focusables[focusables.length - 1];
+      if (e.shiftKey && (document.activeElement === firstEl || !$("image-overlay").contains(document.activeElement))) {
+        e.preventDefault();
+        lastEl.focus();
+      } else if (!e.shiftKey && (document.activeElement === lastEl || !$("image-overlay").contains(document.activeElement))) {
+        e.preventDefault();
+        firstEl.focus();
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Search
+  // ---------------------------------------------------------------------------------------
+  const search = { seq: 0, timer: null, query: "", results: null };
+
+  function setSearchOpen(open) {
+    const panel = $("search-panel");
+    panel.hidden = !open;
+    $("search-input").setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  function scheduleSearch(immediate) {
+    clearTimeout(search.timer);
+    const q = $("search-input").value.trim();
+    if (!q) {
+      search.seq++;
+      search.query = "";
+      search.results = null;
+      $("search-results").textContent = "";
+      $("search-status").textContent = "";
+      setSearchOpen(false);
+      return;
+    }
+    search.timer = setTimeout(function () {
+      runSearch(q);
+    }, immediate ? 0 : SEARCH_DEBOUNCE_MS);
+  }
+
+  async function runSearch(q) {
+    const seq = ++search.seq;
+    setSearchOpen(true);
+    $("search-status").textContent = "Searching…";
+    $("search-panel").setAttribute("aria-busy", "true");
+    let data;
+    try {
+      data = await api("GET", "/agent/api/search?q=" + encodeURIComponent(q));
+    } catch (err) {
+      if (seq !== search.seq) return;
+      $("search-panel").setAttribute("aria-busy", "false");
+      $("search-results").textContent = "";
+      $("search-status").textContent = err.message || "Search failed.";
+      return;
+    }
+    if (seq !== search.seq) return; // a newer search is on its way
+    $("search-panel").setAttribute("aria-busy", "false");
+    search.query = q;
+    search.results = Array.isArray(data.results) ? data.results : [];
+    renderSearch();
+  }
+
+  function renderSearch() {
+    const list = $("search-results");
+    list.textContent = "";
+    const results = search.results || [];
+    const n = results.length;
+    $("search-status").textContent = n === 0
+      ? "No conversations match “" + search.query + "”."
+      : n === 1 ? "1 result" : n + " results";
+    results.forEach(function (r) {
+      if (!r || r.conversation_id === undefined || r.conversation_id === null) return;
+      const when = parseTime(r.created_at);
+      const role = str(r.role);
+      const snippet = el("div", { class: "sr-snippet" });
+      fillHighlighted(snippet, r.snippet, search.query);
+      const button = el("button", {
+        type: "button", class: "sr-item", "data-testid": "search-result",
+        "data-conversation-id": String(r.conversation_id),
+        "data-message-id": r.message_id === null || r.message_id === undefined ? "" : String(r.message_id)
+      }, [
+        el("div", { class: "sr-top" }, [
+          el("span", { class: "ch-badge " + channelClass(r.channel), text: channelLabel(r.channel) }),
+          el("span", { class: "sr-user", text: str(r.user_name) || "Conversation " + r.conversation_id }),
+          el("span", { class: "sr-role", text: Object.prototype.hasOwnProperty.call(ROLES, role) ? ROLES[role] : role }),
+          when ? el("time", { class: "sr-time", datetime: when.toISOString(), title: formatFull(when), text: formatClock(when) }) : null
+        ]),
+        snippet
+      ]);
+      button.addEventListener("click", function () {
+        openSearchResult(r);
+      });
+      list.appendChild(el("li", null, [button]));
+    });
+  }
+
+  function openSearchResult(r) {
+    setSearchOpen(false);
+    focusMessageId = r.message_id === null || r.message_id === undefined ? null : String(r.message_id);
+    const id = String(r.conversation_id);
+    selectConversation(id, { push: true, focus: true });
+  }
+
+  function searchKeydown(e) {
+    const items = Array.prototype.slice.call($("search-results").querySelectorAll("[data-testid=search-result]"));
+    const index = items.indexOf(document.activeElement);
+    if (e.key === "Escape") {
+      if (!$("search-panel").hidden) {
+        e.preventDefault();
+        setSearchOpen(false);
+        $("search-input").focus();
+      } else if (e.target === $("search-input") && $("search-input").value) {
+        e.preventDefault();
+        $("search-input").value = "";
+        scheduleSearch(true);
+      }
+    } else if (e.key === "ArrowDown") {
+      if (!items.length) return;
+      e.preventDefault();
+      setSearchOpen(true);
+      items[Math.min(items.length - 1, index + 1)].focus();
+    } else if (e.key === "ArrowUp") {
+      if (index < 0) return;
+      e.preventDefault();
+      if (index === 0) $("search-input").focus();
+      else items[index - 1].focus();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Live updates
+  // ---------------------------------------------------------------------------------------
+  let source = null;
+  let everOpened = false;
+  let retryMs = 2000;
+  let pollTimer = null;
+
+  function connect() {
+    if (typeof EventSource !== "function") {
+      setLive("offline");
+      startPolling();
+      return;
+    }
+    if (source) source.close();
+    setLive(everOpened ? "offline" : "connecting");
+    source = new EventSource("/agent/api/events");
+    source.addEventListener("open", function () {
+      everOpened = true;
+      retryMs = 2000;
+      setLive("live");
+      stopPolling();
+      // Something may have happened before the stream (re)opened: catch up.
+      refreshAll();
+    });
+    source.addEventListener("update", onUpdate);
+    source.addEventListener("error", function () {
+      if (!source) return;
+      setLive("offline");
+      startPolling();
+      if (source.readyState === EventSource.CLOSED) {
+        // The browser gave up (e.g. the session ended): check the session, then try again.
+        source = null;
+        loadMe().then(function (ok) {
+          if (state.leaving) return;
+          setTimeout(connect, ok ? retryMs : Math.min(retryMs * 2, 30000));
+          retryMs = Math.min(retryMs * 2, 30000);
+        });
+      }
+    });
+  }
+
+  function onUpdate(e) {
+    let data = null;
+    try {
+      data = JSON.parse(e.data);
+    } catch (_) {
+      data = null;
+    }
+    queueRefresher.schedule();
+    if (!data || data.conversation_id === undefined || data.conversation_id === null) {
+      if (state.currentId) threadRefresher.schedule();
+      return;
+    }
+    if (state.currentId && String(data.conversation_id) === state.currentId) threadRefresher.schedule();
+  }
+
+  function refreshAll() {
+    queueRefresher.now();
+    if (state.currentId) threadRefresher.now();
+  }
+
+  function startPolling() {
+    if (pollTimer) return;
+    pollTimer = setInterval(refreshAll, POLL_WHILE_OFFLINE_MS);
+  }
+
+  function stopPolling() {
+    if (!pollTimer) return;
+    clearInterval(pollTimer);
+    pollTimer = null;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Sign out
+  // ---------------------------------------------------------------------------------------
+  async function logout() {
+    const button = $("logout");
+    button.disabled = true;
+    button.textContent = "Signing out…";
+    state.leaving = true;
+    if (source) {
+      source.close();
+      source = null;
+    }
+    try {
+      await fetch("/logout", {
+        method: "POST", credentials: "same-origin", redirect: "manual",
+        headers: { "X-CSRF-Token": state.csrf, "Content-Type": "application/json" }, body: "{}"
+      });
+    } catch (_) {
+      /* the sign-in page is where we go either way */
+    }
+    location.assign("/login");
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Wiring
+  // ---------------------------------------------------------------------------------------
+  function wire() {
+    $("filter-channel").addEventListener("change", function () {
+      $("queue").setAttribute("aria-busy", "true");
+      queueRefresher.now();
+    });
+    $("filter-reason").addEventListener("change", function () {
+      $("queue").setAttribute("aria-busy", "true");
+      queueRefresher.now();
+    });
+
+    $("error-close").addEventListener("click", clearError);
+    $("logout").addEventListener("click", logout);
+    $("back").addEventListener("click", function () {
+      const id = state.currentId;
+      selectConversation(null, { push: true });
+      const row = id ? queueRows.get(id) : null;
+      if (row) row.link.focus();
+      else $("filter-channel").focus();
+    });
+
+    $("claim").addEventListener("click", claim);
+    $("resolve").addEventListener("click", resolve);
+    $("hand-back").addEventListener("click", handBack);
+    $("add-note").addEventListener("click", function () {
+      sendText("note");
+    });
+    $("composer-form").addEventListener("submit", function (e) {
+      e.preventDefault();
+      sendText("reply");
+    });
+    const composer = $("composer");
+    composer.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !e.isComposing) {
+        e.preventDefault();
+        if (e.shiftKey) sendText("note");
+        else sendText("reply");
+      }
+    });
+    composer.addEventListener("input", function () {
+      saveDraft();
+      updateSuggestion();
+      updateComposerState();
+    });
+    $("use-suggestion").addEventListener("click", function () {
+      const draft = draftOf(state.thread);
+      if (!draft || !state.currentId) return;
+      composer.value = draft.text;
+      const entry = drafts.get(state.currentId) || { text: "", suggested: false, draftKey: null };
+      entry.text = draft.text;
+      entry.suggested = true;
+      entry.draftKey = draft.key;
+      drafts.set(state.currentId, entry);
+      updateSuggestion();
+      updateComposerState();
+      composer.focus();
+    });
+    $("discard-suggestion").addEventListener("click", function () {
+      composer.value = "";
+      saveDraft();
+      updateSuggestion();
+      updateComposerState();
+      composer.focus();
+    });
+
+    const messages = $("messages");
+    messages.addEventListener("scroll", function () {
+      pinned = nearBottom(messages);
+      if (pinned) $("new-messages").hidden = true;
+    }, { passive: true });
+    // Screenshots load after the text: keep the newest message in view while pinned to the bottom.
+    messages.addEventListener("load", function () {
+      if (pinned) messages.scrollTop = messages.scrollHeight;
+    }, true);
+    $("new-messages").addEventListener("click", function () {
+      messages.scrollTop = messages.scrollHeight;
+      $("new-messages").hidden = true;
+      messages.focus({ preventScroll: true });
+    });
+
+    // Overlay
+    $("overlay-close").addEventListener("click", closeOverlay);
+    $("overlay-prev").addEventListener("click", function () { stepOverlay(-1); });
+    $("overlay-next").addEventListener("click", function () { stepOverlay(1); });
+    $("overlay-zoom").addEventListener("click", function () {
+      setZoom(!$("image-overlay").classList.contains("is-zoomed"));
+    });
+    $("overlay-img").addEventListener("click", function () {
+      setZoom(!$("image-overlay").classList.contains("is-zoomed"));
+    });
+    $("overlay-stage").addEventListener("click", function (e) {
+      if (e.target === $("overlay-stage")) closeOverlay();
+    });
+    $("image-overlay").addEventListener("keydown", overlayKeydown);
+
+    // Search
+    const input = $("search-input");
+    $("search-form").addEventListener("submit", function (e) {
+      e.preventDefault();
+      scheduleSearch(true);
+    });
+    input.addEventListener("input", function () {
+      scheduleSearch(false);
+    });
+    input.addEventListener("focus", function () {
+      if (search.results && input.value.trim() === search.query) setSearchOpen(true);
+    });
+    $("search-wrap").addEventListener("keydown", searchKeydown);
+    document.addEventListener("mousedown", function (e) {
+      if (!$("search-wrap").contains(e.target)) setSearchOpen(false);
+    });
+    $("search-wrap").addEventListener("focusout", function (e) {
+      if (e.relatedTarget && !$("search-wrap").contains(e.relatedTarget)) setSearchOpen(false);
+    });
+
+    window.addEventListener("popstate", function () {
+      selectConversation(idFromHash());
+    });
+    window.addEventListener("hashchange", function () {
+      const id = idFromHash();
+      if (id !== state.currentId) selectConversation(id);
+    });
+    window.addEventListener("resize", autosize, { passive: true });
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "visible") {
+        tickClocks();
+        if (state.live !== "live") refreshAll();
+      }
+    });
+  }
+
+  async function start() {
+    wire();
+    setLive("connecting");
+    updateComposerState();
+    const ok = await loadMe();
+    if (state.leaving) return;
+    if (!ok) {
+      document.body.classList.remove("is-loading");
+      showError("Can't reach the server. Reload the page to try again.");
+      $("queue").setAttribute("aria-busy", "false");
+      return;
+    }
+    $("user-name").textContent = state.me.name;
+    $("avatar").textContent = initials(state.me.name);
+    document.body.classList.remove("is-loading");
+    try {
+      await loadQueue();
+    } catch (_) {
+      /* shown in the queue; live updates retry */
+    }
+    const id = idFromHash();
+    if (id) selectConversation(id);
+    connect();
+    setInterval(tickClocks, CLOCK_MS);
+  }
+
+  window.SnapdeskAgent = Object.freeze({
+    state: function () {
+      return {
+        user: state.me ? state.me.name : null,
+        waiting: state.waitingCount,
+        queue: state.queue.length,
+        open: state.currentId,
+        status: state.thread ? state.thread.status : null,
+        live: state.live
+      };
+    },
+    refresh: refreshAll
+  });
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start, { once: true });
+  else start();
+})();

@@ -1,0 +1,1646 @@
+/*
+ * Snapdesk operator console: edit, try, version and publish the support prompt templates,
+ * choose which template answers on each channel, and watch how the bot does.
+ *
+ * Served at /operator with a strict CSP (script-src 'self'): no inline code, no eval.
+ * Everything that comes from the server (template text, replies, issues, example text, diff
+ * lines, names) is inserted as text nodes only; charts are SVG built with createElementNS.
+ */
+(function () {
+  "use strict";
+
+  const MAX_IMAGES = 4;
+  const VALIDATE_DELAY_MS = 400;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const LINE_HEIGHT = 20; // px, matches .op-yaml / .op-gutter
+
+  const REASONS = {
+    user_request: "Asked for a person",
+    sensitive_topic: "Sensitive topic",
+    engine_error: "Engine error",
+    unreadable_image: "Unreadable image",
+    model_declined: "Bot declined",
+    repeated_failure: "Repeated failure",
+    low_confidence: "Low confidence"
+  };
+  const CHANNEL_NAMES = { widget: "Widget", slack: "Slack", telegram: "Telegram", cli: "CLI" };
+  const LANGUAGE_NAMES = { en: "English", zh: "Chinese", auto: "Auto" };
+
+  // ---------------------------------------------------------------------------------------
+  // State
+  // ---------------------------------------------------------------------------------------
+  const state = {
+    me: null,
+    csrf: "",
+    templates: [], // from GET /operator/api/templates
+    channels: [], // [{channel, template}] as saved on the server
+    channelDraft: new Map(), // channel -> template chosen but not saved yet
+    view: null, // "templates" | "stats"
+    tpl: null, // {name, published, yaml} of the template open in the editor
+    opening: null, // name of the template being loaded
+    validation: null, // {text, ok, issues, preview} for the latest checked text
+    validating: false,
+    validateTimer: 0,
+    validateSeq: 0,
+    validateAbort: null,
+    issueLines: new Set(),
+    gutterKey: "",
+    publishing: false,
+    images: [], // [{file, url}]
+    trying: false,
+    examplesRunning: false,
+    examplesText: null, // draft text the shown example results belong to
+    versions: [],
+    historySeq: 0,
+    statsDays: 14,
+    stats: null,
+    statsSeq: 0,
+    resizeTimer: 0
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // DOM helpers
+  // ---------------------------------------------------------------------------------------
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    setAttrs(node, attrs);
+    if (children) for (const c of children) if (c) node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
+    return node;
+  }
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG_NS, tag);
+    setAttrs(node, attrs);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function setAttrs(node, attrs) {
+    if (!attrs) return;
+    for (const k of Object.keys(attrs)) {
+      const v = attrs[k];
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "text") node.textContent = String(v);
+      else if (k === "class") node.setAttribute("class", v);
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+  }
+
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+  }
+
+  function setText(node, value) {
+    node.textContent = value === null || value === undefined ? "" : String(value);
+  }
+
+  function setStatus(node, text, tone) {
+    setText(node, text || "");
+    if (tone) node.setAttribute("data-tone", tone);
+    else node.removeAttribute("data-tone");
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Formatting
+  // ---------------------------------------------------------------------------------------
+  function isNum(v) {
+    return typeof v === "number" && isFinite(v);
+  }
+
+  function pct(v) {
+    return isNum(v) ? Math.round(v * 100) + "%" : "—";
+  }
+
+  function round1(v) {
+    return Math.round(v * 10) / 10;
+  }
+
+  function ms(v) {
+    return isNum(v) ? String(round1(v)) + " ms" : "—";
+  }
+
+  function msCard(v) {
+    return isNum(v) ? Math.round(v) + " ms" : "—";
+  }
+
+  function count(n, one, many) {
+    return n + " " + (n === 1 ? one : many);
+  }
+
+  function reasonLabel(code) {
+    if (!code) return "";
+    if (Object.prototype.hasOwnProperty.call(REASONS, code)) return REASONS[code];
+    const s = String(code).replace(/[_-]+/g, " ").trim();
+    return s ? s.charAt(0).toUpperCase() + s.slice(1) : String(code);
+  }
+
+  function channelLabel(code) {
+    return Object.prototype.hasOwnProperty.call(CHANNEL_NAMES, code) ? CHANNEL_NAMES[code] : String(code);
+  }
+
+  function localized(obj, fallback) {
+    if (obj && typeof obj === "object") return obj.en || obj.zh || fallback || "";
+    if (typeof obj === "string" && obj) return obj;
+    return fallback || "";
+  }
+
+  function parseTime(iso) {
+    if (!iso) return null;
+    const s = String(iso).replace(/(\.\d{3})\d+/, "$1");
+    const d = new Date(s);
+    return isNaN(d.getTime()) ? null : d;
+  }
+
+  function formatTime(iso) {
+    const d = parseTime(iso);
+    if (!d) return iso ? String(iso) : "";
+    try {
+      return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+    } catch (_) {
+      return d.toLocaleString();
+    }
+  }
+
+  function parseDay(s) {
+    const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(String(s || ""));
+    return m ? new Date(Date.UTC(+m[1], +m[2] - 1, +m[3])) : null;
+  }
+
+  function dayLabel(s, long) {
+    const d = parseDay(s);
+    if (!d) return String(s || "");
+    try {
+      return d.toLocaleDateString("en-US", long ? { weekday: "short", month: "short", day: "numeric", timeZone: "UTC" }
+        : { month: "short", day: "numeric", timeZone: "UTC" });
+    } catch (_) {
+      return String(s);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Notices
+  // ---------------------------------------------------------------------------------------
+  let toastTimer = 0;
+
+  function showError(message) {
+    setText($("error-text"), message || "Something went wrong.");
+    $("error").hidden = false;
+  }
+
+  function hideError() {
+    $("error").hidden = true;
+    setText($("error-text"), "");
+  }
+
+  function toast(message) {
+    clearTimeout(toastTimer);
+    setText($("toast"), message);
+    toastTimer = setTimeout(function () {
+      setText($("toast"), "");
+    }, 5000);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Server
+  // ---------------------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, body, fallback) {
+      super(errorMessage(status, body, fallback));
+      this.status = status;
+      this.code = body && typeof body.error === "string" ? body.error : null;
+      this.issues = body && Array.isArray(body.issues) ? body.issues : null;
+    }
+  }
+
+  function errorMessage(status, body, fallback) {
+    if (body && typeof body === "object") {
+      if (typeof body.message === "string" && body.message) return body.message;
+      const d = body.detail;
+      if (typeof d === "string" && d) return d;
+      if (d && typeof d === "object" && typeof d.message === "string") return d.message;
+      if (Array.isArray(d) && d.length && d[0] && typeof d[0].msg === "string") return "The request was not valid: " + d[0].msg;
+    }
+    if (status === 0) return "Can't reach the server. Check the connection and try again.";
+    if (status === 403) return "You don't have permission to do that. Your session may have expired: reload the page.";
+    if (status === 404) return "Not found. It may have been removed: reload the page.";
+    if (status === 409) return "Someone else changed this at the same time. Reload and try again.";
+    if (status === 413) return "The images are too large. Send smaller screenshots.";
+    if (status === 429) return "Too many requests. Wait a moment and try again.";
+    if (status >= 500) return "The server had a problem (" + status + "). Try again in a moment.";
+    return fallback || "The request failed (" + status + ").";
+  }
+
+  function toLogin() {
+    location.assign("/login?next=/operator");
+  }
+
+  async function api(path, options) {
+    const opts = options || {};
+    const method = opts.method || "GET";
+    const headers = { Accept: "application/json" };
+    const init = { method: method, credentials: "same-origin", cache: "no-store", headers: headers };
+    if (method !== "GET") headers["X-CSRF-Token"] = state.csrf || "";
+    if (opts.json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(opts.json);
+    } else if (opts.form) {
+      init.body = opts.form;
+    }
+    if (opts.signal) init.signal = opts.signal;
+    let res;
+    try {
+      res = await fetch(path, init);
+    } catch (e) {
+      if (e && e.name === "AbortError") throw e;
+      throw new ApiError(0, null);
+    }
+    let body = null;
+    const type = res.headers.get("content-type") || "";
+    if (type.indexOf("json") !== -1) {
+      try {
+        body = await res.json();
+      } catch (_) {
+        body = null;
+      }
+    }
+    if (res.status === 401) {
+      toLogin();
+      throw new ApiError(401, body, "Please sign in.");
+    }
+    if (!res.ok) throw new ApiError(res.status, body);
+    return body || {};
+  }
+
+  function tplPath(name, rest) {
+    return "/operator/api/templates/" + encodeURIComponent(name) + (rest || "");
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Start-up, navigation, sign-out
+  // ---------------------------------------------------------------------------------------
+  async function start() {
+    wire();
+    let me;
+    try {
+      const res = await fetch("/console/api/me", { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
+      if (res.status === 401) {
+        toLogin();
+        return;
+      }
+      if (!res.ok) throw new ApiError(res.status, await res.json().catch(function () { return null; }));
+      me = await res.json();
+    } catch (e) {
+      showError(e && e.message ? e.message : "Can't reach the server.");
+      return;
+    }
+    state.me = me;
+    state.csrf = me.csrf_token || "";
+    const name = String(me.name || "");
+    setText($("user-name"), name);
+    setText($("avatar"), name ? name.trim().charAt(0).toUpperCase() : "?");
+    setText($("user-role"), me.role || "");
+    if (me.role && me.role !== "operator" && me.role !== "admin") {
+      showError("This account (" + me.role + ") cannot change templates: the operator console needs an operator or admin account.");
+    }
+    await loadTemplates();
+    route(false);
+    window.addEventListener("hashchange", function () {
+      route(true);
+    });
+  }
+
+  function parseHash() {
+    const h = location.hash.replace(/^#\/?/, "");
+    const parts = h.split("/");
+    if (parts[0] === "stats") return { view: "stats" };
+    if (parts[0] === "templates" && parts[1]) {
+      let name = parts[1];
+      try {
+        name = decodeURIComponent(parts[1]);
+      } catch (_) {
+        /* keep as written */
+      }
+      return { view: "templates", name: name };
+    }
+    return { view: "templates", name: null };
+  }
+
+  function route(userAction) {
+    const r = parseHash();
+    showView(r.view, userAction);
+    if (r.view === "templates" && r.name && (!state.tpl || state.tpl.name !== r.name) && state.opening !== r.name) {
+      openTemplate(r.name, userAction);
+    }
+  }
+
+  function showView(view, focus) {
+    const changed = state.view !== view;
+    state.view = view;
+    $("view-templates").hidden = view !== "templates";
+    $("view-stats").hidden = view !== "stats";
+    const navT = $("nav-templates");
+    const navS = $("nav-stats");
+    if (view === "templates") {
+      navT.setAttribute("aria-current", "page");
+      navS.removeAttribute("aria-current");
+    } else {
+      navS.setAttribute("aria-current", "page");
+      navT.removeAttribute("aria-current");
+    }
+    navT.setAttribute("href", state.tpl ? "#/templates/" + encodeURIComponent(state.tpl.name) : "#/templates");
+    document.title = (view === "stats" ? "Statistics" : state.tpl ? state.tpl.name : "Templates") + " · Snapdesk · Operator";
+    if (view === "stats" && changed) {
+      loadStats();
+      if (focus) $("stats-heading").focus();
+    }
+  }
+
+  function goTemplate(name) {
+    const target = "#/templates/" + encodeURIComponent(name);
+    if (location.hash === target) {
+      if (state.tpl && state.tpl.name === name) $("editor").focus();
+      else openTemplate(name, true);
+    } else {
+      location.hash = target;
+    }
+  }
+
+  async function logout() {
+    const button = $("logout");
+    button.disabled = true;
+    try {
+      await fetch("/logout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": state.csrf || "" } });
+    } catch (_) {
+      /* going to the sign-in page either way */
+    }
+    location.assign("/login");
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Templates list and channels
+  // ---------------------------------------------------------------------------------------
+  async function loadTemplates() {
+    const list = $("template-list");
+    list.setAttribute("aria-busy", "true");
+    setStatus($("templates-status"), state.templates.length ? "" : "Loading…", "busy");
+    try {
+      const data = await api("/operator/api/templates");
+      state.templates = Array.isArray(data.templates) ? data.templates : [];
+      state.channels = Array.isArray(data.channels) ? data.channels : [];
+      setStatus($("templates-status"), count(state.templates.length, "template", "templates"));
+    } catch (e) {
+      setStatus($("templates-status"), "Not loaded", "bad");
+      showError("Templates could not be loaded: " + e.message);
+    } finally {
+      list.setAttribute("aria-busy", "false");
+    }
+    renderTemplates();
+    renderChannels();
+    renderWorkspaceHead();
+  }
+
+  function findTemplate(name) {
+    for (const t of state.templates) if (t.name === name) return t;
+    return null;
+  }
+
+  function renderTemplates() {
+    const list = $("template-list");
+    clear(list);
+    if (!state.templates.length) {
+      list.appendChild(el("li", { class: "muted small", text: "No templates yet." }));
+      return;
+    }
+    for (const t of state.templates) {
+      const title = localized(t.title, t.name);
+      const meta = el("div", { class: "op-tpl-meta" }, [el("code", { text: t.name })]);
+      meta.appendChild(el("span", {
+        text: isNum(t.published_version) ? "v" + t.published_version + " live" : "Not published",
+        title: isNum(t.versions) ? count(t.versions, "version", "versions") + " in total" : null
+      }));
+      const chans = Array.isArray(t.channels) ? t.channels : [];
+      if (chans.length) {
+        const wrap = el("span", { class: "sr-only", text: "Used on:" });
+        meta.appendChild(wrap);
+        for (const c of chans) meta.appendChild(el("span", { class: "op-chip op-chip-ch", text: channelLabel(c) }));
+      } else {
+        meta.appendChild(el("span", { class: "op-chip", text: "No channel" }));
+      }
+      const edit = el("button", {
+        type: "button", class: "btn btn-secondary btn-sm", "data-testid": "edit-template",
+        "aria-label": "Edit " + title, text: "Edit"
+      });
+      edit.addEventListener("click", function () {
+        goTemplate(t.name);
+      });
+      const item = el("li", { class: "op-tpl", "data-testid": "template-item", "data-name": t.name }, [
+        el("div", { class: "op-tpl-title", text: title, lang: "en" }), meta, edit
+      ]);
+      if (state.tpl && state.tpl.name === t.name) item.setAttribute("aria-current", "true");
+      list.appendChild(item);
+    }
+  }
+
+  function renderChannels() {
+    const body = $("channel-rows");
+    clear(body);
+    if (!state.channels.length) {
+      body.appendChild(el("tr", null, [el("td", { colspan: "2", class: "muted", text: "No channels are configured." })]));
+      updateChannelSave();
+      return;
+    }
+    for (const row of state.channels) {
+      const channel = String(row.channel);
+      const select = el("select", {
+        class: "op-select", "data-testid": "channel-template", "data-channel": channel,
+        "aria-label": "Template for " + channelLabel(channel)
+      });
+      const names = state.templates.map(function (t) {
+        return t.name;
+      });
+      if (row.template && names.indexOf(row.template) === -1) names.push(row.template);
+      for (const n of names) {
+        const t = findTemplate(n);
+        select.appendChild(el("option", { value: n, text: t ? localized(t.title, n) + " (" + n + ")" : n }));
+      }
+      select.value = state.channelDraft.has(channel) ? state.channelDraft.get(channel) : row.template;
+      select.addEventListener("change", function () {
+        if (select.value === row.template) state.channelDraft.delete(channel);
+        else state.channelDraft.set(channel, select.value);
+        select.classList.toggle("is-changed", state.channelDraft.has(channel));
+        setStatus($("channels-status"), state.channelDraft.size ? "Unsaved changes" : "", state.channelDraft.size ? "busy" : null);
+        updateChannelSave();
+      });
+      select.classList.toggle("is-changed", state.channelDraft.has(channel));
+      body.appendChild(el("tr", null, [el("th", { scope: "row", text: channelLabel(channel) }), el("td", null, [select])]));
+    }
+    updateChannelSave();
+  }
+
+  function updateChannelSave() {
+    $("save-channels").disabled = state.channelDraft.size === 0;
+  }
+
+  async function saveChannels() {
+    const changes = Array.from(state.channelDraft.entries());
+    if (!changes.length) return;
+    const button = $("save-channels");
+    button.disabled = true;
+    setStatus($("channels-status"), "Saving…", "busy");
+    const failed = [];
+    for (const [channel, template] of changes) {
+      try {
+        await api("/operator/api/channels", { method: "POST", json: { channel: channel, template: template } });
+        state.channelDraft.delete(channel);
+      } catch (e) {
+        failed.push(channelLabel(channel) + ": " + e.message);
+      }
+    }
+    await loadTemplates();
+    if (failed.length) {
+      setStatus($("channels-status"), "Not saved", "bad");
+      showError("Some channels were not saved. " + failed.join(" "));
+    } else {
+      setStatus($("channels-status"), "Saved", "good");
+      toast(changes.length === 1 ? "Channel saved." : changes.length + " channels saved.");
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Editor
+  // ---------------------------------------------------------------------------------------
+  function draft() {
+    return $("editor").value;
+  }
+
+  function isDirty() {
+    return !!state.tpl && draft() !== state.tpl.yaml;
+  }
+
+  async function openTemplate(name, userAction) {
+    if (state.tpl && state.tpl.name !== name && isDirty()) {
+      if (!window.confirm("Discard your unsaved changes to “" + state.tpl.name + "”?")) {
+        history.replaceState(null, "", "#/templates/" + encodeURIComponent(state.tpl.name));
+        return;
+      }
+    }
+    state.opening = name;
+    setStatus($("validation-status"), "Loading…", "busy");
+    let data;
+    try {
+      data = await api(tplPath(name));
+    } catch (e) {
+      if (state.opening === name) state.opening = null;
+      setStatus($("validation-status"), "");
+      showError(e.status === 404 ? "There is no template named “" + name + "”." : "The template could not be loaded: " + e.message);
+      if (!state.tpl) history.replaceState(null, "", "#/templates");
+      return;
+    }
+    if (state.opening !== name) return;
+    state.opening = null;
+    state.tpl = { name: data.name || name, published: isNum(data.published_version) ? data.published_version : null, yaml: String(data.yaml || "") };
+    state.validation = null;
+    state.examplesText = null;
+    $("workspace-empty").hidden = true;
+    $("workspace").hidden = false;
+    setEditorText(state.tpl.yaml);
+    resetTryResult();
+    resetExamples();
+    renderTemplates();
+    renderWorkspaceHead();
+    showView("templates", false);
+    validateNow();
+    loadVersions();
+    if (userAction) $("ws-title").focus();
+  }
+
+  function setEditorText(text) {
+    const editor = $("editor");
+    editor.value = text;
+    editor.scrollTop = 0;
+    editor.scrollLeft = 0;
+    try {
+      editor.setSelectionRange(0, 0);
+    } catch (_) {
+      /* not focused */
+    }
+    updateGutter();
+    updateCursor();
+    updateDraftState();
+  }
+
+  function renderWorkspaceHead() {
+    if (!state.tpl) return;
+    const t = findTemplate(state.tpl.name);
+    setText($("ws-title"), t ? localized(t.title, state.tpl.name) : state.tpl.name);
+    setText($("ws-name"), state.tpl.name);
+    if (t && isNum(t.published_version)) state.tpl.published = t.published_version;
+    setText($("ws-live"), isNum(state.tpl.published) ? "Live: version " + state.tpl.published : "Not published yet");
+    updateDraftState();
+  }
+
+  function updateDraftState() {
+    const badge = $("ws-draft");
+    const dirty = isDirty();
+    badge.setAttribute("data-state", dirty ? "dirty" : "clean");
+    setText(badge, dirty ? "Unsaved changes" : state.tpl && isNum(state.tpl.published) ? "Same as live version" : "No changes");
+    $("revert").disabled = !dirty;
+    updatePublish();
+    const ex = $("examples-summary");
+    if (state.examplesText !== null && state.examplesText !== draft()) ex.setAttribute("title", "The draft has changed since these results.");
+    else ex.removeAttribute("title");
+  }
+
+  function currentIssues() {
+    const v = state.validation;
+    if (!v || v.text !== draft()) return null;
+    return v.issues;
+  }
+
+  function updatePublish() {
+    const button = $("publish");
+    const v = state.validation;
+    const fresh = v && v.text === draft();
+    let why = "";
+    if (!state.tpl) why = "Open a template first.";
+    else if (state.publishing) why = "Publishing…";
+    else if (!fresh && (state.validating || state.validateTimer)) why = "Checking the template…";
+    else if (fresh && (v.ok === false || v.issues.length)) why = "Fix the issues before publishing.";
+    button.disabled = !!why;
+    setText($("publish-why"), why);
+    if (why) button.setAttribute("title", why);
+    else button.removeAttribute("title");
+  }
+
+  function onEditorInput() {
+    updateGutter();
+    updateCursor();
+    updateDraftState();
+    scheduleValidate();
+  }
+
+  function scheduleValidate() {
+    clearTimeout(state.validateTimer);
+    setStatus($("validation-status"), "Checking…", "busy");
+    state.validateTimer = setTimeout(function () {
+      state.validateTimer = 0;
+      validateNow();
+    }, VALIDATE_DELAY_MS);
+    updatePublish();
+  }
+
+  async function validateNow() {
+    clearTimeout(state.validateTimer);
+    state.validateTimer = 0;
+    if (!state.tpl) return;
+    if (state.validateAbort) state.validateAbort.abort();
+    const controller = typeof AbortController === "function" ? new AbortController() : null;
+    state.validateAbort = controller;
+    const seq = ++state.validateSeq;
+    const text = draft();
+    state.validating = true;
+    setStatus($("validation-status"), "Checking…", "busy");
+    updatePublish();
+    try {
+      const data = await api("/operator/api/validate", { method: "POST", json: { yaml: text }, signal: controller ? controller.signal : undefined });
+      if (seq !== state.validateSeq) return;
+      applyValidation(text, data.ok !== false, Array.isArray(data.issues) ? data.issues : [], data.preview || null);
+    } catch (e) {
+      if (seq !== state.validateSeq || (e && e.name === "AbortError")) return;
+      setStatus($("validation-status"), "Couldn't check: " + e.message, "bad");
+      state.validation = null;
+    } finally {
+      if (seq === state.validateSeq) {
+        state.validating = false;
+        state.validateAbort = null;
+        updatePublish();
+      }
+    }
+  }
+
+  function applyValidation(text, ok, issues, preview) {
+    state.validation = { text: text, ok: ok && !issues.length, issues: issues, preview: preview };
+    renderIssues(issues, text);
+    if (preview !== undefined) renderPreview(preview);
+    if (text === draft()) {
+      if (issues.length) setStatus($("validation-status"), count(issues.length, "issue", "issues"), "bad");
+      else setStatus($("validation-status"), ok ? "Valid" : "Not valid", ok ? "good" : "bad");
+    }
+    updatePublish();
+  }
+
+  function renderIssues(issues, text) {
+    const list = $("issue-list");
+    clear(list);
+    state.issueLines = new Set();
+    for (const issue of issues) {
+      const field = issue && issue.field ? String(issue.field) : "";
+      let line = issue && isNum(issue.line) ? issue.line : null;
+      const guessed = line === null && field ? fieldLine(text, field) : null;
+      const target = line !== null ? line : guessed;
+      if (line !== null) state.issueLines.add(line);
+      const button = el("button", { type: "button", class: "op-issue" }, [
+        el("span", { class: "op-issue-line", text: line !== null ? "Line " + line : guessed !== null ? "≈ Line " + guessed : "—" }),
+        el("span", { class: "op-issue-field", text: field || "(template)" }),
+        el("span", { class: "op-issue-msg", text: issue && issue.message ? String(issue.message) : "Not valid." })
+      ]);
+      if (target !== null) {
+        button.setAttribute("aria-label", (field ? field + ": " : "") + (issue.message || "") + " — go to line " + target);
+        button.addEventListener("click", function () {
+          goToLine(target);
+        });
+      } else {
+        button.addEventListener("click", function () {
+          $("editor").focus();
+        });
+      }
+      list.appendChild(el("li", { "data-testid": "issue", "data-field": field, "data-line": line !== null ? line : "" }, [button]));
+    }
+    $("issues-ok").hidden = issues.length > 0;
+    state.gutterKey = "";
+    updateGutter();
+  }
+
+  /** The line a dotted field path ("system_prompt.en", "examples.2.expect") starts on, found by indentation. */
+  function fieldLine(text, field) {
+    const lines = String(text).split("\n");
+    const parts = field.split(/[.[\]]+/).filter(Boolean);
+    let from = 0;
+    let parentIndent = -1;
+    let found = null;
+    for (const part of parts) {
+      let hit = -1;
+      if (/^\d+$/.test(part)) {
+        let index = -1;
+        let itemIndent = null;
+        for (let i = from; i < lines.length; i++) {
+          const m = /^(\s*)(- |-$)/.exec(lines[i]);
+          const indent = lines[i].search(/\S/);
+          if (indent !== -1 && indent <= parentIndent && !/^\s*#/.test(lines[i])) break;
+          if (m && (itemIndent === null || m[1].length === itemIndent)) {
+            itemIndent = m[1].length;
+            index++;
+            if (index === +part) {
+              hit = i;
+              parentIndent = itemIndent;
+              break;
+            }
+          }
+        }
+      } else {
+        const re = new RegExp("^(\\s*)(- )?[\"']?" + part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "[\"']?\\s*:");
+        for (let i = from; i < lines.length; i++) {
+          const indent = lines[i].search(/\S/);
+          if (indent !== -1 && indent <= parentIndent && i > from && !/^\s*#/.test(lines[i])) break;
+          const m = re.exec(lines[i]);
+          if (m && m[1].length + (m[2] ? 2 : 0) > parentIndent) {
+            hit = i;
+            parentIndent = m[1].length + (m[2] ? 2 : 0);
+            break;
+          }
+        }
+      }
+      if (hit === -1) break;
+      found = hit + 1;
+      from = hit + 1;
+      if (/^\d+$/.test(part)) from = hit; // the item's first key is on the dash line
+    }
+    return found;
+  }
+
+  function goToLine(line) {
+    const editor = $("editor");
+    const lines = editor.value.split("\n");
+    const n = Math.max(1, Math.min(line, lines.length));
+    let start = 0;
+    for (let i = 0; i < n - 1; i++) start += lines[i].length + 1;
+    editor.focus();
+    editor.setSelectionRange(start, start + lines[n - 1].length);
+    editor.scrollTop = Math.max(0, (n - 1) * LINE_HEIGHT - editor.clientHeight / 3);
+    editor.scrollLeft = 0;
+    updateCursor();
+  }
+
+  function updateGutter() {
+    const editor = $("editor");
+    const lines = editor.value.split("\n").length;
+    const key = lines + "|" + Array.from(state.issueLines).join(",");
+    if (key !== state.gutterKey) {
+      state.gutterKey = key;
+      const gutter = $("gutter");
+      clear(gutter);
+      const frag = document.createDocumentFragment();
+      for (let i = 1; i <= lines; i++) {
+        frag.appendChild(el("span", { class: state.issueLines.has(i) ? "is-issue" : null, text: String(i) }));
+      }
+      gutter.appendChild(frag);
+    }
+    syncGutter();
+  }
+
+  function syncGutter() {
+    $("gutter").scrollTop = $("editor").scrollTop;
+  }
+
+  function updateCursor() {
+    const editor = $("editor");
+    const pos = editor.selectionStart || 0;
+    const before = editor.value.slice(0, pos);
+    const line = before.split("\n").length;
+    const col = pos - before.lastIndexOf("\n");
+    setText($("cursor-pos"), "Ln " + line + ", Col " + col);
+  }
+
+  function renderPreview(preview) {
+    const en = $("preview-en");
+    const zh = $("preview-zh");
+    const note = $("preview-note");
+    if (preview && typeof preview === "object") {
+      setText(en, preview.en || "");
+      setText(zh, preview.zh || "");
+      note.hidden = true;
+      selectPreview(currentPreviewLang(), false);
+    } else {
+      setText(en, "");
+      setText(zh, "");
+      en.hidden = true;
+      zh.hidden = true;
+      setText(note, "The preview appears once the template renders without errors.");
+      note.hidden = false;
+    }
+  }
+
+  function currentPreviewLang() {
+    return $("preview-tab-zh").getAttribute("aria-selected") === "true" ? "zh" : "en";
+  }
+
+  function selectPreview(lang, focus) {
+    for (const l of ["en", "zh"]) {
+      const tab = $("preview-tab-" + l);
+      const on = l === lang;
+      tab.setAttribute("aria-selected", on ? "true" : "false");
+      tab.tabIndex = on ? 0 : -1;
+      $("preview-" + l).hidden = !on || !$("preview-note").hidden;
+      if (on && focus) tab.focus();
+    }
+  }
+
+  async function publish() {
+    if (!state.tpl || $("publish").disabled) return;
+    const name = state.tpl.name;
+    const text = draft();
+    const next = isNum(state.tpl.published) ? " as version " + (state.tpl.published + 1) : "";
+    const t = findTemplate(name);
+    const chans = t && Array.isArray(t.channels) && t.channels.length ? " It goes live at once on: " + t.channels.map(channelLabel).join(", ") + "." : "";
+    const same = text === state.tpl.yaml ? " The draft is the same as the live version." : "";
+    if (!window.confirm("Publish “" + name + "”" + next + "?" + chans + same)) return;
+    state.publishing = true;
+    updatePublish();
+    setText($("publish"), "Publishing…");
+    try {
+      const data = await api(tplPath(name, "/publish"), { method: "POST", json: { yaml: text } });
+      if (state.tpl && state.tpl.name === name) {
+        state.tpl.yaml = text;
+        if (isNum(data.version)) state.tpl.published = data.version;
+      }
+      hideError();
+      toast("Published “" + name + "”" + (isNum(data.version) ? " as version " + data.version : "") + ".");
+      await loadTemplates();
+      loadVersions();
+    } catch (e) {
+      if (e.issues) applyValidation(text, false, e.issues, state.validation && state.validation.text === text ? state.validation.preview : null);
+      showError("Not published: " + e.message);
+    } finally {
+      state.publishing = false;
+      setText($("publish"), "Publish");
+      updateDraftState();
+    }
+  }
+
+  async function revert() {
+    if (!state.tpl) return;
+    const name = state.tpl.name;
+    if (isDirty() && !window.confirm("Discard your changes and go back to the published version of “" + name + "”?")) return;
+    let text = state.tpl.yaml;
+    try {
+      const data = await api(tplPath(name));
+      text = String(data.yaml || "");
+      state.tpl.yaml = text;
+      if (isNum(data.published_version)) state.tpl.published = data.published_version;
+    } catch (e) {
+      showError("Could not load the published version, so the editor went back to the copy loaded earlier: " + e.message);
+    }
+    setEditorText(text);
+    renderWorkspaceHead();
+    validateNow();
+    toast("Reverted to the published version.");
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Try it
+  // ---------------------------------------------------------------------------------------
+  function addImages(files) {
+    const rejected = [];
+    let over = 0;
+    for (const file of Array.from(files || [])) {
+      if (!file) continue;
+      if (file.type && file.type.indexOf("image/") !== 0) {
+        rejected.push("“" + (file.name || "file") + "” is not an image.");
+        continue;
+      }
+      if (state.images.length >= MAX_IMAGES) {
+        over++;
+        continue;
+      }
+      state.images.push({ file: file, url: URL.createObjectURL(file) });
+    }
+    if (over) rejected.push("At most " + MAX_IMAGES + " screenshots can be attached; " + count(over, "image was", "images were") + " left out.");
+    if (rejected.length) setStatus($("try-status"), rejected.join(" "), "bad");
+    else setStatus($("try-status"), "");
+    renderThumbs();
+  }
+
+  function removeImage(index) {
+    const item = state.images[index];
+    if (!item) return;
+    URL.revokeObjectURL(item.url);
+    state.images.splice(index, 1);
+    renderThumbs();
+    const buttons = $("try-thumbs").querySelectorAll("button");
+    if (buttons.length) buttons[Math.min(index, buttons.length - 1)].focus();
+    else $("try-images").focus();
+  }
+
+  function renderThumbs() {
+    const list = $("try-thumbs");
+    clear(list);
+    state.images.forEach(function (item, i) {
+      const name = item.file.name || "pasted image";
+      const remove = el("button", { type: "button", "aria-label": "Remove screenshot " + (i + 1) + " (" + name + ")", title: "Remove", text: "×" });
+      remove.addEventListener("click", function () {
+        removeImage(i);
+      });
+      list.appendChild(el("li", { class: "op-thumb", "data-testid": "try-thumb" }, [
+        el("img", { src: item.url, alt: "Screenshot " + (i + 1) + ": " + name }),
+        el("span", { class: "op-thumb-name", text: name, title: name }),
+        remove
+      ]));
+    });
+  }
+
+  function onPaste(event) {
+    const items = event.clipboardData && event.clipboardData.items;
+    if (!items) return;
+    const files = [];
+    let hasText = false;
+    for (const it of Array.from(items)) {
+      if (it.kind === "file" && it.type.indexOf("image/") === 0) {
+        const f = it.getAsFile();
+        if (f) files.push(f.name && f.name !== "image.png" ? f : new File([f], "pasted-" + (state.images.length + files.length + 1) + ".png", { type: f.type || "image/png" }));
+      } else if (it.kind === "string" && it.type === "text/plain") {
+        hasText = true;
+      }
+    }
+    if (files.length) {
+      if (!hasText) event.preventDefault();
+      addImages(files);
+    }
+  }
+
+  function resetTryResult() {
+    $("try-output").hidden = true;
+    $("try-empty").hidden = false;
+    setStatus($("try-status"), "");
+  }
+
+  async function runTry(event) {
+    if (event) event.preventDefault();
+    if (!state.tpl || state.trying) return;
+    const text = $("try-text").value;
+    if (!text.trim() && !state.images.length) {
+      setStatus($("try-status"), "Write a question or attach a screenshot.", "bad");
+      $("try-text").focus();
+      return;
+    }
+    const yaml = draft();
+    const form = new FormData();
+    form.append("yaml", yaml);
+    form.append("text", text);
+    form.append("language", $("try-language").value || "auto");
+    for (const item of state.images) form.append("images", item.file, item.file.name || "screenshot.png");
+
+    state.trying = true;
+    const button = $("try-run");
+    button.disabled = true;
+    setText(button, "Running…");
+    $("try-result").setAttribute("aria-busy", "true");
+    const started = Date.now();
+    setStatus($("try-status"), "Waiting for the model…", "busy");
+    const tick = setInterval(function () {
+      setStatus($("try-status"), "Waiting for the model… " + Math.round((Date.now() - started) / 1000) + " s", "busy");
+    }, 1000);
+    try {
+      const data = await api("/operator/api/try", { method: "POST", form: form });
+      renderTryResult(data);
+      setStatus($("try-status"), "Done", "good");
+    } catch (e) {
+      if (e.issues) {
+        applyValidation(yaml, false, e.issues, null);
+        setStatus($("try-status"), "The draft has issues", "bad");
+        showError("The draft can't be run: " + e.message);
+      } else {
+        setStatus($("try-status"), "Failed", "bad");
+        showError("Try it failed: " + e.message);
+      }
+    } finally {
+      clearInterval(tick);
+      state.trying = false;
+      button.disabled = false;
+      setText(button, "Run");
+      $("try-result").setAttribute("aria-busy", "false");
+    }
+  }
+
+  function renderTryResult(data) {
+    const d = data.decision && typeof data.decision === "object" ? data.decision : {};
+    const handover = d.handover === true;
+    const decision = $("try-decision");
+    decision.setAttribute("data-handover", handover ? "true" : "false");
+    decision.setAttribute("data-reason", d.reason ? String(d.reason) : "");
+    setText($("try-decision-main"), handover ? "Hand over" + (d.reason ? " · " + reasonLabel(d.reason) : "") : "Answer");
+    setText($("try-decision-detail"), d.detail ? String(d.detail) : handover ? "" : "The bot would send this reply.");
+    setText($("try-reply"), data.reply === null || data.reply === undefined ? "" : String(data.reply));
+    const conf = $("try-confidence");
+    setText(conf, pct(data.confidence));
+    conf.setAttribute("title", isNum(data.confidence) ? String(data.confidence) : "No confidence was measured.");
+    setText($("try-minprob"), isNum(data.min_token_prob) ? String(Math.round(data.min_token_prob * 1000) / 1000) : "—");
+    const pt = isNum(data.prompt_tokens) ? data.prompt_tokens : "—";
+    const ct = isNum(data.completion_tokens) ? data.completion_tokens : "—";
+    setText($("try-tokens"), pt + " prompt · " + ct + " completion");
+    const latency = $("try-latency");
+    setText(latency, ms(data.latency_ms));
+    if (isNum(data.first_token_ms)) latency.appendChild(el("span", { class: "op-fact-sub", text: "first token after " + ms(data.first_token_ms) }));
+    $("try-empty").hidden = true;
+    $("try-output").hidden = false;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Examples
+  // ---------------------------------------------------------------------------------------
+  /** How many entries the draft lists under a top-level `examples:` key (for the progress text). */
+  function countExamples(text) {
+    const lines = String(text).split("\n");
+    let inside = false;
+    let itemIndent = null;
+    let n = 0;
+    for (const line of lines) {
+      if (!inside) {
+        if (/^examples\s*:\s*(#.*)?$/.test(line)) inside = true;
+        continue;
+      }
+      if (/^\S/.test(line) && !/^-/.test(line) && !/^#/.test(line)) break;
+      const m = /^(\s*)- /.exec(line) || /^(\s*)-$/.exec(line);
+      if (m && (itemIndent === null || m[1].length === itemIndent)) {
+        itemIndent = m[1].length;
+        n++;
+      }
+    }
+    return n;
+  }
+
+  function resetExamples() {
+    clear($("examples-rows"));
+    $("examples-wrap").hidden = true;
+    const summary = $("examples-summary");
+    setText(summary, "");
+    summary.removeAttribute("data-state");
+    summary.removeAttribute("title");
+  }
+
+  async function runExamples() {
+    if (!state.tpl || state.examplesRunning) return;
+    const yaml = draft();
+    const n = countExamples(yaml);
+    state.examplesRunning = true;
+    const button = $("run-examples");
+    button.disabled = true;
+    const progress = $("examples-progress");
+    const label = n ? "Running " + count(n, "example", "examples") + "…" : "Running the examples…";
+    setText($("examples-progress-text"), label);
+    progress.hidden = false;
+    const started = Date.now();
+    const tick = setInterval(function () {
+      setText($("examples-progress-text"), label + " " + Math.round((Date.now() - started) / 1000) + " s");
+    }, 1000);
+    try {
+      const data = await api("/operator/api/examples", { method: "POST", json: { yaml: yaml } });
+      state.examplesText = yaml;
+      renderExamples(data);
+    } catch (e) {
+      if (e.issues) {
+        applyValidation(yaml, false, e.issues, null);
+        showError("The examples can't run until the draft's issues are fixed: " + e.message);
+      } else {
+        showError("The examples did not run: " + e.message);
+      }
+    } finally {
+      clearInterval(tick);
+      progress.hidden = true;
+      state.examplesRunning = false;
+      button.disabled = false;
+      updateDraftState();
+    }
+  }
+
+  function renderExamples(data) {
+    const rows = $("examples-rows");
+    clear(rows);
+    const results = Array.isArray(data.results) ? data.results : [];
+    results.forEach(function (r, i) {
+      const passed = r.passed === true;
+      const question = el("td", { class: "op-ex-text" });
+      question.appendChild(el("div", { text: r.text ? String(r.text) : "(no text)" }));
+      if (r.screenshot) question.appendChild(el("span", { class: "op-ex-shot", text: "Screenshot: " + String(r.screenshot) }));
+      if (r.reply !== undefined && r.reply !== null && r.reply !== "") {
+        question.appendChild(el("details", { class: "op-ex-reply" }, [el("summary", { text: "Reply" }), el("div", { text: String(r.reply) })]));
+      }
+      const expect = r.expect === "handover" ? "Hand over" : r.expect === "answer" ? "Answer" : String(r.expect || "—");
+      const outcome = r.outcome === "handover" ? "Hand over" : r.outcome === "answer" ? "Answer" : String(r.outcome || "—");
+      rows.appendChild(el("tr", { class: "op-ex-row", "data-testid": "example-result", "data-passed": passed ? "true" : "false" }, [
+        el("td", { text: String(i + 1) }),
+        question,
+        el("td", { text: r.language ? String(r.language) : "—", title: LANGUAGE_NAMES[r.language] || null }),
+        el("td", { text: expect }),
+        el("td", null, [el("span", { class: r.outcome === "handover" ? "op-out-handover" : "op-out-answer", text: outcome })]),
+        el("td", { text: r.reason ? reasonLabel(r.reason) : "—", title: r.reason ? String(r.reason) : null }),
+        el("td", { text: pct(r.confidence) }),
+        el("td", null, [el("span", { class: passed ? "op-pass" : "op-fail", text: passed ? "Pass" : "Fail" })])
+      ]));
+    });
+    if (!results.length) {
+      rows.appendChild(el("tr", null, [el("td", { colspan: "8", class: "muted", text: "The draft has no examples. Add some under “examples:”." })]));
+    }
+    $("examples-wrap").hidden = false;
+    const passedN = isNum(data.passed) ? data.passed : results.filter(function (r) { return r.passed === true; }).length;
+    const failedN = isNum(data.failed) ? data.failed : results.length - passedN;
+    const summary = $("examples-summary");
+    setText(summary, passedN + " passed, " + failedN + " failed");
+    summary.setAttribute("data-state", failedN ? "fail" : "pass");
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // History
+  // ---------------------------------------------------------------------------------------
+  async function loadVersions() {
+    if (!state.tpl) return;
+    const name = state.tpl.name;
+    const seq = ++state.historySeq;
+    setStatus($("history-status"), "Loading…", "busy");
+    $("versions").setAttribute("aria-busy", "true");
+    try {
+      const data = await api(tplPath(name, "/versions"));
+      if (seq !== state.historySeq) return;
+      state.versions = Array.isArray(data.versions) ? data.versions : [];
+      renderVersions();
+      setStatus($("history-status"), count(state.versions.length, "version", "versions"));
+    } catch (e) {
+      if (seq !== state.historySeq) return;
+      setStatus($("history-status"), "Not loaded", "bad");
+      showError("The history could not be loaded: " + e.message);
+    } finally {
+      if (seq === state.historySeq) $("versions").setAttribute("aria-busy", "false");
+    }
+  }
+
+  function diffClass(line) {
+    if (line.indexOf("+++") === 0 || line.indexOf("---") === 0) return "diff-meta";
+    if (line.indexOf("@@") === 0) return "diff-hunk";
+    if (line.charAt(0) === "+") return "diff-add";
+    if (line.charAt(0) === "-") return "diff-del";
+    return null;
+  }
+
+  function renderVersions() {
+    const list = $("versions");
+    clear(list);
+    if (!state.versions.length) {
+      list.appendChild(el("li", { class: "muted small", text: "No versions yet." }));
+      return;
+    }
+    state.versions.forEach(function (v, i) {
+      const live = v.live === true;
+      const oldest = i === state.versions.length - 1;
+      const diffText = typeof v.diff === "string" ? v.diff : "";
+      const lines = diffText ? diffText.replace(/\n$/, "").split("\n") : [];
+      let added = 0;
+      let removed = 0;
+      const pre = el("pre", { class: "op-diff", "data-testid": "diff", tabindex: "0", "aria-label": "Changes in version " + v.version });
+      for (const line of lines) {
+        const cls = diffClass(line);
+        if (cls === "diff-add") added++;
+        if (cls === "diff-del") removed++;
+        pre.appendChild(el("span", { class: cls, text: line }));
+      }
+      const when = v.published_at || v.created_at;
+      const meta = el("span", { class: "op-version-meta" });
+      meta.appendChild(document.createTextNode("by "));
+      meta.appendChild(el("strong", { text: v.author ? String(v.author) : "unknown" }));
+      if (when) {
+        meta.appendChild(document.createTextNode(" · "));
+        meta.appendChild(el("time", { datetime: String(when), text: formatTime(when), title: v.created_at && v.published_at && v.created_at !== v.published_at ? "Created " + formatTime(v.created_at) : null }));
+      }
+      const restore = el("button", {
+        type: "button", class: "btn btn-secondary btn-sm", "data-testid": "restore",
+        "aria-label": "Restore version " + v.version, text: "Restore"
+      });
+      if (live) {
+        restore.disabled = true;
+        restore.setAttribute("title", "This version is live.");
+      }
+      restore.addEventListener("click", function () {
+        restoreVersion(v.version);
+      });
+      const head = el("div", { class: "op-version-head" }, [
+        el("span", { class: "op-version-no", text: "Version " + v.version }),
+        live ? el("span", { class: "badge op-live", "data-testid": "live", text: "Live" }) : null,
+        meta,
+        el("span", { class: "op-spacer" }),
+        lines.length ? el("span", { class: "op-diffstat", "aria-label": added + " lines added, " + removed + " removed" }, [
+          el("span", { class: "a", text: "+" + added }), document.createTextNode(" "), el("span", { class: "d", text: "−" + removed })
+        ]) : null,
+        restore
+      ]);
+      const item = el("li", { class: "op-version", "data-testid": "version", "data-version": String(v.version), "data-live": live ? "true" : "false" }, [head]);
+      if (lines.length) {
+        item.appendChild(pre);
+      } else {
+        pre.hidden = true;
+        item.appendChild(pre);
+        item.appendChild(el("p", { class: "op-diff-note", text: oldest ? "First version: nothing earlier to compare with." : "No changes from the previous version." }));
+      }
+      list.appendChild(item);
+    });
+  }
+
+  async function restoreVersion(version) {
+    if (!state.tpl) return;
+    const name = state.tpl.name;
+    const lost = isDirty() ? " Your unsaved changes in the editor will be replaced." : "";
+    if (!window.confirm("Restore version " + version + " of “" + name + "”? It is published again as a new version and goes live at once." + lost)) return;
+    try {
+      const data = await api(tplPath(name, "/restore"), { method: "POST", json: { version: version } });
+      hideError();
+      toast("Version " + version + " restored" + (isNum(data.version) ? " as version " + data.version : "") + ".");
+      try {
+        const fresh = await api(tplPath(name));
+        if (state.tpl && state.tpl.name === name) {
+          state.tpl.yaml = String(fresh.yaml || "");
+          state.tpl.published = isNum(fresh.published_version) ? fresh.published_version : data.version;
+          setEditorText(state.tpl.yaml);
+          validateNow();
+        }
+      } catch (e) {
+        showError("Restored, but the editor could not load the new version: " + e.message);
+      }
+      await loadTemplates();
+      loadVersions();
+    } catch (e) {
+      showError("Version " + version + " was not restored: " + e.message);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Statistics
+  // ---------------------------------------------------------------------------------------
+  async function loadStats() {
+    const days = state.statsDays;
+    const seq = ++state.statsSeq;
+    setStatus($("stats-status"), "Loading…", "busy");
+    $("view-stats").setAttribute("aria-busy", "true");
+    try {
+      const data = await api("/operator/api/stats?days=" + encodeURIComponent(days));
+      if (seq !== state.statsSeq) return;
+      state.stats = data;
+      renderStats();
+      setStatus($("stats-status"), "Updated " + new Date().toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }));
+    } catch (e) {
+      if (seq !== state.statsSeq) return;
+      setStatus($("stats-status"), "Not loaded", "bad");
+      showError("Statistics could not be loaded: " + e.message);
+    } finally {
+      if (seq === state.statsSeq) $("view-stats").setAttribute("aria-busy", "false");
+    }
+  }
+
+  function renderStats() {
+    const s = state.stats;
+    if (!s) return;
+    const days = Array.isArray(s.days) ? s.days : [];
+    let messages = 0;
+    let answered = 0;
+    let handed = 0;
+    for (const d of days) {
+      messages += num(d.messages);
+      answered += num(d.answered);
+      handed += num(d.handed_over);
+    }
+    setText($("stat-messages"), String(messages));
+    setText($("stat-messages-sub"), days.length ? "≈ " + round1(messages / days.length) + " a day over " + count(days.length, "day", "days") : "");
+    setText($("stat-answered-share"), pct(s.answered_share));
+    setText($("stat-answered-sub"), answered + " answered");
+    setText($("stat-handed-over"), String(handed));
+    setText($("stat-handed-sub"), messages ? pct(handed / messages) + " of messages" : "");
+    const lat = s.latency_ms && typeof s.latency_ms === "object" ? s.latency_ms : {};
+    setText($("stat-p50"), msCard(lat.p50));
+    setText($("stat-p95"), msCard(lat.p95));
+    drawCharts();
+  }
+
+  function num(v) {
+    return isNum(v) ? v : 0;
+  }
+
+  function drawCharts() {
+    const s = state.stats;
+    if (!s) return;
+    const days = Array.isArray(s.days) ? s.days : [];
+    drawMessages($("chart-messages"), days);
+    dataTable($("data-messages"), ["Day", "Messages", "Answered", "Handed over"], days.map(function (d) {
+      return [dayLabel(d.date, true), num(d.messages), num(d.answered), num(d.handed_over)];
+    }));
+    const reasons = Object.keys(s.handovers_by_reason || {}).map(function (k) {
+      return { code: k, label: reasonLabel(k), value: num(s.handovers_by_reason[k]) };
+    }).sort(function (a, b) {
+      return b.value - a.value || a.label.localeCompare(b.label);
+    });
+    drawReasons($("chart-reasons"), reasons);
+    dataTable($("data-reasons"), ["Reason", "Hand-overs"], reasons.map(function (r) {
+      return [r.label, r.value];
+    }));
+    const buckets = Array.isArray(s.confidence_histogram) ? s.confidence_histogram : [];
+    drawHistogram($("chart-confidence"), buckets);
+    dataTable($("data-confidence"), ["Confidence", "Replies"], buckets.map(function (b) {
+      return [pct(b.from) + "–" + pct(b.to), num(b.count)];
+    }));
+  }
+
+  function dataTable(host, headers, rows) {
+    clear(host);
+    const table = el("table", { class: "op-table" });
+    const tr = el("tr");
+    for (const h of headers) tr.appendChild(el("th", { scope: "col", text: h }));
+    table.appendChild(el("thead", null, [tr]));
+    const body = el("tbody");
+    for (const r of rows) body.appendChild(el("tr", null, r.map(function (c) {
+      return el("td", { text: String(c) });
+    })));
+    if (!rows.length) body.appendChild(el("tr", null, [el("td", { colspan: String(headers.length), class: "muted", text: "No data." })]));
+    table.appendChild(body);
+    host.appendChild(el("details", null, [el("summary", { text: "Show the data as a table" }), table]));
+  }
+
+  function chartWidth(host, fallback) {
+    const w = host.clientWidth;
+    return Math.max(280, Math.floor(w > 0 ? w : fallback));
+  }
+
+  function niceStep(max, ticks) {
+    if (max <= 0) return 1;
+    const raw = max / ticks;
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const f = raw / mag;
+    const step = (f <= 1 ? 1 : f <= 2 ? 2 : f <= 2.5 ? 2.5 : f <= 5 ? 5 : 10) * mag;
+    return Math.max(1, step);
+  }
+
+  function makeSvg(kind, width, height, label) {
+    return svg("svg", {
+      "data-chart": kind, viewBox: "0 0 " + width + " " + height, width: String(width), height: String(height),
+      role: "img", "aria-label": label, preserveAspectRatio: "xMinYMin meet"
+    });
+  }
+
+  function emptyNote(root, width, height, text) {
+    root.appendChild(svg("text", { x: width / 2, y: height / 2, "text-anchor": "middle", fill: "#6b7280", "font-size": 13 }, text));
+  }
+
+  /** Value axis with gridlines, horizontal (for vertical bars). Returns the y scale. */
+  function yAxis(root, m, width, height, max, label) {
+    const plotH = height - m.top - m.bottom;
+    const step = niceStep(max, 4);
+    const top = Math.max(step, Math.ceil(max / step) * step);
+    const y = function (v) {
+      return m.top + plotH - (v / top) * plotH;
+    };
+    const g = svg("g", { class: "axis axis-y", "font-size": 11, fill: "#6b7280" });
+    for (let v = 0; v <= top + 1e-9; v += step) {
+      const yy = Math.round(y(v)) + 0.5;
+      g.appendChild(svg("line", { x1: m.left, x2: width - m.right, y1: yy, y2: yy, stroke: v === 0 ? "#9ca3af" : "#eef0f3" }));
+      g.appendChild(svg("text", { x: m.left - 6, y: yy + 4, "text-anchor": "end" }, formatTick(v)));
+    }
+    if (label) {
+      g.appendChild(svg("text", {
+        x: 0, y: 0, transform: "translate(12 " + (m.top + plotH / 2) + ") rotate(-90)", "text-anchor": "middle", fill: "#4b5563"
+      }, label));
+    }
+    root.appendChild(g);
+    return y;
+  }
+
+  function formatTick(v) {
+    return Number.isInteger(v) ? String(v) : String(round1(v));
+  }
+
+  function drawMessages(host, days) {
+    clear(host);
+    const width = chartWidth(host, 900);
+    const height = 280;
+    const m = { top: 18, right: 12, bottom: 44, left: 52 };
+    const totalMsgs = days.reduce(function (a, d) { return a + num(d.messages); }, 0);
+    const root = makeSvg("messages", width, height,
+      "Messages per day, answered by the bot and handed over, " + days.length + " days, " + totalMsgs + " messages in total.");
+    host.appendChild(root);
+    let max = 0;
+    for (const d of days) max = Math.max(max, num(d.messages), num(d.answered) + num(d.handed_over));
+    const y = yAxis(root, m, width, height, max, "Messages");
+    const plotW = width - m.left - m.right;
+    if (!days.length || max === 0) {
+      emptyNote(root, m.left + plotW / 2, m.top + (height - m.top - m.bottom) / 2, "No messages in this period.");
+      return;
+    }
+    const band = plotW / days.length;
+    const barW = Math.max(3, Math.min(44, band * 0.68));
+    const every = Math.max(1, Math.ceil(days.length * 56 / plotW));
+    const showTotals = band >= 26;
+    const bars = svg("g", { class: "bars" });
+    days.forEach(function (d, i) {
+      const a = num(d.answered);
+      const h = num(d.handed_over);
+      const total = Math.max(num(d.messages), a + h);
+      const x = m.left + band * i + (band - barW) / 2;
+      const g = svg("g", { class: "bar" });
+      g.appendChild(svg("title", null, dayLabel(d.date, true) + ": " + total + " messages — " + a + " answered by the bot, " + h + " handed over"));
+      const yA = y(a);
+      const yH = y(a + h);
+      g.appendChild(svg("rect", { x: x, y: yA, width: barW, height: Math.max(0, y(0) - yA), fill: "#4f46e5", "data-series": "answered" }));
+      if (h > 0) g.appendChild(svg("rect", { x: x, y: yH, width: barW, height: Math.max(0, yA - yH), fill: "#f59e0b", "data-series": "handed_over" }));
+      if (showTotals && total > 0) {
+        g.appendChild(svg("text", { x: x + barW / 2, y: y(total) - 5, "text-anchor": "middle", "font-size": 10, fill: "#374151" }, String(total)));
+      }
+      bars.appendChild(g);
+      if (i % every === 0) {
+        const cx = m.left + band * i + band / 2;
+        bars.appendChild(svg("line", { x1: cx, x2: cx, y1: y(0), y2: y(0) + 4, stroke: "#9ca3af" }));
+        bars.appendChild(svg("text", { x: cx, y: height - m.bottom + 17, "text-anchor": "middle", "font-size": 11, fill: "#6b7280" }, dayLabel(d.date)));
+      }
+    });
+    root.appendChild(bars);
+    root.appendChild(svg("text", { x: m.left + plotW / 2, y: height - 6, "text-anchor": "middle", "font-size": 11, fill: "#4b5563" }, "Day (UTC)"));
+  }
+
+  function drawReasons(host, reasons) {
+    clear(host);
+    const width = chartWidth(host, 520);
+    const rowH = 30;
+    const m = { top: 8, right: 44, bottom: 38, left: Math.min(180, Math.max(110, Math.round(width * 0.34))) };
+    const height = Math.max(140, m.top + m.bottom + rowH * Math.max(reasons.length, 1));
+    const total = reasons.reduce(function (a, r) { return a + r.value; }, 0);
+    const root = makeSvg("reasons", width, height, "Hand-overs by reason: " + (reasons.length ? reasons.map(function (r) {
+      return r.label + " " + r.value;
+    }).join(", ") : "none") + ".");
+    host.appendChild(root);
+    const plotW = width - m.left - m.right;
+    const max = reasons.reduce(function (a, r) { return Math.max(a, r.value); }, 0);
+    const step = niceStep(max, 4);
+    const top = Math.max(step, Math.ceil(max / step) * step);
+    const x = function (v) {
+      return m.left + (v / top) * plotW;
+    };
+    const axis = svg("g", { class: "axis axis-x", "font-size": 11, fill: "#6b7280" });
+    const plotBottom = height - m.bottom;
+    for (let v = 0; v <= top + 1e-9; v += step) {
+      const xx = Math.round(x(v)) + 0.5;
+      axis.appendChild(svg("line", { x1: xx, x2: xx, y1: m.top, y2: plotBottom, stroke: v === 0 ? "#9ca3af" : "#eef0f3" }));
+      axis.appendChild(svg("text", { x: xx, y: plotBottom + 16, "text-anchor": "middle" }, formatTick(v)));
+    }
+    axis.appendChild(svg("text", { x: m.left + plotW / 2, y: height - 4, "text-anchor": "middle", fill: "#4b5563" }, "Hand-overs"));
+    root.appendChild(axis);
+    if (!reasons.length || total === 0) {
+      emptyNote(root, m.left + plotW / 2, m.top + (plotBottom - m.top) / 2, "No hand-overs in this period.");
+      return;
+    }
+    const barH = Math.min(20, rowH * 0.66);
+    reasons.forEach(function (r, i) {
+      const cy = m.top + rowH * i + rowH / 2;
+      const g = svg("g", { class: "bar", "data-reason": r.code });
+      g.appendChild(svg("title", null, r.label + ": " + r.value + " (" + pct(r.value / total) + " of hand-overs)"));
+      g.appendChild(svg("text", { x: m.left - 8, y: cy + 4, "text-anchor": "end", "font-size": 12, fill: "#374151" }, truncate(r.label, Math.floor((m.left - 12) / 6.6))));
+      g.appendChild(svg("rect", { x: m.left, y: cy - barH / 2, width: Math.max(r.value > 0 ? 2 : 0, x(r.value) - m.left), height: barH, rx: 3, fill: "#f59e0b" }));
+      g.appendChild(svg("text", { x: x(r.value) + 6, y: cy + 4, "font-size": 12, fill: "#111827", "font-weight": 600 }, String(r.value)));
+      root.appendChild(g);
+    });
+  }
+
+  function truncate(s, n) {
+    return s.length > n ? s.slice(0, Math.max(1, n - 1)) + "…" : s;
+  }
+
+  function bucketColor(mid) {
+    // red (low confidence) -> amber -> green (high)
+    const stops = [[0, [220, 38, 38]], [0.5, [245, 158, 11]], [1, [5, 150, 105]]];
+    const t = Math.max(0, Math.min(1, mid));
+    let a = stops[0];
+    let b = stops[stops.length - 1];
+    for (let i = 0; i < stops.length - 1; i++) {
+      if (t >= stops[i][0] && t <= stops[i + 1][0]) {
+        a = stops[i];
+        b = stops[i + 1];
+        break;
+      }
+    }
+    const f = (t - a[0]) / (b[0] - a[0] || 1);
+    const c = a[1].map(function (v, i) {
+      return Math.round(v + (b[1][i] - v) * f);
+    });
+    return "rgb(" + c.join(",") + ")";
+  }
+
+  function drawHistogram(host, buckets) {
+    clear(host);
+    const width = chartWidth(host, 520);
+    const height = 260;
+    const m = { top: 18, right: 14, bottom: 44, left: 48 };
+    const total = buckets.reduce(function (a, b) { return a + num(b.count); }, 0);
+    const root = makeSvg("confidence", width, height, "Histogram of bot reply confidence, " + total + " replies.");
+    host.appendChild(root);
+    const max = buckets.reduce(function (a, b) { return Math.max(a, num(b.count)); }, 0);
+    const y = yAxis(root, m, width, height, max, "Replies");
+    const plotW = width - m.left - m.right;
+    const lo = buckets.length ? Math.min.apply(null, buckets.map(function (b) { return num(b.from); })) : 0;
+    const hi = buckets.length ? Math.max.apply(null, buckets.map(function (b) { return isNum(b.to) ? b.to : 1; })) : 1;
+    const span = hi - lo || 1;
+    const x = function (v) {
+      return m.left + ((v - lo) / span) * plotW;
+    };
+    const axis = svg("g", { class: "axis axis-x", "font-size": 11, fill: "#6b7280" });
+    const edges = [];
+    for (const b of buckets) {
+      if (edges.indexOf(num(b.from)) === -1) edges.push(num(b.from));
+      if (isNum(b.to) && edges.indexOf(b.to) === -1) edges.push(b.to);
+    }
+    const every = Math.max(1, Math.ceil(edges.length * 36 / plotW));
+    edges.sort(function (a, b) { return a - b; }).forEach(function (e, i) {
+      if (i % every !== 0 && i !== edges.length - 1) return;
+      const xx = Math.round(x(e)) + 0.5;
+      axis.appendChild(svg("line", { x1: xx, x2: xx, y1: y(0), y2: y(0) + 4, stroke: "#9ca3af" }));
+      axis.appendChild(svg("text", { x: xx, y: y(0) + 17, "text-anchor": "middle" }, formatTick(Math.round(e * 100) / 100)));
+    });
+    axis.appendChild(svg("text", { x: m.left + plotW / 2, y: height - 6, "text-anchor": "middle", fill: "#4b5563" }, "Confidence"));
+    root.appendChild(axis);
+    if (!buckets.length || total === 0) {
+      emptyNote(root, m.left + plotW / 2, m.top + (height - m.top - m.bottom) / 2, "No bot replies in this period.");
+      return;
+    }
+    for (const b of buckets) {
+      const from = num(b.from);
+      const to = isNum(b.to) ? b.to : from + 0.1;
+      const c = num(b.count);
+      const x0 = x(from) + 1;
+      const w = Math.max(1, x(to) - x(from) - 2);
+      const g = svg("g", { class: "bar" });
+      g.appendChild(svg("title", null, pct(from) + "–" + pct(to) + ": " + c + " " + (c === 1 ? "reply" : "replies")));
+      g.appendChild(svg("rect", { x: x0, y: y(c), width: w, height: Math.max(0, y(0) - y(c)), fill: bucketColor((from + to) / 2), rx: 2 }));
+      if (c > 0 && w >= 18) g.appendChild(svg("text", { x: x0 + w / 2, y: y(c) - 5, "text-anchor": "middle", "font-size": 10, fill: "#374151" }, String(c)));
+      root.appendChild(g);
+    }
+  }
+
+  function onResize() {
+    clearTimeout(state.resizeTimer);
+    state.resizeTimer = setTimeout(function () {
+      if (state.view === "stats" && state.stats) drawCharts();
+    }, 150);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Wiring
+  // ---------------------------------------------------------------------------------------
+  function wire() {
+    $("error-close").addEventListener("click", hideError);
+    $("logout").addEventListener("click", logout);
+    $("save-channels").addEventListener("click", saveChannels);
+
+    const editor = $("editor");
+    editor.addEventListener("input", onEditorInput);
+    editor.addEventListener("scroll", syncGutter);
+    for (const ev of ["keyup", "click", "select", "focus"]) editor.addEventListener(ev, updateCursor);
+    editor.addEventListener("keydown", function (e) {
+      if ((e.ctrlKey || e.metaKey) && (e.key === "s" || e.key === "S")) {
+        e.preventDefault();
+        validateNow();
+      }
+    });
+    $("publish").addEventListener("click", publish);
+    $("revert").addEventListener("click", revert);
+
+    for (const lang of ["en", "zh"]) {
+      $("preview-tab-" + lang).addEventListener("click", function () {
+        selectPreview(lang, false);
+      });
+      $("preview-tab-" + lang).addEventListener("keydown", function (e) {
+        if (e.key === "ArrowLeft" || e.key === "ArrowRight" || e.key === "Home" || e.key === "End") {
+          e.preventDefault();
+          selectPreview(lang === "en" ? "zh" : "en", true);
+        }
+      });
+    }
+    renderPreview(null);
+    setText($("preview-note"), "The preview appears when a template is open.");
+
+    $("try-form").addEventListener("submit", runTry);
+    $("try-text").addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) runTry(e);
+    });
+    $("try-text").addEventListener("paste", onPaste);
+    $("try-images").addEventListener("change", function () {
+      const input = $("try-images");
+      addImages(input.files);
+      input.value = "";
+    });
+    const drop = $("try-drop");
+    drop.addEventListener("dragover", function (e) {
+      if (e.dataTransfer && Array.from(e.dataTransfer.types || []).indexOf("Files") !== -1) {
+        e.preventDefault();
+        drop.classList.add("is-over");
+      }
+    });
+    drop.addEventListener("dragleave", function () {
+      drop.classList.remove("is-over");
+    });
+    drop.addEventListener("drop", function (e) {
+      e.preventDefault();
+      drop.classList.remove("is-over");
+      if (e.dataTransfer) addImages(e.dataTransfer.files);
+    });
+    $("try").addEventListener("paste", function (e) {
+      if (e.target !== $("try-text")) onPaste(e);
+    });
+
+    $("run-examples").addEventListener("click", runExamples);
+    $("reload-history").addEventListener("click", loadVersions);
+
+    $("stats-days").addEventListener("change", function () {
+      state.statsDays = parseInt($("stats-days").value, 10) || 14;
+      loadStats();
+    });
+    $("stats-refresh").addEventListener("click", loadStats);
+    window.addEventListener("resize", onResize);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

@@ -1,0 +1,133 @@
+"""Both consoles in a real browser (Debian's Chromium via Playwright) against the real server."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+from PIL import Image
+
+from bot.accounts import Accounts
+from bot.store import Store
+from engine.stub import StubEngine
+from tests.live_server import live_server
+from tests.test_widget_browser import CHROMIUM
+
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+PASSWORD = "correct horse battery"
+XSS = '<img src=x onerror="window.__snapdesk_xss = 1; alert(1)">'
+ENGINE = StubEngine(reply=f"You were charged 88 for the renewal. {XSS}", confidence=0.9)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("consoles")
+    accounts = Accounts(Store(data))
+    accounts.add_user("mei", "agent", PASSWORD)
+    accounts.add_user("olga", "operator", PASSWORD)
+    with live_server(data, engine=ENGINE, login_rate_per_ip=1000, widget_rate_per_ip=10_000) as (base, app):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url: str):
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.dialogs = []
+
+    def on_dialog(dialog):
+        page.dialogs.append(dialog.message)
+        dialog.accept() if dialog.type == "confirm" else dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.goto(url)
+    return page
+
+
+def sign_in(browser, base: str, name: str, path: str):
+    page = open_page(browser, f"{base}{path}")
+    page.wait_for_url("**/login**")
+    page.fill("#name", name)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**{path}")
+    return page
+
+
+def widget_send(page, text: str) -> None:
+    page.fill("[data-testid=input]", text)
+    page.keyboard.press("Enter")
+
+
+def test_agent_sees_a_hand_over_live_claims_it_and_the_edited_reply_reaches_the_widget(browser, server):
+    agent = sign_in(browser, server, "mei", "/agent")
+    agent.wait_for_selector("[data-testid=queue]")
+    visitor = open_page(browser, f"{server}/")
+    visitor.click("[data-testid=launcher]")
+    widget_send(visitor, f"Can I talk to a human? {XSS}")
+    visitor.wait_for_selector("[data-testid=message][data-kind=handover]", timeout=10_000)
+
+    item = agent.wait_for_selector("[data-testid=queue-item][data-reason=user_request]", timeout=10_000)
+    item.click()
+    agent.wait_for_selector("[data-testid=thread]")
+    agent.click("[data-testid=claim]")
+    composer = agent.locator("[data-testid=composer]")
+    agent.wait_for_function(
+        "() => document.querySelector('[data-testid=composer]').value.includes('You were charged 88')", timeout=10_000)
+    composer.fill(composer.input_value().split(" <img")[0] + " — Mei from support here.")
+    agent.click("[data-testid=send-reply]")
+
+    reply = visitor.wait_for_selector("[data-testid=message][data-role=agent]", timeout=10_000)
+    assert "Mei from support here." in reply.inner_text()
+    user_text = agent.locator("[data-testid=thread-message][data-role=user] [data-testid=thread-message-text]").first
+    assert XSS in user_text.inner_text()  # shown as text in the agent console
+    assert agent.evaluate("() => window.__snapdesk_xss") is None and agent.dialogs == []
+    assert visitor.evaluate("() => window.__snapdesk_xss") is None
+
+
+def test_operator_edits_tries_publishes_sees_the_diff_and_restores(browser, server, tmp_path):
+    operator = sign_in(browser, server, "olga", "/operator")
+    operator.wait_for_selector("[data-testid=template-item][data-name=billing]")
+    operator.click("[data-testid=template-item][data-name=billing] [data-testid=edit-template]")
+    editor = operator.locator("[data-testid=editor]")
+    operator.wait_for_function("() => document.querySelector('[data-testid=editor]').value.includes('name: billing')")
+    editor.fill(editor.input_value().replace("Acme", "Globex"))
+    operator.wait_for_function(
+        "() => document.querySelector('[data-testid=preview]') && "
+        "document.querySelector('[data-testid=preview]').textContent.includes('Globex')", timeout=10_000)
+
+    shot = tmp_path / "statement.png"
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 400), "white").save(buffer, "PNG")
+    shot.write_bytes(buffer.getvalue())
+    operator.fill("[data-testid=try-text]", "Why was I charged?")
+    operator.set_input_files("[data-testid=try-images]", str(shot))
+    operator.click("[data-testid=try-run]")
+    result = operator.wait_for_selector("[data-testid=try-reply]", timeout=10_000)
+    assert XSS in result.inner_text()  # the model's text, shown as text
+    decision = operator.locator("[data-testid=try-decision]")
+    assert decision.get_attribute("data-handover") == "false"
+    assert "Globex" in ENGINE.requests[-1].messages[0].parts[0].text  # the unsaved draft was used
+
+    operator.click("[data-testid=publish]")
+    operator.wait_for_selector("[data-testid=version][data-version='2']", timeout=10_000)
+    diff = operator.locator("[data-testid=version][data-version='2'] [data-testid=diff]").inner_text()
+    assert "Globex" in diff and "Acme" in diff
+    operator.click("[data-testid=version][data-version='1'] [data-testid=restore]")
+    operator.wait_for_selector("[data-testid=version][data-version='3'][data-live=true]", timeout=10_000)
+    assert operator.evaluate("() => window.__snapdesk_xss") is None
+    assert not [d for d in operator.dialogs if "1" == d.strip()]
