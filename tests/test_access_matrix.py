@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from bot.web.admin_console import router as admin_router
 from bot.web.agent_console import router as agent_router
 from bot.web.auth import router as auth_router
 from bot.web.operator_console import router as operator_router
@@ -21,8 +22,8 @@ from engine.stub import StubEngine
 from tests.live_server import live_server
 from tests.test_agent_console import PASSWORD, ROLES, signed_in, visitor_hands_over
 
-ALLOWED = {"/agent": {"agent", "admin"}, "/operator": {"operator", "admin"}, "/console": set(ROLES),
-           "/logout": set(ROLES)}
+ALLOWED = {"/agent": {"agent", "admin"}, "/operator": {"operator", "admin"}, "/admin": {"admin"},
+           "/console": set(ROLES), "/logout": set(ROLES)}
 PARAMS = {"conversation_id": "{conversation_id}", "name": "billing", "sha256": "0" * 64}
 
 
@@ -39,7 +40,7 @@ def server(tmp_path_factory):
 
 def console_routes(app) -> list[tuple[str, str, set[str]]]:
     routes = []
-    for route in [*agent_router.routes, *operator_router.routes, *auth_router.routes]:
+    for route in [*agent_router.routes, *operator_router.routes, *admin_router.routes, *auth_router.routes]:
         if not isinstance(route, APIRoute):
             continue
         prefix = next((p for p in ALLOWED if route.path == p or route.path.startswith(p + "/")), None)
@@ -55,7 +56,8 @@ def request(client: httpx.Client, method: str, path: str, conversation_id: int) 
     if url.endswith("/events"):
         with client.stream(method, url, timeout=5) as response:
             return response.status_code
-    body = {"json": {"text": "x", "yaml": "name: x", "version": 1, "channel": "widget", "template": "general"}} \
+    body = {"json": {"text": "x", "yaml": "name: x", "version": 1, "channel": "widget", "template": "general",
+                     "name": "x", "role": "agent", "password": "short"}} \
         if method == "POST" and not url.endswith(("/try", "/logout")) else {}
     return client.request(method, url, **body).status_code
 

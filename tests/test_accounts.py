@@ -162,3 +162,23 @@ def test_sign_in_attempts_are_limited_per_address(tmp_path):
     with live_server(tmp_path, engine=StubEngine(), login_rate_per_ip=3) as (base, _):
         codes = [login(base, "nobody", "wrong password")[1].status_code for _ in range(4)]
     assert codes[:3] == [401, 401, 401] and codes[3] == 429
+
+
+def test_admins_manage_users_through_the_api(tmp_path):
+    from tests.test_agent_console import signed_in
+
+    accounts = Accounts(Store(tmp_path))
+    accounts.add_user("admin", "admin", PASSWORD)
+    with live_server(tmp_path, engine=StubEngine(), login_rate_per_ip=1000) as (base, app):
+        admin = signed_in(base, "admin")
+        created = admin.post("/admin/api/users", json={"name": "li", "role": "agent", "password": PASSWORD})
+        assert created.status_code == 200 and created.json()["role"] == "agent"
+        weak = admin.post("/admin/api/users", json={"name": "wu", "role": "agent", "password": "short"})
+        assert weak.status_code == 422 and "at least 10" in weak.json()["message"]
+        assert {"name": "li", "role": "agent", "disabled": False} in admin.get("/admin/api/users").json()["users"]
+        li = signed_in(base, "li")
+        assert admin.post("/admin/api/users/li/disable").status_code == 200
+        assert li.get("/console/api/me").status_code == 401
+        assert admin.post("/admin/api/users/admin/disable").status_code == 409
+        actions = {r["action"] for r in app.state.runtime.store._all("select action from audit_log where actor = 'admin'")}
+        assert {"user_add", "user_disable"} <= actions

@@ -30,6 +30,7 @@ from ..accounts import Accounts
 from ..engine_setup import make_engine, make_manager
 from ..messages import ChannelRegistry
 from ..settings import Settings
+from .admin_console import router as admin_router
 from .agent_console import router as agent_router
 from .operator_console import router as operator_router
 from .auth import router as auth_router
@@ -180,6 +181,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(agent_router)
     app.include_router(operator_router)
+    app.include_router(admin_router)
     app.include_router(static_router)
     for adapter in runtime.adapters:
         if adapter.router is not None:
