@@ -115,6 +115,14 @@
     return isNum(v) ? Math.round(v * 100) + "%" : "—";
   }
 
+  /** The confidence pill colours shared with the agent console. */
+  function confidenceClass(c) {
+    if (!isNum(c)) return "conf conf-none";
+    if (c < 0.5) return "conf conf-low";
+    if (c < 0.75) return "conf conf-mid";
+    return "conf conf-high";
+  }
+
   function round1(v) {
     return Math.round(v * 10) / 10;
   }
@@ -197,10 +205,13 @@
   }
 
   function toast(message) {
+    const node = $("toast");
     clearTimeout(toastTimer);
-    setText($("toast"), message);
+    setText(node, message);
+    node.classList.add("is-shown");
     toastTimer = setTimeout(function () {
-      setText($("toast"), "");
+      node.classList.remove("is-shown");
+      setText(node, "");
     }, 5000);
   }
 
@@ -426,7 +437,7 @@
       if (chans.length) {
         const wrap = el("span", { class: "sr-only", text: "Used on:" });
         meta.appendChild(wrap);
-        for (const c of chans) meta.appendChild(el("span", { class: "op-chip op-chip-ch", text: channelLabel(c) }));
+        for (const c of chans) meta.appendChild(el("span", { class: "ch-badge ch-" + String(c).replace(/[^a-z0-9_-]/gi, ""), text: channelLabel(c) }));
       } else {
         meta.appendChild(el("span", { class: "op-chip", text: "No channel" }));
       }
@@ -438,7 +449,7 @@
         goTemplate(t.name);
       });
       const item = el("li", { class: "op-tpl", "data-testid": "template-item", "data-name": t.name }, [
-        el("div", { class: "op-tpl-title", text: title, lang: "en" }), meta, edit
+        el("div", { class: "op-tpl-title", text: title }), meta, edit
       ]);
       if (state.tpl && state.tpl.name === t.name) item.setAttribute("aria-current", "true");
       list.appendChild(item);
@@ -465,7 +476,9 @@
       if (row.template && names.indexOf(row.template) === -1) names.push(row.template);
       for (const n of names) {
         const t = findTemplate(n);
-        select.appendChild(el("option", { value: n, text: t ? localized(t.title, n) + " (" + n + ")" : n }));
+        const title = t ? localized(t.title, n) : n;
+        const twin = state.templates.some(function (o) { return o.name !== n && localized(o.title, o.name) === title; });
+        select.appendChild(el("option", { value: n, text: twin ? title + " (" + n + ")" : title }));
       }
       select.value = state.channelDraft.has(channel) ? state.channelDraft.get(channel) : row.template;
       select.addEventListener("change", function () {
@@ -951,10 +964,14 @@
     }
   }
 
-  function resetTryResult() {
+  const TRY_PLACEHOLDER = "Ask a question (and attach a screenshot) to see how the bot would answer with this draft.";
+
+  function resetTryResult(failure) {
     $("try-output").hidden = true;
-    $("try-empty").hidden = false;
-    setStatus($("try-status"), "");
+    const empty = $("try-empty");
+    setStatus(empty, failure ? "No result: " + failure : TRY_PLACEHOLDER, failure ? "bad" : null);
+    empty.hidden = false;
+    if (!failure) setStatus($("try-status"), "");
   }
 
   async function runTry(event) {
@@ -991,9 +1008,11 @@
       if (e.issues) {
         applyValidation(yaml, false, e.issues, null);
         setStatus($("try-status"), "The draft has issues", "bad");
+        resetTryResult("the draft has issues; fix them and run again.");
         showError("The draft can't be run: " + e.message);
       } else {
         setStatus($("try-status"), "Failed", "bad");
+        resetTryResult(e.message);
         showError("Try it failed: " + e.message);
       }
     } finally {
@@ -1117,7 +1136,7 @@
         el("td", { text: expect }),
         el("td", null, [el("span", { class: r.outcome === "handover" ? "op-out-handover" : "op-out-answer", text: outcome })]),
         el("td", { text: r.reason ? reasonLabel(r.reason) : "—", title: r.reason ? String(r.reason) : null }),
-        el("td", { text: pct(r.confidence) }),
+        el("td", null, [el("span", { class: confidenceClass(r.confidence), text: pct(r.confidence) })]),
         el("td", null, [el("span", { class: passed ? "op-pass" : "op-fail", text: passed ? "Pass" : "Fail" })])
       ]));
     });
@@ -1364,8 +1383,8 @@
     });
   }
 
-  function emptyNote(root, width, height, text) {
-    root.appendChild(svg("text", { x: width / 2, y: height / 2, "text-anchor": "middle", fill: "#6b7280", "font-size": 13 }, text));
+  function emptyNote(root, cx, cy, text) {
+    root.appendChild(svg("text", { x: cx, y: cy, "text-anchor": "middle", fill: "#6b7280", "font-size": 13 }, text));
   }
 
   /** Value axis with gridlines, horizontal (for vertical bars). Returns the y scale. */
