@@ -27,7 +27,8 @@ def live_server(data_dir: Path, engine=None, **settings):
     port = free_port()
     config = Settings(data_dir=data_dir, host="127.0.0.1", port=port, **settings)
     app = create_app(config, engine=engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

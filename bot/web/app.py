@@ -250,4 +250,6 @@ def serve(settings: Settings, **uvicorn_options: Any) -> None:
     gc.collect()
     gc.freeze()
     log.info("Snapdesk on http://%s:%d (data in %s)", settings.host, settings.port, settings.data_dir)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", **uvicorn_options)
+    # Open event streams never end by themselves: give them a few seconds at shutdown, then close.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
+                **uvicorn_options)
