@@ -841,6 +841,7 @@
         messageNodes.set(key, node);
         if (!first) {
           node.classList.add("is-new");
+          node.addEventListener("animationend", function () { this.classList.remove("is-new"); }, { once: true });
           added++;
         }
       }
@@ -1061,8 +1062,14 @@
     autosize();
   }
 
-  function autosize() {
+  let autosized = null;
+
+  /** Grow the composer with its text (up to 40% of the window); leave it alone while the text is unchanged. */
+  function autosize(force) {
     const c = $("composer");
+    if (c.offsetParent === null) return; // not on screen: measure when it is
+    if (!force && c.value === autosized) return;
+    autosized = c.value;
     c.style.height = "auto";
     const max = Math.max(120, Math.round(window.innerHeight * 0.4));
     c.style.height = Math.min(max, c.scrollHeight + 2) + "px";
@@ -1598,7 +1605,7 @@
       const id = idFromHash();
       if (id !== state.currentId) selectConversation(id);
     });
-    window.addEventListener("resize", autosize, { passive: true });
+    window.addEventListener("resize", function () { autosize(true); }, { passive: true });
     document.addEventListener("visibilitychange", function () {
       if (document.visibilityState === "visible") {
         tickClocks();

@@ -1,6 +1,7 @@
 /*
  * Snapdesk operator console: edit, try, version and publish the support prompt templates,
- * choose which template answers on each channel, and watch how the bot does.
+ * choose which template answers on each channel, and watch how the bot does. Admins also
+ * get a Users view: list, add and disable console accounts.
  *
  * Served at /operator with a strict CSP (script-src 'self'): no inline code, no eval.
  * Everything that comes from the server (template text, replies, issues, example text, diff
@@ -25,6 +26,7 @@
   };
   const CHANNEL_NAMES = { widget: "Widget", slack: "Slack", telegram: "Telegram", cli: "CLI" };
   const LANGUAGE_NAMES = { en: "English", zh: "Chinese", auto: "Auto" };
+  const ROLE_NAMES = { agent: "Agent", operator: "Operator", admin: "Admin" };
 
   // ---------------------------------------------------------------------------------------
   // State
@@ -35,7 +37,7 @@
     templates: [], // from GET /operator/api/templates
     channels: [], // [{channel, template}] as saved on the server
     channelDraft: new Map(), // channel -> template chosen but not saved yet
-    view: null, // "templates" | "stats"
+    view: null, // "templates" | "stats" | "users"
     tpl: null, // {name, published, yaml} of the template open in the editor
     opening: null, // name of the template being loaded
     validation: null, // {text, ok, issues, preview} for the latest checked text
@@ -55,6 +57,9 @@
     statsDays: 14,
     stats: null,
     statsSeq: 0,
+    users: [], // from GET /admin/api/users
+    usersSeq: 0,
+    addingUser: false,
     resizeTimer: 0
   };
 
@@ -314,6 +319,7 @@
     setText($("user-name"), name);
     setText($("avatar"), name ? name.trim().charAt(0).toUpperCase() : "?");
     setText($("user-role"), me.role || "");
+    $("nav-users").hidden = !isAdmin();
     if (me.role && me.role !== "operator" && me.role !== "admin") {
       showError("This account (" + me.role + ") cannot change templates: the operator console needs an operator or admin account.");
     }
@@ -324,10 +330,15 @@
     });
   }
 
+  function isAdmin() {
+    return !!state.me && state.me.role === "admin";
+  }
+
   function parseHash() {
     const h = location.hash.replace(/^#\/?/, "");
     const parts = h.split("/");
     if (parts[0] === "stats") return { view: "stats" };
+    if (parts[0] === "users" && isAdmin()) return { view: "users" };
     if (parts[0] === "templates" && parts[1]) {
       let name = parts[1];
       try {
@@ -353,20 +364,22 @@
     state.view = view;
     $("view-templates").hidden = view !== "templates";
     $("view-stats").hidden = view !== "stats";
-    const navT = $("nav-templates");
-    const navS = $("nav-stats");
-    if (view === "templates") {
-      navT.setAttribute("aria-current", "page");
-      navS.removeAttribute("aria-current");
-    } else {
-      navS.setAttribute("aria-current", "page");
-      navT.removeAttribute("aria-current");
+    $("view-users").hidden = view !== "users";
+    for (const v of ["templates", "stats", "users"]) {
+      if (v === view) $("nav-" + v).setAttribute("aria-current", "page");
+      else $("nav-" + v).removeAttribute("aria-current");
     }
+    const navT = $("nav-templates");
     navT.setAttribute("href", state.tpl ? "#/templates/" + encodeURIComponent(state.tpl.name) : "#/templates");
-    document.title = (view === "stats" ? "Statistics" : state.tpl ? state.tpl.name : "Templates") + " · Snapdesk · Operator";
+    const titles = { stats: "Statistics", users: "Users" };
+    document.title = (titles[view] || (state.tpl ? state.tpl.name : "Templates")) + " · Snapdesk · Operator";
     if (view === "stats" && changed) {
       loadStats();
       if (focus) $("stats-heading").focus();
+    }
+    if (view === "users" && changed) {
+      loadUsers();
+      if (focus) $("users-heading").focus();
     }
   }
 
@@ -1586,6 +1599,136 @@
   }
 
   // ---------------------------------------------------------------------------------------
+  // Users (admins only)
+  // ---------------------------------------------------------------------------------------
+  function roleLabel(role) {
+    return Object.prototype.hasOwnProperty.call(ROLE_NAMES, role) ? ROLE_NAMES[role] : String(role || "");
+  }
+
+  function userPath(name, rest) {
+    return "/admin/api/users" + (name === undefined ? "" : "/" + encodeURIComponent(name)) + (rest || "");
+  }
+
+  async function loadUsers() {
+    if (!isAdmin()) return;
+    const seq = ++state.usersSeq;
+    const body = $("user-rows");
+    body.setAttribute("aria-busy", "true");
+    setStatus($("users-status"), "Loading…", "busy");
+    try {
+      const data = await api(userPath());
+      if (seq !== state.usersSeq) return;
+      state.users = Array.isArray(data.users) ? data.users : [];
+      renderUsers();
+      const active = state.users.filter(function (u) { return !u.disabled; }).length;
+      setStatus($("users-status"), count(state.users.length, "account", "accounts") + ", " + active + " active");
+    } catch (e) {
+      if (seq !== state.usersSeq) return;
+      setStatus($("users-status"), "Not loaded", "bad");
+      showError("The accounts could not be loaded: " + e.message);
+    } finally {
+      if (seq === state.usersSeq) body.setAttribute("aria-busy", "false");
+    }
+  }
+
+  function renderUsers() {
+    const body = $("user-rows");
+    clear(body);
+    if (!state.users.length) {
+      body.appendChild(el("tr", null, [el("td", { colspan: "4", class: "muted", text: "No accounts yet." })]));
+      return;
+    }
+    const me = state.me ? String(state.me.name || "") : "";
+    for (const u of state.users) {
+      const name = String(u.name || "");
+      const disabled = !!u.disabled;
+      const nameCell = el("td", null, [el("span", { class: "op-user-name", text: name })]);
+      if (name === me) nameCell.appendChild(el("span", { class: "op-chip op-you", text: "You" }));
+      const status = el("span", {
+        class: "status-pill " + (disabled ? "op-st-disabled" : "op-st-active"), "data-testid": "user-status",
+        text: disabled ? "Disabled" : "Active"
+      });
+      const actions = el("td");
+      if (!disabled && name !== me) {
+        const button = el("button", {
+          type: "button", class: "btn btn-secondary btn-sm op-danger", "data-testid": "disable-user",
+          "aria-label": "Disable " + name, text: "Disable"
+        });
+        button.addEventListener("click", function () {
+          disableUser(name, button);
+        });
+        actions.appendChild(button);
+      }
+      body.appendChild(el("tr", {
+        class: "op-user-row", "data-testid": "user-row", "data-name": name, "data-role": String(u.role || ""),
+        "data-disabled": disabled ? "true" : "false"
+      }, [nameCell, el("td", { text: roleLabel(u.role) }), el("td", null, [status]), actions]));
+    }
+  }
+
+  async function addUser(event) {
+    if (event) event.preventDefault();
+    if (state.addingUser) return;
+    const nameInput = $("new-user-name");
+    const passwordInput = $("new-user-password");
+    const name = nameInput.value.trim();
+    const role = $("new-user-role").value;
+    const password = passwordInput.value;
+    if (!name) {
+      showError("Enter a user name for the new account.");
+      nameInput.focus();
+      return;
+    }
+    if (!password) {
+      showError("Enter a password for the new account.");
+      passwordInput.focus();
+      return;
+    }
+    state.addingUser = true;
+    const button = $("add-user");
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    setStatus($("add-user-status"), "Adding…", "busy");
+    try {
+      const data = await api(userPath(), { method: "POST", json: { name: name, role: role, password: password } });
+      hideError();
+      setStatus($("add-user-status"), "");
+      nameInput.value = "";
+      passwordInput.value = "";
+      toast("Added " + (data.name || name) + " (" + roleLabel(data.role || role).toLowerCase() + ").");
+      await loadUsers();
+      nameInput.focus();
+    } catch (e) {
+      setStatus($("add-user-status"), "Not added", "bad");
+      showError("The account was not added: " + e.message);
+      if (e.status === 422 && /password/i.test(e.message)) passwordInput.focus();
+      else if (e.status === 422) nameInput.focus();
+    } finally {
+      state.addingUser = false;
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    }
+  }
+
+  async function disableUser(name, button) {
+    if (!window.confirm("Disable the account “" + name + "”? It is signed out at once and can no longer sign in.")) return;
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    try {
+      await api(userPath(name, "/disable"), { method: "POST" });
+      hideError();
+      toast("Disabled " + name + ".");
+    } catch (e) {
+      showError("The account was not disabled: " + e.message);
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+      return;
+    }
+    await loadUsers();
+    $("users-heading").focus();
+  }
+
+  // ---------------------------------------------------------------------------------------
   // Wiring
   // ---------------------------------------------------------------------------------------
   function wire() {
@@ -1657,6 +1800,8 @@
       loadStats();
     });
     $("stats-refresh").addEventListener("click", loadStats);
+    $("user-form").addEventListener("submit", addUser);
+    $("users-refresh").addEventListener("click", loadUsers);
     window.addEventListener("resize", onResize);
   }
 

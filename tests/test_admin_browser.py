@@ -1,0 +1,108 @@
+"""The admin's Users view of the operator console in a real browser (Debian's Chromium via Playwright)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from bot.accounts import Accounts
+from bot.store import Store
+from engine.stub import StubEngine
+from tests.live_server import live_server
+from tests.test_widget_browser import CHROMIUM
+
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("admin-console")
+    accounts = Accounts(Store(data))
+    accounts.add_user("admin", "admin", PASSWORD)
+    accounts.add_user("olga", "operator", PASSWORD)
+    with live_server(data, engine=StubEngine(), login_rate_per_ip=1000) as (base, app):
+        yield base, accounts
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+def sign_in(browser, base: str, name: str):
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.dialogs = []
+
+    def on_dialog(dialog):
+        page.dialogs.append(dialog.message)
+        dialog.accept() if dialog.type == "confirm" else dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.goto(f"{base}/operator")
+    page.wait_for_url("**/login**")
+    page.fill("#name", name)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/operator")
+    page.wait_for_selector(f"[data-testid=user-name]:text-is('{name}')")
+    page.wait_for_selector("[data-testid=template-item]")
+    return page
+
+
+def row(page, name: str):
+    return page.locator(f"[data-testid=users] [data-testid=user-row][data-name='{name}']")
+
+
+def test_admin_adds_and_disables_an_account_and_an_operator_has_no_users_tab(browser, server):
+    base, accounts = server
+    admin = sign_in(browser, base, "admin")
+    admin.click("[data-testid=nav-users]")
+    admin.wait_for_selector("[data-testid=users] [data-testid=user-row][data-name=olga]")
+    own = row(admin, "admin")
+    assert own.get_attribute("data-role") == "admin" and own.get_attribute("data-disabled") == "false"
+    assert own.locator("[data-testid=disable-user]").count() == 0  # never your own account
+    assert row(admin, "olga").locator("[data-testid=disable-user]").count() == 1
+    assert admin.get_attribute("[data-testid=new-user-password]", "type") == "password"
+    assert admin.get_attribute("[data-testid=new-user-password]", "autocomplete") == "new-password"
+
+    admin.fill("[data-testid=new-user-name]", "li")
+    admin.select_option("[data-testid=new-user-role]", "agent")
+    admin.fill("[data-testid=new-user-password]", "a long enough secret")
+    admin.click("[data-testid=add-user]")
+    admin.wait_for_selector("[data-testid=user-row][data-name=li][data-role=agent][data-disabled=false]")
+    assert "Active" in row(admin, "li").inner_text()
+    assert admin.input_value("[data-testid=new-user-password]") == ""
+
+    # A short password, submitted from the keyboard: the server's message is shown.
+    admin.fill("[data-testid=new-user-name]", "wen")
+    admin.fill("[data-testid=new-user-password]", "short")
+    admin.press("[data-testid=new-user-password]", "Enter")
+    error = admin.wait_for_selector("[data-testid=error]:visible")
+    assert "at least 10 characters" in error.inner_text()
+    assert row(admin, "wen").count() == 0
+
+    row(admin, "li").locator("[data-testid=disable-user]").click()
+    admin.wait_for_selector("[data-testid=user-row][data-name=li][data-disabled=true]")
+    assert any("li" in message for message in admin.dialogs)
+    assert "Disabled" in row(admin, "li").inner_text()
+    assert row(admin, "li").locator("[data-testid=disable-user]").count() == 0
+    assert accounts.user("li").disabled and accounts.user("li").role == "agent"
+
+    operator = sign_in(browser, base, "olga")
+    assert operator.locator("[data-testid=nav-users]").is_hidden()
+    operator.evaluate("() => { location.hash = '#/users'; }")
+    operator.wait_for_selector("#view-templates:visible")
+    assert operator.locator("[data-testid=users]").is_hidden()
+    assert operator.locator("[data-testid=user-row]").count() == 0
