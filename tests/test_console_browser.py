@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 
 import pytest
 from PIL import Image
@@ -11,10 +10,10 @@ from PIL import Image
 from bot.accounts import Accounts
 from bot.store import Store
 from engine.stub import StubEngine
+from tests.browser import chromium, needs_chromium
 from tests.live_server import live_server
-from tests.test_widget_browser import CHROMIUM
 
-pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+pytestmark = needs_chromium
 PASSWORD = "correct horse battery"
 XSS = '<img src=x onerror="window.__snapdesk_xss = 1; alert(1)">'
 ENGINE = StubEngine(reply=f"You were charged 88 for the renewal. {XSS}", confidence=0.9)
@@ -32,16 +31,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def open_page(browser, url: str):

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 
 import pytest
 from PIL import Image
 
 from engine.base import GenerationStream
 from engine.stub import StubEngine
+from tests.browser import chromium, needs_chromium
 from tests.live_server import live_server
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+pytestmark = needs_chromium
 ANSWER = "Your membership renewed automatically for 88. You can turn auto-renew off in Settings."
 
 
@@ -48,17 +47,8 @@ def server(served):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -11,15 +11,14 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..accounts import Session
 from ..context import attachment_ids
 from ..store import CLAIMED, HUMAN_OWNED, WAITING, Store
-from .auth import PAGE_HEADERS, current_session, require
+from .auth import console_page, current_session, require
 from .runtime import RuntimeDep
-from .static_files import static_text
 
 AgentSession = Annotated[Session, Depends(require("agent"))]
 router = APIRouter(tags=["agent console"])
@@ -144,11 +143,7 @@ def search(store: Store, query: str, limit: int = 50) -> list[dict]:
 
 @router.get("/agent", response_class=HTMLResponse, include_in_schema=False)
 async def agent_page(session: Annotated[Session | None, Depends(current_session)]) -> Response:
-    if session is None:
-        return RedirectResponse("/login?next=/agent", status_code=303)
-    if not session.user.can("agent"):
-        return HTMLResponse("Your role may not use the agent console.", status_code=403, headers=PAGE_HEADERS)
-    return HTMLResponse(static_text("agent.html"), headers=PAGE_HEADERS)
+    return console_page(session, "agent", "/agent", "agent.html")
 
 
 @router.get("/agent/api/queue", summary="Conversations waiting for (or owned by) a person")

@@ -66,6 +66,17 @@ def require(role: Role | None = None) -> Callable:
 router = APIRouter(tags=["console"])
 
 
+def console_page(session: Session | None, role: Role, path: str, page: str) -> Response:
+    """A console page: sign-in first, then only for its role."""
+    from .static_files import static_text
+
+    if session is None:
+        return RedirectResponse(f"/login?next={path}", status_code=303)
+    if not session.user.can(role):
+        return HTMLResponse(f"Your role may not use the {role} console.", status_code=403, headers=PAGE_HEADERS)
+    return HTMLResponse(static_text(page), headers=PAGE_HEADERS)
+
+
 def _login_page(error: str = "", next_path: str = "/", csrf: str = "") -> str:
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     return f"""<!doctype html>

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from engine.base import ChatMessage, EngineError, GenerationRequest, SamplingParams
@@ -26,9 +26,8 @@ from ..language import detect_language
 from ..messages import utcnow
 from ..store import Store, iso
 from ..templates import Template, TemplateError
-from .auth import PAGE_HEADERS, current_session, require
+from .auth import console_page, current_session, require
 from .runtime import Runtime, RuntimeDep
-from .static_files import static_text
 
 OperatorSession = Annotated[Session, Depends(require("operator"))]
 router = APIRouter(tags=["operator console"])
@@ -193,11 +192,7 @@ def stats(store: Store, days: int) -> dict:
 
 @router.get("/operator", response_class=HTMLResponse, include_in_schema=False)
 async def operator_page(session: Annotated[Session | None, Depends(current_session)]) -> Response:
-    if session is None:
-        return RedirectResponse("/login?next=/operator", status_code=303)
-    if not session.user.can("operator"):
-        return HTMLResponse("Your role may not use the operator console.", status_code=403, headers=PAGE_HEADERS)
-    return HTMLResponse(static_text("operator.html"), headers=PAGE_HEADERS)
+    return console_page(session, "operator", "/operator", "operator.html")
 
 
 @router.get("/operator/api/templates", summary="Templates, their live versions and the channels using them")
