@@ -139,7 +139,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
     store.close()
     print(
         f"removed {removed['conversations']} conversations, {removed['messages']} messages, "
-        f"{removed['escalations']} hand-overs and {removed['attachments']} screenshot files "
+        f"{removed['escalations']} hand-overs, {removed['attachments']} screenshot files and "
+        f"{removed['platform_events']} raw platform events "
         f"older than {args.older_than:g} days"
     )
     return 0

@@ -504,8 +504,13 @@ class Store:
         """Delete conversations whose last message is older than the cutoff, with their
         messages, escalations and the attachment files no remaining message uses."""
         cutoff = iso((now or utcnow()) - timedelta(days=older_than_days))
-        removed = {"conversations": 0, "messages": 0, "escalations": 0, "attachments": 0}
+        removed = {"conversations": 0, "messages": 0, "escalations": 0, "attachments": 0, "platform_events": 0}
         with self.transaction():
+            # Raw platform events carry message text too; unfinished ones are kept for recovery.
+            removed["platform_events"] = self.db.execute(
+                "delete from platform_events where received_at < ? and processed_at is not null", [cutoff]
+            ).rowcount
+            self.db.execute("delete from sessions where expires_at < ?", [iso(now or utcnow())])
             ids = [row["id"] for row in self.db["conversations"].rows_where("last_message_at < ?", [cutoff], select="id")]
             for conversation_id in ids:
                 removed["messages"] += self.db.execute(

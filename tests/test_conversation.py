@@ -276,6 +276,12 @@ async def test_purge_removes_old_conversations_and_their_files(tmp_path):
     assert removed["conversations"] == 1 and removed["attachments"] == 1 and removed["messages"] >= 2
     assert store.conversation(old.conversation_id) is None and store.conversation(new.conversation_id)
     assert len(list((tmp_path / "attachments").rglob("*.png"))) == 1
+    store.add_platform_event("slack", "T1:Ev1", {"event": {"text": "old secret text"}})
+    store.finish_platform_event("slack", "T1:Ev1")
+    store.add_platform_event("slack", "T1:Ev2", {"event": {"text": "not processed yet"}})
+    later = utcnow() + timedelta(days=31)
+    assert store.purge(30, now=later)["platform_events"] == 1
+    assert [e["event_key"] for e in store.pending_platform_events("slack")] == ["T1:Ev2"]
 
 
 def test_purge_and_chat_commands(tmp_path):
