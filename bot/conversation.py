@@ -272,9 +272,7 @@ class ConversationManager:
         )
         if not has_content and not refused:  # an empty message: nothing to answer, nothing to escalate
             decision = Decision(True, Reason.UNREADABLE_IMAGE, "empty message", "")
-        handover_text = (
-            rendered.template.render_handover(language) if rendered is not None else _fallback_handover(language)
-        ) if decision.handover else ""
+        handover_text = self._handover_text(rendered, language) if decision.handover else ""
         stored = await self.db(
             self._store_turn, conversation, message, decision, generation, rendered, notices, handover_text
         )
@@ -299,6 +297,15 @@ class ConversationManager:
             confidence=generation.confidence if generation else None,
             notices=tuple(notices),
         )
+
+    @staticmethod
+    def _handover_text(rendered, language: str) -> str:
+        if rendered is not None:
+            try:
+                return rendered.template.render_handover(language)
+            except TemplateError:
+                log.error("the hand-over message of template %s does not render", rendered.template.name)
+        return _fallback_handover(language)
 
     async def _generate(self, request, conversation: dict, message: dict, marker: str) -> Generation:
         """Generate, streaming the text to the user's channel when it can show it.
