@@ -208,6 +208,38 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apikey(args: argparse.Namespace) -> int:
+    from .apikeys import ApiKeyError, ApiKeys
+    from .store import Store, StoreError
+
+    store = None
+    try:
+        store = Store(_settings_for_data(args).data_dir)
+        keys = ApiKeys(store)
+        if args.apikey_command == "create":
+            key, secret = keys.create(args.name)
+            print(f"created API key {key.name}; it is shown only this once, store it now:")
+            print(secret)
+        elif args.apikey_command == "list":
+            listed = keys.keys()
+            if not listed:
+                print("no API keys yet: create one with `snapdesk apikey create NAME`")
+            for key in listed:
+                print(f"{key.name}\tcreated {key.created_at}\tlast used {key.last_used_at or 'never'}\t"
+                      f"{'revoked ' + key.revoked_at if key.revoked_at else 'active'}")
+        else:
+            keys.revoke(args.name)
+            print(f"revoked API key {args.name}; requests with it are refused from now on")
+    except ApiKeyError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except StoreError as exc:
+        return _fail(str(exc))
+    finally:
+        if store is not None:
+            store.close()
+    return 0
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .terminal_chat import run_chat
 
@@ -255,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (add, listing, disable):
         sub.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
     user.set_defaults(func=cmd_user)
+
+    apikey = commands.add_parser("apikey", help="keys for the OpenAI-compatible API (/v1): create, list, revoke")
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
+    create = apikey_commands.add_parser("create", help="create a key and print it (shown only once)")
+    create.add_argument("name", help="who or what uses the key, e.g. moderation-pipeline")
+    key_listing = apikey_commands.add_parser("list", help="list keys: created, last used, revoked (never the keys)")
+    revoke = apikey_commands.add_parser("revoke", help="revoke a key: requests with it are refused at once")
+    revoke.add_argument("name")
+    for sub in (create, key_listing, revoke):
+        sub.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+    apikey.set_defaults(func=cmd_apikey)
 
     purge = commands.add_parser("purge", help="delete conversations, messages and screenshots older than DAYS")
     purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")

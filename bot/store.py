@@ -147,9 +147,21 @@ def _m5_message_search(db: sqlite_utils.Database) -> None:
     db["messages"].enable_fts(["text"], create_triggers=True, tokenize="trigram")
 
 
+def _m6_api_keys(db: sqlite_utils.Database) -> None:
+    """Keys for the OpenAI-compatible API, stored as sha256 hashes (one live key per name)."""
+    db["api_keys"].create(
+        {"id": int, "name": str, "key_hash": str, "created_at": str, "last_used_at": str, "revoked_at": str},
+        pk="id",
+        not_null={"name", "key_hash", "created_at"},
+    )
+    db["api_keys"].create_index(["key_hash"], unique=True)
+    db.execute("create unique index idx_api_keys_live_name on api_keys (name) where revoked_at is null")
+
+
 # Numbered migrations: append, never edit one that has shipped.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
+    _m6_api_keys,
 ]
 
 

@@ -36,6 +36,7 @@ from .operator_console import router as operator_router
 from .auth import router as auth_router
 from .console_events import ConsoleHub
 from .metrics import Metrics
+from .openai_api import router as openai_router
 from .ratelimit import RateLimiter
 from .runtime import Runtime
 from .secret_key import load_secret_key
@@ -182,6 +183,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(agent_router)
     app.include_router(operator_router)
     app.include_router(admin_router)
+    app.include_router(openai_router)
     app.include_router(static_router)
     for adapter in runtime.adapters:
         if adapter.router is not None:
