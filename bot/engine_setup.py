@@ -19,6 +19,18 @@ def make_engine(settings: Settings) -> Engine:
     """The engine named by SNAPDESK_ENGINE, not yet started."""
     if settings.engine == "stub":
         return StubEngine()
+    if settings.engine == "openai":
+        from engine.openai_engine import OpenAICompatibleEngine
+
+        return OpenAICompatibleEngine(
+            urls=[url.strip() for url in settings.engine_url.split(",") if url.strip()],
+            model=settings.model,
+            api_key=settings.engine_api_key or None,
+            max_queue=settings.queue_size,
+            request_timeout_s=settings.request_timeout_s,
+            min_image_tokens=settings.image_min_tokens,
+            max_image_tokens=settings.image_max_tokens,
+        )
     return TransformersEngine(
         settings.load_options(),
         max_queue=settings.queue_size,

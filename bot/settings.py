@@ -27,9 +27,12 @@ class Settings(BaseSettings):
 
     # Model and engine
     model: str = Field(DEFAULT_MODEL, description="Hub id or local directory of a Qwen3-VL checkpoint.")
-    engine: Literal["transformers", "stub"] = Field(
-        "transformers", description="transformers (in-process model) or stub (instant scripted answers, for load tests)."
+    engine: Literal["transformers", "openai", "stub"] = Field(
+        "transformers",
+        description="transformers (in-process model), openai (a remote vLLM/SGLang server) or stub (for load tests).",
     )
+    engine_url: str = Field("", description="openai engine: comma-separated base URLs, e.g. http://gpu1:8000/v1")
+    engine_api_key: str = Field("", description="openai engine: bearer key for the remote servers")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
