@@ -292,6 +292,15 @@ class GenerationStream:
             self._cancel()
 
 
+async def generate_from_stream(stream: GenerationStream) -> Generation:
+    """The whole result of a stream; cancelling the caller cancels the generation."""
+    try:
+        return await stream.result()
+    except asyncio.CancelledError:
+        stream.cancel()
+        raise
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A backend that turns chat messages with screenshots into text."""

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .base import (
+    generate_from_stream,
     EngineCancelled,
     EngineClosed,
     EngineError,
@@ -467,12 +468,7 @@ class OpenAICompatibleEngine:
         return stream
 
     async def generate(self, request: GenerationRequest, timeout: float | None = None) -> Generation:
-        stream = self.stream(request, timeout)
-        try:
-            return await stream.result()
-        except asyncio.CancelledError:
-            stream.cancel()
-            raise
+        return await generate_from_stream(self.stream(request, timeout))
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """One HTTP client and one slot semaphore per event loop (a CLI may run several in turn)."""

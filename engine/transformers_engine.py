@@ -8,13 +8,13 @@ is what `confidence` is computed from.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
 from .base import (
+    generate_from_stream,
     EngineError,
     FinishReason,
     Generation,
@@ -244,12 +244,7 @@ class TransformersEngine:
         return stream
 
     async def generate(self, request: GenerationRequest, timeout: float | None = None) -> Generation:
-        stream = self.stream(request, timeout)
-        try:
-            return await stream.result()
-        except asyncio.CancelledError:
-            stream.cancel()
-            raise
+        return await generate_from_stream(self.stream(request, timeout))
 
     # Model side (worker thread only) -----------------------------------------------
     def build_inputs(self, requests: Sequence[GenerationRequest]) -> Any:
