@@ -45,6 +45,7 @@ from .templates import TemplateError
 
 log = logging.getLogger(__name__)
 
+TURN_RETRY_PAUSES_S = (0.5, 2.0, 5.0)
 OutcomeKind = Literal["answered", "handed_over", "for_agent", "duplicate", "already_done"]
 
 
@@ -170,7 +171,7 @@ class ConversationManager:
             pending = await self.db(self.store.pending_up_to, conversation_id, message_id)
             outcome = None
             for row in pending:
-                result = await self._turn(row)
+                result = await self._turn_with_retries(row)
                 if row["id"] == message_id:
                     outcome = result
             if outcome is None:
@@ -178,6 +179,23 @@ class ConversationManager:
                 kind: OutcomeKind = "for_agent" if current["status"] == FOR_AGENT else "already_done"
                 outcome = TurnOutcome(kind, message_id, conversation_id)
             return outcome
+
+    async def _turn_with_retries(self, row: dict) -> TurnOutcome:
+        """A turn that fails on something transient (a locked or full disk, an I/O error) is
+        tried again after a pause; one that keeps failing stays pending for the next start."""
+        for attempt, pause in enumerate((*TURN_RETRY_PAUSES_S, None)):
+            try:
+                return await self._turn(row)
+            except Exception as exc:
+                if pause is None:
+                    log.error("message %d could not be answered (%s); it stays pending until restart",
+                              row["id"], type(exc).__name__)
+                    raise
+                log.warning("message %d failed (%s); trying again in %.1f s", row["id"], type(exc).__name__, pause)
+                await asyncio.sleep(pause)
+                # Re-read it: if the failure came after the answer was stored, it must not be answered twice.
+                row = await self.db(self.store.message, row["id"])
+        raise AssertionError("unreachable")
 
     class _LockHandle:
         def __init__(self, manager: "ConversationManager", conversation_id: int) -> None:
@@ -217,6 +235,8 @@ class ConversationManager:
 
     async def _turn(self, message: dict) -> TurnOutcome:
         message_id = message["id"]
+        if message["status"] != PENDING:
+            return TurnOutcome("already_done", message_id, message["conversation_id"])
         conversation, rendered, history, stored_images = await self.db(self._turn_state, message)
         cid = conversation["id"]
         if conversation["status"] in HUMAN_OWNED:

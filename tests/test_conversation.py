@@ -309,3 +309,65 @@ def test_an_unwritable_data_directory_is_a_clear_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="not writable"):
         Store(blocker / "data")
+
+
+async def test_a_transient_storage_failure_is_retried_not_lost(tmp_path, monkeypatch):
+    import sqlite3
+
+    import bot.conversation as conversation_module
+
+    monkeypatch.setattr(conversation_module, "TURN_RETRY_PAUSES_S", (0.01, 0.01))
+    manager, channel, _ = make(tmp_path)
+    real_store_turn = manager._store_turn
+    failures = iter([sqlite3.OperationalError("database is locked")])
+
+    def flaky(*args, **kwargs):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_store_turn(*args, **kwargs)
+
+    manager._store_turn = flaky
+    outcome = await manager.handle(inbound("Why was I charged?"))
+    assert outcome.kind == "answered"
+    assert [kind for _, kind, _ in channel.sent] == ["answer"]
+
+
+async def test_a_turn_that_keeps_failing_stays_pending_for_the_next_start(tmp_path, monkeypatch):
+    import bot.conversation as conversation_module
+
+    monkeypatch.setattr(conversation_module, "TURN_RETRY_PAUSES_S", (0.01,))
+    manager, channel, _ = make(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    manager._store_turn = broken
+    accepted = await manager.accept(inbound("Why was I charged?"))
+    with pytest.raises(OSError):
+        await manager.process(accepted.message_id, accepted.conversation_id)
+    assert manager.store.message(accepted.message_id)["status"] == "pending"
+    restarted, channel, _ = make(tmp_path)
+    assert (await restarted.recover())["reprocessed"] == 1
+    assert [kind for _, kind, _ in channel.sent] == ["answer"]
+
+
+async def test_a_failure_after_the_answer_is_stored_never_answers_twice(tmp_path, monkeypatch):
+    import bot.conversation as conversation_module
+
+    monkeypatch.setattr(conversation_module, "TURN_RETRY_PAUSES_S", (0.01, 0.01))
+    manager, channel, engine = make(tmp_path)
+    real_mark = manager.store.mark_delivered
+    failures = iter([OSError("I/O error")])
+
+    def flaky_mark(message_id):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_mark(message_id)
+
+    manager.store.mark_delivered = flaky_mark
+    await manager.handle(inbound("Why was I charged?"))
+    assert len(engine.requests) == 1
+    bots = [m for m in manager.store.messages(1) if m["role"] == "bot"]
+    assert len(bots) == 1
