@@ -18,7 +18,7 @@ from .templates import TemplateLibrary
 def make_engine(settings: Settings) -> Engine:
     """The engine named by SNAPDESK_ENGINE, not yet started."""
     if settings.engine == "stub":
-        return StubEngine()
+        return StubEngine(keep_requests=0)
     if settings.engine == "openai":
         from engine.openai_engine import OpenAICompatibleEngine
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from typing import Callable
 
 from .base import (
@@ -38,11 +39,14 @@ class StubEngine:
 
     model_name = "stub"
 
-    def __init__(self, reply: str = DEFAULT_REPLY, confidence: float = 0.9, script: Script | None = None) -> None:
+    def __init__(self, reply: str = DEFAULT_REPLY, confidence: float = 0.9, script: Script | None = None,
+                 keep_requests: int | None = None) -> None:
         self.reply = reply
         self.confidence = confidence
         self.script = script
-        self.requests: list[GenerationRequest] = []
+        # Requests (screenshots included) kept for inspection: all of them by default, for
+        # tests; none in a long-running server, where they would only pile up.
+        self.requests: deque[GenerationRequest] = deque(maxlen=keep_requests)
         self._ready = False
 
     def start(self) -> None:
