@@ -302,8 +302,10 @@ async def post_message(request: Request, runtime: RuntimeDep, visitor: Visitor) 
     try:
         form = await request.form(max_files=settings.widget_max_images + 1, max_fields=20,
                                   max_part_size=settings.image_max_bytes + 1)
-    except Exception:
-        raise ApiError(413, "too_large", "That message is too large or malformed.") from None
+    except Exception as exc:
+        if re.search(r"maximum|too many", str(exc), re.IGNORECASE):
+            raise ApiError(413, "too_large", "That message is too large. Please send smaller screenshots.") from None
+        raise ApiError(400, "bad_request", "That message could not be read. Please try again.") from None
     client_id = str(form.get("client_message_id") or "")
     if not CLIENT_ID.fullmatch(client_id):
         raise ApiError(400, "bad_request", "client_message_id must be 8 to 100 letters, digits, '-' or '_'.")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable, Literal
 
@@ -27,6 +27,7 @@ from .context import ContextBuilder, ContextOptions, attachment_ids, describe_fr
 from .escalation import Decision, EscalationPolicy, Reason
 from .language import detect_language
 from .messages import ChannelRegistry, Conversation, Inbound, Outbound
+from .text import clean_user_text
 from .store import (
     ANSWERED,
     BOT,
@@ -121,6 +122,7 @@ class ConversationManager:
 
     async def accept(self, inbound: Inbound) -> Accepted:
         """Store the inbound message durably (idempotent); after this it may be acknowledged."""
+        inbound = replace(inbound, text=clean_user_text(inbound.text), user_name=clean_user_text(inbound.user_name))
         prepared, refused = [], []
         if inbound.images:  # skip image work for a redelivered event
             existing = await self.db(self.store.find_inbound, inbound.channel, inbound.message_id)

@@ -251,3 +251,20 @@ def test_access_log_lines_hide_query_strings():
                                ("127.0.0.1:5000", "GET", "/widget/api/events?token=v1.secret", "1.1", 200), None)
     HideQueryStrings().filter(record)
     assert "secret" not in record.getMessage() and "/widget/api/events" in record.getMessage()
+
+
+def test_malformed_bodies_and_hostile_text_get_clear_answers(server):
+    base, app = server
+    headers = session(base)
+    garbage = httpx.post(f"{base}/widget/api/messages", content=b"not multipart at all",
+                         headers={**headers, "Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert garbage.status_code == 400 and garbage.json()["error"] == "bad_request"
+    invalid_utf8 = (b'--XyZ\r\nContent-Disposition: form-data; name="client_message_id"\r\n\r\nutf8-00001\r\n'
+                    b'--XyZ\r\nContent-Disposition: form-data; name="text"\r\n\r\n\xff\xfe why \xc3\r\n--XyZ--\r\n')
+    response = httpx.post(f"{base}/widget/api/messages", content=invalid_utf8,
+                          headers={**headers, "Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert response.status_code == 202  # stored (never lost), decoded leniently
+    hostile = send(base, headers, "hostile-001", text="why\x00 was\x1b[31m I \u202echarged\u0007?\r\nthanks")
+    assert hostile.status_code == 202
+    stored = app.state.runtime.store.message(hostile.json()["message_id"])["text"]
+    assert stored == "why was[31m I charged?\nthanks"

@@ -1,0 +1,17 @@
+"""Cleaning what users type before it is stored, shown to agents or put in a prompt.
+
+Control characters (NUL, bell, escape sequences) and Unicode direction overrides can break
+logs and terminals or make text read differently than it is (U+202E turns "txt.exe" into
+"exe.txt"); none of them belongs in a support question.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_user_text(text: str) -> str:
+    """The text without control characters or direction overrides; newlines and tabs stay."""
+    return _CONTROLS.sub("", text.replace("\r\n", "\n"))
