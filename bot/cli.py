@@ -246,6 +246,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(_settings_for_data(args))
 
 
+def _data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snapdesk", description="Self-hosted support bot that reads screenshots.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -265,14 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the server: widget, demo page, health and metrics")
     serve.add_argument("--model", help="hub id or local directory of a Qwen3-VL checkpoint (default: SNAPDESK_MODEL)")
-    serve.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+    _data_option(serve)
     serve.add_argument("--host", help="address to listen on (default: SNAPDESK_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: SNAPDESK_PORT or 8000)")
     serve.set_defaults(func=cmd_serve)
 
     chat = commands.add_parser("chat", help="talk to the bot in the terminal, through the real conversation core")
     chat.add_argument("--model", help="hub id or local directory of a Qwen3-VL checkpoint (default: SNAPDESK_MODEL)")
-    chat.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+    _data_option(chat)
     chat.set_defaults(func=cmd_chat)
 
     user = commands.add_parser("user", help="console accounts: add, list, disable")
@@ -285,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     disable = user_commands.add_parser("disable", help="disable a user and close their sessions")
     disable.add_argument("name")
     for sub in (add, listing, disable):
-        sub.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+        _data_option(sub)
     user.set_defaults(func=cmd_user)
 
     apikey = commands.add_parser("apikey", help="keys for the OpenAI-compatible API (/v1): create, list, revoke")
@@ -296,12 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = apikey_commands.add_parser("revoke", help="revoke a key: requests with it are refused at once")
     revoke.add_argument("name")
     for sub in (create, key_listing, revoke):
-        sub.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+        _data_option(sub)
     apikey.set_defaults(func=cmd_apikey)
 
     purge = commands.add_parser("purge", help="delete conversations, messages and screenshots older than DAYS")
     purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")
-    purge.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
+    _data_option(purge)
     purge.set_defaults(func=cmd_purge)
     return parser
 

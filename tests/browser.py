@@ -23,3 +23,29 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+def open_page(browser, url: str):
+    """A fresh context and page; confirm dialogs are accepted, others dismissed, all recorded."""
+    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.dialogs = []
+
+    def on_dialog(dialog):
+        page.dialogs.append(dialog.message)
+        dialog.accept() if dialog.type == "confirm" else dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.goto(url)
+    return page
+
+
+def sign_in(browser, base: str, name: str, password: str, path: str):
+    """Open a console page, sign in on the login page it redirects to, land back on it."""
+    page = open_page(browser, f"{base}{path}")
+    page.wait_for_url("**/login**")
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"**{path}")
+    return page

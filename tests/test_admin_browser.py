@@ -9,6 +9,7 @@ from bot.accounts import Accounts
 from bot.store import Store
 from engine.stub import StubEngine
 from tests.browser import chromium, needs_chromium
+from tests.browser import sign_in as console_sign_in
 from tests.live_server import live_server
 
 pytestmark = needs_chromium
@@ -32,21 +33,7 @@ def browser():
 
 
 def sign_in(browser, base: str, name: str):
-    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.dialogs = []
-
-    def on_dialog(dialog):
-        page.dialogs.append(dialog.message)
-        dialog.accept() if dialog.type == "confirm" else dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.goto(f"{base}/operator")
-    page.wait_for_url("**/login**")
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/operator")
+    page = console_sign_in(browser, base, name, PASSWORD, "/operator")
     page.wait_for_selector(f"[data-testid=user-name]:text-is('{name}')")
     page.wait_for_selector("[data-testid=template-item]")
     return page

@@ -10,7 +10,8 @@ from PIL import Image
 from bot.accounts import Accounts
 from bot.store import Store
 from engine.stub import StubEngine
-from tests.browser import chromium, needs_chromium
+from tests.browser import chromium, needs_chromium, open_page
+from tests.browser import sign_in as console_sign_in
 from tests.live_server import live_server
 
 pytestmark = needs_chromium
@@ -35,28 +36,8 @@ def browser():
         yield launched
 
 
-def open_page(browser, url: str):
-    context = browser.new_context(locale="en-US", viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.dialogs = []
-
-    def on_dialog(dialog):
-        page.dialogs.append(dialog.message)
-        dialog.accept() if dialog.type == "confirm" else dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.goto(url)
-    return page
-
-
 def sign_in(browser, base: str, name: str, path: str):
-    page = open_page(browser, f"{base}{path}")
-    page.wait_for_url("**/login**")
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"**{path}")
-    return page
+    return console_sign_in(browser, base, name, PASSWORD, path)
 
 
 def widget_send(page, text: str) -> None:
