@@ -44,6 +44,7 @@ REASONS = {
     "repeated_failure": "Repeated failure",
     "unreadable_image": "Unreadable image",
     "engine_error": "The model failed",
+    "busy": "The bot was too busy",
 }
 # Errors of chat.update after which posting a new message is the right fallback.
 NOT_UPDATABLE = {"message_not_found", "cant_update_message", "edit_window_closed", "msg_too_long"}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable, Literal
 
-from engine.base import Engine, EngineError, Generation, SamplingParams
+from engine.base import Engine, EngineError, EngineOverloaded, Generation, SamplingParams
 from engine.images import ImageLimits, ImageRejected, prepare_image
 
 from .db_thread import DatabaseThread
@@ -47,6 +47,9 @@ from .templates import TemplateError
 log = logging.getLogger(__name__)
 
 TURN_RETRY_PAUSES_S = (0.5, 2.0, 5.0)
+# Pauses between tries while the engine queue is full (doubling up to the maximum).
+BUSY_FIRST_PAUSE_S = 0.25
+BUSY_MAX_PAUSE_S = 2.0
 OutcomeKind = Literal["answered", "handed_over", "for_agent", "duplicate", "already_done"]
 
 
@@ -55,6 +58,7 @@ class ManagerOptions:
     context: ContextOptions = field(default_factory=ContextOptions)
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     request_timeout_s: float | None = None
+    busy_wait_s: float = 30.0
     unknown_confidence_hands_over: bool = True
 
 
@@ -345,11 +349,13 @@ class ConversationManager:
             except Exception as exc:  # a typing indicator is a courtesy: never fail the turn for it
                 log.warning("typing indicator on %s failed: %s", conversation["channel"], type(exc).__name__)
         if send_delta is None or self.policy.wants_human(text) or self.policy.sensitive_topic(text):
-            return await self.engine.generate(request, timeout=self.options.request_timeout_s)
+            return await self._when_not_busy(
+                lambda: self.engine.generate(request, timeout=self.options.request_timeout_s)
+            )
         target = _target(conversation)
-        stream = self.engine.stream(request, timeout=self.options.request_timeout_s)
+        stream, deltas = await self._when_not_busy(lambda: self._open_stream(request))
         held, released = "", False
-        async for delta in stream:
+        async for delta in deltas:
             if released:
                 await send_delta(target, message["id"], delta)
                 continue
@@ -360,6 +366,43 @@ class ConversationManager:
             released = True
             await send_delta(target, message["id"], held)
         return await stream.result()
+
+    async def _open_stream(self, request) -> tuple[Any, Any]:
+        """Start streaming and wait for the first text, where a busy engine says so."""
+        stream = self.engine.stream(request, timeout=self.options.request_timeout_s)
+        chunks = aiter(stream)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            return stream, _no_more()
+
+        async def deltas():
+            yield first
+            async for delta in chunks:
+                yield delta
+
+        return stream, deltas()
+
+    async def _when_not_busy(self, attempt: Callable[[], Any]) -> Any:
+        """Run `attempt` (a coroutine factory), waiting for room while the engine's queue is full.
+
+        A burst of messages larger than the queue should be answered a little later, not
+        handed to people at once: the turn tries again with growing pauses (the user keeps
+        seeing the typing indicator) and gives up with `EngineOverloaded` after `busy_wait_s`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.busy_wait_s
+        pause = BUSY_FIRST_PAUSE_S
+        while True:
+            try:
+                return await attempt()
+            except EngineOverloaded:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+                self._emit("busy")
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 2, BUSY_MAX_PAUSE_S)
 
     def _store_turn(self, conversation: dict, message: dict, decision: Decision, generation: Generation | None,
                     rendered, notices: list[str], handover_text: str) -> list[tuple[int, Outbound]]:
@@ -559,6 +602,11 @@ class ConversationManager:
 
     async def hand_back(self, conversation_id: int, agent: str) -> None:
         await self._finish_human(conversation_id, agent, BOT, "hand_back")
+
+
+async def _no_more():
+    return
+    yield
 
 
 def _target(conversation: dict) -> Conversation:

@@ -10,7 +10,8 @@ Precedence (the first rule that applies wins):
 
 1. ``user_request``     the user asks for a person;
 2. ``sensitive_topic``  refunds, chargebacks, legal threats, account deletion, fraud ...;
-3. ``engine_error``     the engine raised, or returned nothing / a cancelled generation;
+3. ``busy``             the engine's queue stayed full for the whole busy wait;
+   ``engine_error``     the engine raised, or returned nothing / a cancelled generation;
 4. ``unreadable_image`` the turn had only refused images and no text to answer.  When the
                         engine was not called for such a turn (generation None, no error)
                         this reason wins over "no generation": nothing failed, there was
@@ -62,7 +63,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.base import EngineError, Generation
+from engine.base import EngineError, EngineOverloaded, Generation
 
 
 class Reason(str, enum.Enum):
@@ -73,6 +74,7 @@ class Reason(str, enum.Enum):
     REPEATED_FAILURE = "repeated_failure"
     UNREADABLE_IMAGE = "unreadable_image"
     ENGINE_ERROR = "engine_error"
+    BUSY = "busy"
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,8 @@ class EscalationPolicy:
 
         # 3. / 4. the engine failed; or there was nothing it could answer
         only_unreadable = unreadable_images > 0 and not answerable_text
+        if isinstance(error, EngineOverloaded):
+            return handover(Reason.BUSY, _error_name(error))
         if error is not None:
             return handover(Reason.ENGINE_ERROR, _error_name(error))
         if only_unreadable:

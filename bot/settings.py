@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(2.0, ge=0)
     queue_size: int = Field(64, ge=1)
     request_timeout_s: float = Field(120.0, gt=0)
+    busy_wait_s: float = Field(
+        30.0, ge=0, description="how long a turn waits for room in a full engine queue before it goes to a person"
+    )
     max_new_tokens: int = Field(512, ge=1)
 
     # Images
@@ -105,6 +108,7 @@ class Settings(BaseSettings):
             ),
             image_limits=self.image_limits(),
             request_timeout_s=self.request_timeout_s,
+            busy_wait_s=self.busy_wait_s,
             unknown_confidence_hands_over=self.unknown_confidence_hands_over,
         )
 

@@ -74,6 +74,7 @@ class BatchWorker:
         self.batch_window = max(0.0, batch_window_ms) / 1000.0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._closed = False
+        self._batch_started: float | None = None
         self.on_batch: Callable[[int], None] | None = None
 
     def start(self) -> None:
@@ -83,6 +84,12 @@ class BatchWorker:
     def depth(self) -> int:
         """Requests waiting for the model (not counting the batch being generated)."""
         return self._queue.qsize() + len(self._held)
+
+    @property
+    def busy_for_s(self) -> float:
+        """How long the batch being generated has been running (0 when idle)."""
+        started = self._batch_started
+        return 0.0 if started is None else time.perf_counter() - started
 
     def submit(self, job: Job) -> None:
         if self._closed:
@@ -204,9 +211,12 @@ class BatchWorker:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(live))
+            self._batch_started = time.perf_counter()
             try:
                 self._run_batch(live)
             except BaseException as exc:  # never let the worker die: fail the batch instead
                 log.exception("engine batch failed")
                 for job in live:
                     job.fail(exc if isinstance(exc, EngineError) else EngineError(str(exc) or type(exc).__name__))
+            finally:
+                self._batch_started = None

@@ -29,6 +29,10 @@ from .loading import LoadedModel, LoadOptions, load_model, visual_tokens
 
 log = logging.getLogger(__name__)
 
+# A batch running longer than this (times the request timeout, plus the grace) is stuck.
+STALL_FACTOR = 1.5
+STALL_GRACE_S = 1.0
+
 
 def to_chat_template_messages(request: GenerationRequest) -> list[dict]:
     """The request's messages in the shape Qwen's chat template expects."""
@@ -221,6 +225,18 @@ class TransformersEngine:
     def close(self) -> None:
         self._worker.close()
 
+    @property
+    def stalled(self) -> bool:
+        """The model has been in one batch for longer than any request in it may take.
+
+        Every request is cancelled at its timeout and a cancelled row stops at the next
+        decoding step, so a batch running well past the timeout means the model itself is
+        stuck (a hung kernel or driver); `/readyz` reports it so the process gets restarted.
+        """
+        if self.request_timeout_s is None:
+            return False
+        return self._worker.busy_for_s > STALL_FACTOR * self.request_timeout_s + STALL_GRACE_S
+
     # Token accounting (for fitting history into the context budget) ----------------
     def count_text_tokens(self, text: str) -> int:
         assert self.loaded is not None
@@ -343,7 +359,15 @@ class TransformersEngine:
             self._finish(row, finished)
 
     def _recover(self, jobs: Sequence[Job], rows: list[_Row], exc: Exception) -> None:
-        """A failed batch: retry alone each request that has streamed nothing yet."""
+        """A failed batch: retry alone each request that has streamed nothing yet.
+
+        One request (a huge screenshot, a malformed input) can make a whole batch fail or
+        run out of memory; retried one by one, only that request fails.
+        """
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the retries the memory the failed batch held
         started_rows = {id(row.job) for row in rows if row.logprobs}
         if len(jobs) == 1:
             log.warning("generation failed: %s", type(exc).__name__)

@@ -22,7 +22,7 @@ from bot.messages import ChannelRegistry, Inbound, utcnow
 from bot.store import CLAIMED, RESOLVED, WAITING, Store
 from bot.template_versions import PublishedTemplates
 from bot.templates import TemplateLibrary
-from engine.base import EngineOverloaded, ImagePart, TextPart
+from engine.base import EngineError, EngineOverloaded, ImagePart, TextPart
 from engine.stub import StubEngine, last_user_text
 
 
@@ -42,7 +42,8 @@ def png(width: int = 1920, height: int = 1080, colour: str = "white") -> bytes:
     return buffer.getvalue()
 
 
-def make(data_dir: Path, engine=None, **context) -> tuple[ConversationManager, RecordingChannel, StubEngine]:
+def make(data_dir: Path, engine=None, *, request_timeout_s: float | None = None,
+         **context) -> tuple[ConversationManager, RecordingChannel, StubEngine]:
     engine = engine or StubEngine(reply="You were charged 88 for the automatic renewal of your membership.")
     engine.start()
     store = Store(data_dir)
@@ -51,10 +52,12 @@ def make(data_dir: Path, engine=None, **context) -> tuple[ConversationManager, R
     channel = RecordingChannel()
     channels = ChannelRegistry()
     channels.register(channel)
-    options = ManagerOptions(context=ContextOptions(**context)) if context else ManagerOptions()
+    options = ManagerOptions(context=ContextOptions(**context), busy_wait_s=BUSY_WAIT_S,
+                             request_timeout_s=request_timeout_s)
     return ConversationManager(store, engine, templates, EscalationPolicy(), channels, options), channel, engine
 
 
+BUSY_WAIT_S = 0.6  # how long a turn waits for a full engine queue in these tests
 _counter = iter(range(1, 10**9))
 
 
@@ -196,7 +199,8 @@ def scripted(reply: str, confidence: float = 0.9):
         (scripted("ok"), ["I want a refund for this charge"], "sensitive_topic", "en"),
         (scripted("ok"), ["我要退款"], "sensitive_topic", "zh"),
         (scripted("Restart the router."), ["My router light is red", "that didn't help"], "repeated_failure", "en"),
-        (StubEngine(script=lambda r: EngineOverloaded("queue full")), ["Where is my parcel?"], "engine_error", "en"),
+        (StubEngine(script=lambda r: EngineError("CUDA error: device-side assert")), ["Where is my parcel?"], "engine_error", "en"),
+        (StubEngine(script=lambda r: EngineOverloaded("queue full")), ["Where is my parcel?"], "busy", "en"),
     ],
 )
 async def test_each_hand_over_reason_from_a_realistic_case(tmp_path, engine, turns, reason, language):
@@ -371,3 +375,26 @@ async def test_a_failure_after_the_answer_is_stored_never_answers_twice(tmp_path
     assert len(engine.requests) == 1
     bots = [m for m in manager.store.messages(1) if m["role"] == "bot"]
     assert len(bots) == 1
+
+
+async def test_a_full_engine_queue_is_waited_out_not_handed_over(tmp_path):
+    refusals = iter([EngineOverloaded("queue full")] * 2)
+    engine = StubEngine(script=lambda r: next(refusals, ("Your parcel left the depot today.", 0.9)))
+    manager, channel, _ = make(tmp_path, engine)
+    outcome = await manager.handle(inbound("Where is my parcel?"))
+    assert outcome.kind == "answered" and outcome.reply == "Your parcel left the depot today."
+    assert [kind for _, kind, _ in channel.sent] == ["answer"]
+
+
+async def test_a_queue_that_stays_full_hands_over_politely_after_the_busy_wait(tmp_path):
+    engine = StubEngine(script=lambda r: EngineOverloaded("queue full"))
+    manager, channel, _ = make(tmp_path, engine)
+    started = asyncio.get_running_loop().time()
+    outcome = await manager.handle(inbound("Where is my parcel?"))
+    waited = asyncio.get_running_loop().time() - started
+    assert outcome.kind == "handed_over" and outcome.reason == "busy"
+    assert BUSY_WAIT_S <= waited < BUSY_WAIT_S + 1.0
+    assert len(engine.requests) >= 3  # it kept trying while it waited
+    kinds = [kind for _, kind, _ in channel.sent]
+    assert kinds == ["handover"]
+    assert "A person will reply here" in channel.sent[0][2]

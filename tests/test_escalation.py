@@ -207,7 +207,6 @@ def test_default_topics_cover_both_languages():
 
 @pytest.mark.parametrize("error, detail", [
     (EngineTimeout("generation took longer than 120 s"), "EngineTimeout (timeout)"),
-    (EngineOverloaded("queue full"), "EngineOverloaded (overloaded)"),
     (EngineClosed("closed"), "EngineClosed (closed)"),
     (EngineCancelled("cancelled"), "EngineCancelled (cancelled)"),
     (EngineError("boom"), "EngineError (engine_error)"),
@@ -217,6 +216,11 @@ def test_engine_error_hands_over_without_the_message(policy, error, detail):
     decision = policy.decide(user_text="Why was I charged?", generation=None, error=error)
     assert decision == Decision(True, Reason.ENGINE_ERROR, detail, "")
     assert "4111" not in decision.detail
+
+
+def test_an_engine_that_stayed_busy_is_its_own_reason(policy):
+    decision = policy.decide(user_text="Why was I charged?", generation=None, error=EngineOverloaded("queue full"))
+    assert decision == Decision(True, Reason.BUSY, "EngineOverloaded (overloaded)", "")
 
 
 def test_no_generation_is_an_engine_error(policy):
@@ -253,7 +257,7 @@ def test_refused_image_with_a_question_is_answered(policy):
 
 
 def test_engine_failure_wins_over_unreadable_image(policy):
-    decision = policy.decide(user_text="", generation=None, error=EngineOverloaded(),
+    decision = policy.decide(user_text="", generation=None, error=EngineTimeout(),
                              unreadable_images=1, answerable_text=False)
     assert decision.reason is Reason.ENGINE_ERROR
 
@@ -407,7 +411,7 @@ def test_decision_is_frozen_and_reason_is_a_string(policy):
     assert decision.reason == "user_request" and Reason("low_confidence") is Reason.LOW_CONFIDENCE
     assert {r.value for r in Reason} == {
         "user_request", "low_confidence", "model_declined", "sensitive_topic",
-        "repeated_failure", "unreadable_image", "engine_error",
+        "repeated_failure", "unreadable_image", "engine_error", "busy",
     }
 
 

@@ -101,7 +101,7 @@ class FakeServer:
                                     status_code=500)
             if self.mode == "overloaded":
                 return JSONResponse({"object": "error", "message": "too many requests", "code": 429}, status_code=429)
-            if self.mode == "hang":
+            if self.mode == "hang" or (self.mode == "hang_if_poisoned" and "POISON" in json.dumps(body)):
                 await self._wait_for_release(request)
             return StreamingResponse(self._events(body, request), media_type="text/event-stream")
 

@@ -30,6 +30,9 @@ class Metrics:
             "snapdesk_generation_seconds", "From request to last token", buckets=LATENCY_BUCKETS, registry=r
         )
         self.tokens = Counter("snapdesk_tokens", "Tokens processed", ["kind"], registry=r)
+        self.busy_waits = Counter(
+            "snapdesk_engine_busy_waits", "Times a turn found the engine queue full and waited", registry=r
+        )
 
     def watch_engine(self, engine: Any) -> None:
         if hasattr(engine, "queue_depth"):
@@ -42,6 +45,9 @@ class Metrics:
         """ConversationManager.on_event hook."""
         if event == "inbound":
             self.messages.labels(data.get("channel", "")).inc()
+            return
+        if event == "busy":
+            self.busy_waits.inc()
             return
         if event not in ("answer", "handover"):
             return

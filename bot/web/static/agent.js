@@ -28,7 +28,8 @@
     sensitive_topic: "Sensitive topic",
     repeated_failure: "Repeated failure",
     unreadable_image: "Unreadable image",
-    engine_error: "Engine error"
+    engine_error: "Engine error",
+    busy: "Bot busy"
   };
   const CHANNELS = { widget: "Widget", slack: "Slack", telegram: "Telegram", cli: "CLI" };
   const STATUSES = { waiting: "Waiting", claimed: "Claimed", resolved: "Resolved", bot: "With the bot" };

@@ -19,6 +19,7 @@
     user_request: "Asked for a person",
     sensitive_topic: "Sensitive topic",
     engine_error: "Engine error",
+    busy: "Bot busy",
     unreadable_image: "Unreadable image",
     model_declined: "Bot declined",
     repeated_failure: "Repeated failure",
