@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from bot.text import clean_user_text
+
 # A section block's text is capped at 3,000 characters and Slack advises keeping a message's
 # text under 4,000; one limit below both keeps every chunk whole wherever it is shown.
 MESSAGE_LIMIT = 3000
@@ -94,4 +96,4 @@ def from_slack(text: str, bot_user_id: str | None = None) -> str:
     if bot_user_id:
         text = re.sub(rf"^\s*<@{re.escape(bot_user_id)}(?:\|[^>]*)?>[\s,:]*", "", text)
     text = _ENTITY.sub(_plain_entity, text)
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
+    return clean_user_text(text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")).strip()

@@ -51,6 +51,7 @@ from telegram.request import HTTPXRequest
 from bot.conversation import Accepted
 from bot.messages import Inbound
 from bot.store import HUMAN_OWNED
+from bot.text import clean_user_text
 from bot.web.runtime import AdapterConfigError, Runtime
 
 from .telegram_channel import CHANNEL, TelegramChannel
@@ -508,7 +509,7 @@ class TelegramAdapter:
     def _body(self, messages: list[Message], group: bool) -> str:
         texts: list[str] = []
         for message in messages:
-            value = message.text or message.caption or ""
+            value = clean_user_text(message.text or message.caption or "")
             if group and self.username:
                 value = re.sub(rf"@{re.escape(self.username)}\b", "", value, flags=re.IGNORECASE)
             value = value.strip()

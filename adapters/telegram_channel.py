@@ -5,7 +5,11 @@ Text goes out as plain text (no parse_mode), so whatever the model or an agent w
 than Telegram's 4,096 UTF-16 code units are split on paragraph, line or space
 boundaries. Each request is retried a bounded number of times on network errors, 5xx
 answers and 429 flood waits; after that `send` raises, so the conversation core keeps the
-reply as undelivered and sends it again at the next start.
+reply as undelivered and sends it again later.
+
+Link previews are off for what the bot writes: a preview makes Telegram fetch the URL, and
+a URL in a model's answer may come from a hostile message or screenshot. An agent's reply
+keeps them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
-from telegram import ReplyParameters
+from telegram import LinkPreviewOptions, ReplyParameters
 from telegram.constants import ChatAction
 from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
 from telegram.ext import ExtBot
@@ -26,6 +30,7 @@ from .telegram_support import retry_after_seconds, split_message, text
 log = logging.getLogger(__name__)
 
 CHANNEL = "telegram"
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 
 class TelegramChannel:
@@ -64,8 +69,10 @@ class TelegramChannel:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def send_text(self, chat_id: int, value: str, reply_to_message: int | None = None) -> None:
+    async def send_text(self, chat_id: int, value: str, reply_to_message: int | None = None,
+                        previews: bool = False) -> None:
         """Send plain text into a chat, in as many messages as it needs."""
+        preview = None if previews else NO_PREVIEW
         for index, piece in enumerate(split_message(value)):
             reply = (
                 ReplyParameters(reply_to_message, allow_sending_without_reply=True)
@@ -74,7 +81,9 @@ class TelegramChannel:
             )
             await self.call(
                 "sendMessage",
-                lambda piece=piece, reply=reply: self.bot.send_message(chat_id, piece, reply_parameters=reply),
+                lambda piece=piece, reply=reply: self.bot.send_message(
+                    chat_id, piece, reply_parameters=reply, link_preview_options=preview
+                ),
             )
 
     # The Channel protocol ------------------------------------------------------------------
@@ -87,7 +96,8 @@ class TelegramChannel:
         if not body.strip():
             log.warning("telegram: message %s has no text; nothing to send", outbound.message_id)
             return
-        await self.send_text(chat_id, body, await self._reply_target(chat_id, outbound))
+        await self.send_text(chat_id, body, await self._reply_target(chat_id, outbound),
+                             previews=outbound.kind == "agent")
 
     async def send_typing(self, conversation: Conversation, reply_to: int | None) -> None:
         key = (conversation.id, reply_to)

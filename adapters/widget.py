@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from bot.context import attachment_ids
 from bot.messages import Conversation, Inbound, Outbound, utcnow
+from bot.text import clean_user_text
 from bot.web.ratelimit import RateLimiter
 from bot.web.runtime import Runtime, RuntimeDep
 
@@ -313,7 +314,7 @@ async def post_message(request: Request, runtime: RuntimeDep, visitor: Visitor) 
     if len(text) > settings.widget_max_text_chars:
         raise ApiError(413, "text_too_long", f"Please keep messages under {settings.widget_max_text_chars} characters.")
     images = await _read_images(form, runtime)
-    if not text.strip() and not images:
+    if not clean_user_text(text).strip() and not images:  # control characters alone are nothing
         raise ApiError(400, "empty", "Please type a message or attach a screenshot.")
     inbound = Inbound(channel=CHANNEL, conversation_key=visitor, message_id=f"{visitor}:{client_id}",
                       user_id=visitor, user_name=f"Visitor {visitor[:6]}", text=text, images=tuple(images))

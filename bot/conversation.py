@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Callable, Literal
 
@@ -26,7 +27,7 @@ from .db_thread import DatabaseThread
 from .context import ContextBuilder, ContextOptions, attachment_ids, describe_from_answer
 from .escalation import Decision, EscalationPolicy, Reason
 from .language import detect_language
-from .messages import ChannelRegistry, Conversation, Inbound, Outbound
+from .messages import ChannelRegistry, Conversation, Inbound, Outbound, utcnow
 from .text import clean_user_text
 from .store import (
     ANSWERED,
@@ -108,6 +109,7 @@ class ConversationManager:
         # Called with (event, data) for "inbound", "answer", "handover", "message", "note" and
         # "status": metrics and the live consoles listen here.
         self.listeners: list[Callable[[str, dict], None]] = []
+        self._delivering: set[int] = set()  # replies being sent right now (not to be re-sent)
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a store call on the database thread; it returns once committed."""
@@ -463,11 +465,16 @@ class ConversationManager:
         if channel is None:
             log.warning("no channel %r registered; message %d stays undelivered", target.channel, message_id)
             return False
+        if message_id in self._delivering:
+            return False
+        self._delivering.add(message_id)
         try:
             await channel.send(target, outbound)
         except Exception as exc:
             log.warning("delivery of message %d on %s failed: %s", message_id, target.channel, type(exc).__name__)
             return False
+        finally:
+            self._delivering.discard(message_id)
         await self.db(self.store.mark_delivered, message_id)
         return True
 
@@ -510,13 +517,35 @@ class ConversationManager:
         pending = await self.db(self.store.pending_inbound)
         for row in pending:
             await self.process(row["id"])
+        return {"reprocessed": len(pending), "redelivered": await self.redeliver()}
+
+    async def redeliver(self, min_age_s: float = 0.0) -> int:
+        """Send again the replies stored but not delivered (a platform that was down, a crash).
+
+        Run at start and then every `SNAPDESK_REDELIVER_INTERVAL_S`: a reply never waits for a
+        restart. A reply younger than `min_age_s`, or still being sent, is left to its first
+        delivery, which may be retrying.
+        """
         redelivered = 0
+        cutoff = utcnow() - timedelta(seconds=min_age_s)
         for row in await self.db(self.store.undelivered):
+            if row["id"] in self._delivering or datetime.fromisoformat(row["created_at"]) > cutoff:
+                continue
             conversation = await self.db(self.store.conversation, row["conversation_id"])
             outbound = Outbound(row["text"], kind=row.get("kind") or "notice", author=row.get("author") or "",
                                 message_id=row["id"], reply_to=row.get("reply_to"))
-            redelivered += await self._deliver(_target(conversation), row["id"], outbound)
-        return {"reprocessed": len(pending), "redelivered": redelivered}
+            if await self._deliver(_target(conversation), row["id"], outbound):
+                redelivered += 1
+                self._emit("delivered", conversation_id=conversation["id"], message_id=row["id"])
+        return redelivered
+
+    async def redeliver_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.redeliver(min_age_s=interval_s)
+            except Exception as exc:  # the next round tries again
+                log.warning("redelivery round failed: %s", type(exc).__name__)
 
     # Human side ---------------------------------------------------------------------
     async def request_human(self, conversation_id: int, reason: str = "user_request") -> None:

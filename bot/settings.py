@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(2.0, ge=0)
     queue_size: int = Field(64, ge=1)
     request_timeout_s: float = Field(120.0, gt=0)
+    redeliver_interval_s: float = Field(
+        60.0, gt=0, description="how often replies that could not be delivered are sent again"
+    )
     busy_wait_s: float = Field(
         30.0, ge=0, description="how long a turn waits for room in a full engine queue before it goes to a person"
     )

@@ -46,6 +46,7 @@ from .base import (
     TextPart,
     Timings,
 )
+from .control_tokens import neutralize, untrusted
 from .loading import visual_tokens
 
 if TYPE_CHECKING:
@@ -138,13 +139,16 @@ def to_openai_messages(request: GenerationRequest) -> list[dict]:
     """
     messages = []
     for message in request.messages:
+        def text(value: str) -> str:  # the server's template would turn control-token strings into tokens
+            return neutralize(value) if untrusted(message.role) else value
+
         if all(not isinstance(part, ImagePart) for part in message.parts):
-            content: Any = "".join(part.text for part in message.parts)  # type: ignore[union-attr]
+            content: Any = text("".join(part.text for part in message.parts))  # type: ignore[union-attr]
         else:
             content = [
                 {"type": "image_url", "image_url": {"url": image_data_url(part.image)}}
                 if isinstance(part, ImagePart)
-                else {"type": "text", "text": part.text}
+                else {"type": "text", "text": text(part.text)}
                 for part in message.parts
             ]
         messages.append({"role": message.role, "content": content})

@@ -9,6 +9,7 @@ is what `confidence` is computed from.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
@@ -24,6 +25,7 @@ from .base import (
     Timings,
 )
 from .batching import BatchWorker, Job
+from .control_tokens import neutralize, pattern_for, untrusted
 from .detokenize import IncrementalDetokenizer
 from .loading import LoadedModel, LoadOptions, load_model, visual_tokens
 
@@ -34,15 +36,21 @@ STALL_FACTOR = 1.5
 STALL_GRACE_S = 1.0
 
 
-def to_chat_template_messages(request: GenerationRequest) -> list[dict]:
-    """The request's messages in the shape Qwen's chat template expects."""
+def to_chat_template_messages(request: GenerationRequest, control: re.Pattern[str] | None = None) -> list[dict]:
+    """The request's messages in the shape Qwen's chat template expects.
+
+    `control` matches the tokenizer's control tokens, neutralized in every non-system text.
+    """
     messages = []
     for message in request.messages:
+        def text(value: str) -> str:
+            return neutralize(value, control) if untrusted(message.role) else value
+
         if all(not isinstance(part, ImagePart) for part in message.parts):
-            content: Any = "".join(part.text for part in message.parts)  # type: ignore[union-attr]
+            content: Any = text("".join(part.text for part in message.parts))  # type: ignore[union-attr]
         else:
             content = [
-                {"type": "image"} if isinstance(part, ImagePart) else {"type": "text", "text": part.text}
+                {"type": "image"} if isinstance(part, ImagePart) else {"type": "text", "text": text(part.text)}
                 for part in message.parts
             ]
         messages.append({"role": message.role, "content": content})
@@ -189,6 +197,7 @@ class TransformersEngine:
         self.model_name = options.model
         self.request_timeout_s = request_timeout_s
         self.loaded: LoadedModel | None = None
+        self._control: re.Pattern[str] | None = None
         self._worker = BatchWorker(
             self._run_batch,
             batch_key,
@@ -208,6 +217,7 @@ class TransformersEngine:
             self._counting = Tokenizer.from_str(self.loaded.processor.tokenizer.backend_tokenizer.to_str())
             self._counting.no_padding()
             self._counting.no_truncation()
+            self._control = pattern_for(self.loaded.processor.tokenizer.get_added_vocab())
             self._worker.start()
 
     @property
@@ -269,7 +279,7 @@ class TransformersEngine:
         processor = self.loaded.processor
         texts = [
             processor.apply_chat_template(
-                to_chat_template_messages(request), tokenize=False, add_generation_prompt=True
+                to_chat_template_messages(request, self._control), tokenize=False, add_generation_prompt=True
             )
             for request in requests
         ]

@@ -398,3 +398,33 @@ async def test_a_queue_that_stays_full_hands_over_politely_after_the_busy_wait(t
     kinds = [kind for _, kind, _ in channel.sent]
     assert kinds == ["handover"]
     assert "A person will reply here" in channel.sent[0][2]
+
+
+async def test_undelivered_replies_are_sent_again_periodically_without_a_restart(tmp_path):
+    class FlakyChannel(RecordingChannel):
+        down = True
+
+        async def send(self, conversation, outbound):
+            if self.down:
+                raise ConnectionError("platform down")
+            await super().send(conversation, outbound)
+
+    manager, _, _ = make(tmp_path)
+    channel = FlakyChannel()
+    manager.channels.register(channel)
+    outcome = await manager.handle(inbound("Why was I charged?"))
+    assert outcome.kind == "answered" and channel.sent == []
+    rounds = asyncio.ensure_future(manager.redeliver_forever(0.05))
+    try:
+        await asyncio.sleep(0.2)
+        assert channel.sent == [], "still down: nothing delivered, nothing lost"
+        channel.down = False
+        for _ in range(100):
+            if channel.sent:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # later rounds must not send it again
+    finally:
+        rounds.cancel()
+    assert [kind for _, kind, _ in channel.sent] == ["answer"]
+    assert manager.store.undelivered() == []

@@ -422,6 +422,8 @@ def test_model_output_with_markup_characters_arrives_literally(served, fake):
     assert fake.wait_for_texts(chat) == [MARKUP]
     [sent] = fake.calls_to("sendMessage", chat_id=chat)
     assert "parse_mode" not in sent and "entities" not in sent
+    # A link in a model's answer is never fetched by Telegram for a preview.
+    assert sent["link_preview_options"] == {"is_disabled": True}
 
 
 def test_an_agent_reply_reaches_the_chat_with_the_agent_name(served, fake):
@@ -434,6 +436,7 @@ def test_an_agent_reply_reaches_the_chat_with_the_agent_name(served, fake):
     texts = fake.wait_for_texts(chat, 3)
     assert texts[1] == "Mei from our support team has joined the conversation."
     assert texts[2] == "Mei (support): Hi, I'm checking your bill <b>now</b>."
+    assert "link_preview_options" not in fake.calls_to("sendMessage", chat_id=chat)[-1]  # agents' links may preview
 
 
 def test_a_429_and_a_502_on_send_message_are_retried(served, fake):
@@ -456,6 +459,32 @@ def test_a_delivery_that_keeps_failing_stays_undelivered(served, fake):
     time.sleep(0.2)
     assert answer["delivered"] == 0
     assert len(fake.calls_to("sendMessage", chat_id=chat)) == served.adapter.channel.max_attempts
+
+
+def test_an_undelivered_reply_is_shown_to_agents_and_sent_when_telegram_is_back(served, fake):
+    from bot.accounts import Accounts
+    from tests.test_agent_console import PASSWORD, signed_in
+
+    Accounts(Store(served.data_dir)).add_user("lin", "agent", PASSWORD)
+    chat = new_chat()
+    attempts = served.adapter.channel.max_attempts
+    fake.fail("sendMessage", 502, chat_id=chat, times=attempts)  # down for every retry of the first delivery
+    post(served.base, make_update(chat, text="Why was I charged four times?"))
+    fake.wait_for(lambda: len(fake.calls_to("sendMessage", chat_id=chat)) >= attempts)
+    cid = wait_until(lambda: conversation(served.data_dir, chat), what="the conversation")["id"]
+    agent = signed_in(served.base, "lin")
+
+    def bot_reply():
+        thread = agent.get(f"/agent/api/conversations/{cid}").json()
+        return next((m for m in thread["messages"] if m["role"] == "bot"), None)
+
+    reply = wait_until(lambda: (r := bot_reply()) and r["delivered"] is False and r, what="the undelivered reply")
+    assert reply["text"] == DEFAULT_REPLY  # stored and readable by agents while Telegram is down
+    assert on_server(served, served.runtime.manager.redeliver()) >= 1  # the periodic round
+    assert fake.wait_for_texts(chat) == [DEFAULT_REPLY]
+    assert bot_reply()["delivered"] is True
+    on_server(served, served.runtime.manager.redeliver())
+    assert fake.wait_for_texts(chat) == [DEFAULT_REPLY]  # never sent twice
 
 
 def test_in_groups_only_messages_for_the_bot_are_answered(served, fake):

@@ -12,11 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ..accounts import Session
 from ..context import attachment_ids
 from ..store import CLAIMED, HUMAN_OWNED, WAITING, Store
+from ..text import clean_user_text
 from .auth import console_page, current_session, require
 from .runtime import RuntimeDep
 
@@ -28,6 +29,13 @@ PREVIEW_CHARS = 140
 
 class TextIn(BaseModel):
     text: str = Field(min_length=1, max_length=20_000)
+
+    @field_validator("text")
+    @classmethod
+    def not_blank(cls, text: str) -> str:
+        if not text.strip():  # a reply of spaces would reach the user as an empty message
+            raise ValueError("The message is empty.")
+        return text
 
 
 def _not_found() -> HTTPException:
@@ -102,6 +110,7 @@ def thread(store: Store, conversation_id: int) -> dict | None:
                 "kind": "user" if row["role"] == "user" else (row["kind"] or ("note" if row["role"] == "note" else "notice")),
                 "images": _image_urls(row, attachments), "created_at": row["created_at"],
                 "confidence": row["confidence"],
+                "delivered": bool(row["delivered"]) if row["role"] in ("bot", "agent", "system") else None,
             }
             for row in rows
         ],
@@ -207,9 +216,10 @@ async def hand_back(conversation_id: int, runtime: RuntimeDep, session: AgentSes
 
 @router.get("/agent/api/search", summary="Search past conversations by text")
 async def search_route(runtime: RuntimeDep, session: AgentSession, q: str = "") -> dict:
+    q = clean_user_text(q[:200])  # stored text has no control characters; a NUL breaks the FTS query
     if not q.strip():
         return {"results": []}
-    return {"results": await runtime.manager.db(search, runtime.store, q[:200])}
+    return {"results": await runtime.manager.db(search, runtime.store, q)}
 
 
 @router.get("/agent/api/events", summary="Live updates (server-sent events)", response_class=StreamingResponse)

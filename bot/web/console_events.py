@@ -13,7 +13,7 @@ from typing import AsyncIterator
 from fastapi import Request
 
 KEEPALIVE_S = 15.0
-FORWARDED = {"handover", "answer", "message", "note", "status", "inbound"}
+FORWARDED = {"handover", "answer", "message", "note", "status", "inbound", "delivered"}
 
 
 class ConsoleHub:

@@ -252,11 +252,21 @@ def parse_data_url(url: Any, param: str, limits: ImageLimits) -> bytes:
         raise invalid("The data URL's image is not valid base64.", param=param) from None
 
 
+def _unicode(text: str, param: str) -> str:
+    """The text, if it is valid Unicode: JSON's "\\ud800" escapes can smuggle in lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid("The text contains an unpaired UTF-16 surrogate, which is not valid Unicode.",
+                      param=param) from None
+    return text
+
+
 def _text_of(part: dict, param: str) -> str:
     text = part.get("text")
     if not isinstance(text, str):
         raise invalid("A text part needs a `text` string.", param=f"{param}.text")
-    return text
+    return _unicode(text, f"{param}.text")
 
 
 def parse_messages(raw: Any, limits: ImageLimits) -> list[tuple[str, list[str | PendingImage]]]:
@@ -282,7 +292,7 @@ def parse_messages(raw: Any, limits: ImageLimits) -> list[tuple[str, list[str | 
         if content is None and role == "assistant":
             pass
         elif isinstance(content, str):
-            parts.append(content)
+            parts.append(_unicode(content, f"{where}.content"))
         elif isinstance(content, list):
             for j, part in enumerate(content):
                 param = f"{where}.content[{j}]"

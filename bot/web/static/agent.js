@@ -919,6 +919,12 @@
       head.appendChild(el("span", { class: "role-tag", text: "Agent" }));
     }
     if (when) head.appendChild(el("time", { class: "msg-time", datetime: when.toISOString(), title: formatFull(when), text: formatClock(when) }));
+    if (m.delivered === false) {
+      head.appendChild(el("span", {
+        class: "undelivered-tag", "data-testid": "undelivered",
+        title: "The user's chat did not accept this yet; Snapdesk keeps sending it", text: "Not delivered yet"
+      }));
+    }
 
     const text = el("div", { class: "msg-text", "data-testid": "thread-message-text" });
     fillText(text, m.text);
