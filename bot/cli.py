@@ -127,16 +127,20 @@ def _settings_for_data(args: argparse.Namespace) -> Settings:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from .store import Store, StoreError
+    from .store import StoreError
 
     if args.older_than < 0:
         return _fail("--older-than must be zero or more days", EXIT_USAGE)
     try:
-        store = Store(_settings_for_data(args).data_dir)
+        store = _settings_for_data(args).open_store()
     except StoreError as exc:
         return _fail(str(exc))
-    removed = store.purge(args.older_than)
-    store.close()
+    try:
+        removed = store.purge(args.older_than)  # waits for a server's write lock, up to the bound
+    except StoreError as exc:
+        return _fail(str(exc))
+    finally:
+        store.close()
     print(
         f"removed {removed['conversations']} conversations, {removed['messages']} messages, "
         f"{removed['escalations']} hand-overs, {removed['attachments']} screenshot files and "
@@ -147,13 +151,18 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .store import StoreError
-    from .web.app import serve
-    from .web.runtime import AdapterConfigError
+    from .store import StoreError, check_data_dir
 
     settings = _settings_for_data(args)
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings.model_copy(update=updates) if updates else settings
+    try:  # first, and again when the app opens the store: never bind the port with an unusable data directory
+        check_data_dir(settings.data_dir)
+    except StoreError as exc:
+        return _fail(str(exc))
+    from .web.app import serve
+    from .web.runtime import AdapterConfigError
+
     try:
         serve(settings)
     except (StoreError, AdapterConfigError) as exc:
@@ -163,9 +172,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _accounts(args: argparse.Namespace):
     from .accounts import Accounts
-    from .store import Store
 
-    return Accounts(Store(_settings_for_data(args).data_dir))
+    return Accounts(_settings_for_data(args).open_store())
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -210,11 +218,11 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 def cmd_apikey(args: argparse.Namespace) -> int:
     from .apikeys import ApiKeyError, ApiKeys
-    from .store import Store, StoreError
+    from .store import StoreError
 
     store = None
     try:
-        store = Store(_settings_for_data(args).data_dir)
+        store = _settings_for_data(args).open_store()
         keys = ApiKeys(store)
         if args.apikey_command == "create":
             key, secret = keys.create(args.name)
@@ -241,9 +249,16 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from .store import StoreError, check_data_dir
+
+    settings = _settings_for_data(args)
+    try:  # before the model is loaded, which can take minutes
+        check_data_dir(settings.data_dir)
+    except StoreError as exc:
+        return _fail(str(exc))
     from .terminal_chat import run_chat
 
-    return run_chat(_settings_for_data(args))
+    return run_chat(settings)
 
 
 def _data_option(parser: argparse.ArgumentParser) -> None:

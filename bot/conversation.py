@@ -522,7 +522,7 @@ class ConversationManager:
     async def redeliver(self, min_age_s: float = 0.0) -> int:
         """Send again the replies stored but not delivered (a platform that was down, a crash).
 
-        Run at start and then every `SNAPDESK_REDELIVER_INTERVAL_S`: a reply never waits for a
+        Run at start and then every `SNAPDESK_RETRY_INTERVAL_S`: a reply never waits for a
         restart. A reply younger than `min_age_s`, or still being sent, is left to its first
         delivery, which may be retrying.
         """
@@ -539,13 +539,31 @@ class ConversationManager:
                 self._emit("delivered", conversation_id=conversation["id"], message_id=row["id"])
         return redelivered
 
-    async def redeliver_forever(self, interval_s: float) -> None:
+    async def retry_pending(self, min_age_s: float = 0.0) -> int:
+        """Turns still pending long after they arrived (every retry failed, e.g. on a database
+        locked for minutes) are tried again without waiting for a restart. A conversation whose
+        turn is running is left alone; a turn answered meanwhile is never answered twice."""
+        cutoff = utcnow() - timedelta(seconds=min_age_s)
+        retried = 0
+        for row in await self.db(self.store.pending_inbound):
+            if row["conversation_id"] in self._lock_users or datetime.fromisoformat(row["created_at"]) > cutoff:
+                continue
+            try:
+                await self.process(row["id"], row["conversation_id"])
+                retried += 1
+            except Exception as exc:
+                log.warning("message %d is still pending (%s)", row["id"], type(exc).__name__)
+        return retried
+
+    async def maintain_forever(self, interval_s: float) -> None:
+        """Every `interval_s`: retry turns left pending and send replies left undelivered."""
         while True:
             await asyncio.sleep(interval_s)
             try:
+                await self.retry_pending(min_age_s=interval_s)
                 await self.redeliver(min_age_s=interval_s)
             except Exception as exc:  # the next round tries again
-                log.warning("redelivery round failed: %s", type(exc).__name__)
+                log.warning("maintenance round failed: %s", type(exc).__name__)
 
     # Human side ---------------------------------------------------------------------
     async def request_human(self, conversation_id: int, reason: str = "user_request") -> None:

@@ -10,7 +10,6 @@ from .conversation import ConversationManager
 from .escalation import EscalationPolicy
 from .messages import ChannelRegistry
 from .settings import Settings
-from .store import Store
 from .template_versions import PublishedTemplates
 from .templates import TemplateLibrary
 
@@ -42,7 +41,7 @@ def make_engine(settings: Settings) -> Engine:
 
 def make_manager(settings: Settings, engine: Engine, channels: ChannelRegistry) -> ConversationManager:
     """Store (migrated), templates (seeded), policy and manager, from settings."""
-    store = Store(settings.data_dir)
+    store = settings.open_store()
     templates = PublishedTemplates(store, TemplateLibrary())
     templates.seed()
     return ConversationManager(store, engine, templates, EscalationPolicy(), channels, settings.manager_options())

@@ -20,6 +20,7 @@ from engine.loading import DEFAULT_MODEL, LoadOptions
 
 if TYPE_CHECKING:
     from .conversation import ManagerOptions
+    from .store import Store
 
 
 class Settings(BaseSettings):
@@ -40,8 +41,8 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(2.0, ge=0)
     queue_size: int = Field(64, ge=1)
     request_timeout_s: float = Field(120.0, gt=0)
-    redeliver_interval_s: float = Field(
-        60.0, gt=0, description="how often replies that could not be delivered are sent again"
+    retry_interval_s: float = Field(
+        60.0, gt=0, description="how often turns left pending and replies left undelivered are tried again"
     )
     busy_wait_s: float = Field(
         30.0, ge=0, description="how long a turn waits for room in a full engine queue before it goes to a person"
@@ -61,6 +62,12 @@ class Settings(BaseSettings):
 
     # Storage
     data_dir: Path = Path("data")
+    db_lock_wait_s: float = Field(
+        10.0, gt=0, description="how long a database write waits for another program's lock before it is refused"
+    )
+    retention_days: float = Field(
+        0.0, ge=0, description="delete conversations idle for longer than this, daily (0: keep everything)"
+    )
 
     # Web server and widget
     host: str = "127.0.0.1"
@@ -114,6 +121,11 @@ class Settings(BaseSettings):
             busy_wait_s=self.busy_wait_s,
             unknown_confidence_hands_over=self.unknown_confidence_hands_over,
         )
+
+    def open_store(self) -> "Store":
+        from .store import Store
+
+        return Store(self.data_dir, lock_wait_s=self.db_lock_wait_s)
 
     @property
     def allowed_origins(self) -> list[str]:

@@ -28,7 +28,12 @@ from .messages import utcnow
 log = logging.getLogger(__name__)
 
 DB_NAME = "snapdesk.db"
-BUSY_TIMEOUT_MS = 10_000
+# How long a write waits for another connection's write lock (an operator's `snapdesk purge`
+# or `user add`, a backup tool) before it gives up with StoreBusy. It is SQLite's busy
+# timeout for every statement, and the bound of the database thread's retries.
+LOCK_WAIT_S = 10.0
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_CORRUPT, SQLITE_NOTADB = 5, 6, 8, 11, 26
+_DATA_DIR_HINT = "pass --data (or set SNAPDESK_DATA_DIR) to a directory Snapdesk may create and write to"
 
 # Conversation status: who owns the thread.
 BOT, WAITING, CLAIMED, RESOLVED = "bot", "waiting", "claimed", "resolved"
@@ -43,6 +48,112 @@ def iso(moment: datetime | None = None) -> str:
 
 class StoreError(Exception):
     """The data directory or database cannot be used; the message says why."""
+
+
+class StoreBusy(StoreError):
+    """Another connection held the database's write lock for longer than the wait bound.
+
+    Nothing of the failed work is stored (its transaction was rolled back); trying again
+    once the other program has finished is safe.
+    """
+
+    def __init__(self, path: Path | str, waited_s: float) -> None:
+        self.path, self.waited_s = Path(path), waited_s
+        super().__init__(
+            f"The database {path} stayed locked by another program for {waited_s:g} s "
+            "(a running `snapdesk purge`, a backup, or a second server on the same data directory): "
+            "try again once it has finished."
+        )
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True for SQLite's "database is locked / busy" errors (and StoreBusy): worth retrying."""
+    if isinstance(exc, StoreBusy):
+        return True
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def check_data_dir(data_dir: str | Path) -> None:
+    """Create the data directory (and attachments/) if needed and prove they are writable.
+
+    Raises StoreError with one sentence naming the path and what to do; called before a
+    server binds its port or a command touches the database.
+    """
+    data_dir = Path(data_dir)
+
+    def unwritable(reason: str) -> StoreError:
+        return StoreError(
+            f"The data directory {data_dir} is not writable ({reason}): give the user running Snapdesk "
+            f"({_user_name()}) write access to it, or {_DATA_DIR_HINT}."
+        )
+
+    try:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise StoreError(
+                f"The data directory {data_dir} is not writable (it is a file, not a directory): {_DATA_DIR_HINT}."
+            )
+        for ancestor in data_dir.absolute().parents:
+            if ancestor.exists():
+                if not ancestor.is_dir():
+                    raise StoreError(
+                        f"The data directory {data_dir} is not writable ({ancestor} is a file, not a directory): "
+                        f"{_DATA_DIR_HINT}."
+                    )
+                break
+    except OSError as exc:  # e.g. a parent this user may not even look into
+        raise unwritable(exc.strerror or str(exc)) from None
+    for directory in (data_dir, data_dir / "attachments"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".write-test.{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            where = "" if directory == data_dir else f"{directory}: "
+            raise unwritable(f"{where}{exc.strerror or exc}") from None
+    database = data_dir / DB_NAME
+    if database.is_dir():
+        raise StoreError(
+            f"The database {database} is a directory, not a database file: move it aside, or {_DATA_DIR_HINT}."
+        )
+    for path in (database, database.with_name(DB_NAME + "-wal"), database.with_name(DB_NAME + "-shm")):
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            raise StoreError(
+                f"The database file {path} is not readable and writable by the user running Snapdesk "
+                f"({_user_name()}): give that user access to it, or run Snapdesk as the file's owner."
+            )
+
+
+def _user_name() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, AttributeError):
+        return f"uid {os.geteuid()}" if hasattr(os, "geteuid") else "this user"
+
+
+def _database_error(path: Path, exc: sqlite3.Error, lock_wait_s: float) -> StoreError:
+    if is_busy(exc):
+        return StoreBusy(path, lock_wait_s)
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (SQLITE_NOTADB, SQLITE_CORRUPT):
+        return StoreError(
+            f"The database {path} is not a usable SQLite database ({exc}): move it aside to start with an empty "
+            "one, or restore it from a backup."
+        )
+    if code == SQLITE_READONLY:
+        return StoreError(
+            f"The database {path} is read-only for the user running Snapdesk ({exc}): give that user write access "
+            "to it and to its directory."
+        )
+    return StoreError(f"The database {path} cannot be opened ({exc}): check the file and its directory, or {_DATA_DIR_HINT}.")
 
 
 def _m1_initial(db: sqlite_utils.Database) -> None:
@@ -176,28 +287,31 @@ class StoredAttachment:
 
 
 class Store:
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, lock_wait_s: float | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.attachments_dir = self.data_dir / "attachments"
-        try:
-            self.attachments_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.data_dir / ".write-test"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as exc:
-            raise StoreError(
-                f"The data directory {self.data_dir} is not writable ({exc.strerror or exc}): "
-                "set SNAPDESK_DATA_DIR to a directory Snapdesk may write to."
-            ) from None
+        self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
+        check_data_dir(self.data_dir)
         self.path = self.data_dir / DB_NAME
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self.db.execute("PRAGMA foreign_keys=ON")
         self._lock = threading.RLock()
-        self._migrate()
+        conn = None
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=self.lock_wait_s)
+            self.db = sqlite_utils.Database(conn)
+            self._busy_timeout_ms = -1
+            self.set_busy_timeout(self.lock_wait_s)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise _database_error(self.path, exc, self.lock_wait_s) from None
+        except StoreError:
+            if conn is not None:
+                conn.close()
+            raise
 
     # Schema ---------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -220,6 +334,13 @@ class Store:
     def transaction(self):
         """A write transaction: `with store.transaction(): ...` commits or rolls back."""
         return _Transaction(self)
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long the next statements wait for another connection's lock (SQLite's busy timeout)."""
+        milliseconds = int(seconds * 1000)
+        if milliseconds != self._busy_timeout_ms:
+            self.db.conn.execute(f"PRAGMA busy_timeout={milliseconds}")
+            self._busy_timeout_ms = milliseconds
 
     def close(self) -> None:
         self.db.conn.close()
@@ -560,15 +681,27 @@ class _Transaction:
         conn = self.store.db.conn
         self._outer = not conn.in_transaction
         if self._outer:
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # waits up to lock_wait_s for another writer
+            except BaseException as exc:
+                self.store._lock.release()
+                if is_busy(exc):
+                    raise StoreBusy(self.store.path, self.store.lock_wait_s) from exc
+                raise
         return self.store
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        conn = self.store.db.conn
         try:
             if self._outer:
                 if exc_type is None:
-                    self.store.db.conn.execute("COMMIT")
-                else:
-                    self.store.db.conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:  # a failed COMMIT leaves the transaction open
+                            conn.execute("ROLLBACK")
+                        raise
+                elif conn.in_transaction:
+                    conn.execute("ROLLBACK")
         finally:
             self.store._lock.release()

@@ -288,6 +288,27 @@ async def test_purge_removes_old_conversations_and_their_files(tmp_path):
     assert [e["event_key"] for e in store.pending_platform_events("slack")] == ["T1:Ev2"]
 
 
+async def test_the_server_applies_the_retention_period_at_start(tmp_path):
+    import httpx
+
+    from tests.live_server import live_server
+
+    manager, _, _ = make(tmp_path)
+    old = await manager.handle(inbound("old question", key="old"))
+    new = await manager.handle(inbound("new question", key="new"))
+    manager.store.update_conversation(old.conversation_id, last_message_at=(utcnow() - timedelta(days=40)).isoformat())
+    manager.close()
+    with live_server(tmp_path, engine=StubEngine(keep_requests=0), retention_days=30) as (base, app):
+        store = app.state.runtime.store
+        for _ in range(100):
+            if store.conversation(old.conversation_id) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert store.conversation(old.conversation_id) is None, "older than the retention period"
+        assert store.conversation(new.conversation_id) is not None
+        assert httpx.get(f"{base}/healthz").status_code == 200
+
+
 def test_purge_and_chat_commands(tmp_path):
     env = {**os.environ, "SNAPDESK_ENGINE": "stub", "SNAPDESK_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     shot = tmp_path / "bill.png"
@@ -334,6 +355,32 @@ async def test_a_transient_storage_failure_is_retried_not_lost(tmp_path, monkeyp
     manager._store_turn = flaky
     outcome = await manager.handle(inbound("Why was I charged?"))
     assert outcome.kind == "answered"
+    assert [kind for _, kind, _ in channel.sent] == ["answer"]
+
+
+async def test_a_turn_that_failed_every_retry_is_run_again_by_the_periodic_round(tmp_path, monkeypatch):
+    import bot.conversation as conversation_module
+
+    monkeypatch.setattr(conversation_module, "TURN_RETRY_PAUSES_S", (0.01,))
+    manager, channel, _ = make(tmp_path)
+    store_turn = manager._store_turn
+    disk = {"full": True}
+
+    def flaky(*args, **kwargs):
+        if disk["full"]:
+            raise OSError("disk full")
+        return store_turn(*args, **kwargs)
+
+    manager._store_turn = flaky
+    accepted = await manager.accept(inbound("Why was I charged?"))
+    with pytest.raises(OSError):
+        await manager.process(accepted.message_id, accepted.conversation_id)
+    assert await manager.retry_pending(min_age_s=0) == 0, "still failing: still pending, nothing sent"
+    assert manager.store.message(accepted.message_id)["status"] == "pending" and channel.sent == []
+    assert await manager.retry_pending(min_age_s=3600) == 0, "too recent for this round"
+    disk["full"] = False
+    assert await manager.retry_pending(min_age_s=0) == 1
+    assert await manager.retry_pending(min_age_s=0) == 0
     assert [kind for _, kind, _ in channel.sent] == ["answer"]
 
 
@@ -414,7 +461,7 @@ async def test_undelivered_replies_are_sent_again_periodically_without_a_restart
     manager.channels.register(channel)
     outcome = await manager.handle(inbound("Why was I charged?"))
     assert outcome.kind == "answered" and channel.sent == []
-    rounds = asyncio.ensure_future(manager.redeliver_forever(0.05))
+    rounds = asyncio.ensure_future(manager.maintain_forever(0.05))
     try:
         await asyncio.sleep(0.2)
         assert channel.sent == [], "still down: nothing delivered, nothing lost"

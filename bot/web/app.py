@@ -17,6 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -30,6 +32,7 @@ from ..accounts import Accounts
 from ..engine_setup import make_engine, make_manager
 from ..messages import ChannelRegistry
 from ..settings import Settings
+from ..store import StoreBusy, StoreError, check_data_dir
 from .admin_console import router as admin_router
 from .agent_console import router as agent_router
 from .operator_console import router as operator_router
@@ -49,10 +52,20 @@ PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+PURGE_EVERY_S = 24 * 3600
+# Retry-After for requests refused because another program held the database lock too long.
+STORE_BUSY_RETRY_AFTER_S = 5
 DEMO_BANNER = (
     "Demo mode: replies come from a tiny random-weight model, so they are noise and every answer is handed "
     "over to a person."
 )
+
+
+def validation_error_response(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, without echoing the rejected input: it may be hostile, and text that is
+    not valid Unicode (a lone surrogate) cannot even be encoded, which turned a 422 into a 500."""
+    errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
 def demo_banner(settings: Settings, engine: Engine) -> str | None:
@@ -82,10 +95,25 @@ async def _load_engine(runtime: Runtime) -> None:
     report = await runtime.manager.recover()
     if any(report.values()):
         log.info("recovered after restart: %(reprocessed)d turns answered, %(redelivered)d replies re-sent", report)
+    await runtime.manager.maintain_forever(runtime.settings.retry_interval_s)
+
+
+async def _purge_daily(runtime: Runtime) -> None:
+    """With SNAPDESK_RETENTION_DAYS set, what is older goes: at start, then once a day."""
+    days = runtime.settings.retention_days
+    while days:
+        try:
+            removed = await runtime.manager.db(runtime.store.purge, days)
+            if any(removed.values()):
+                log.info("retention (%g days): removed %s", days, removed)
+        except Exception as exc:  # tomorrow's run tries again
+            log.warning("retention purge failed: %s", type(exc).__name__)
+        await asyncio.sleep(PURGE_EVERY_S)
 
 
 def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
     """Everything the server holds; raises StoreError for an unusable data directory."""
+    check_data_dir(settings.data_dir)  # before anything else is built: one clear sentence, nothing half-started
     engine = engine or make_engine(settings)
     widget = WidgetChannel()
     channels = ChannelRegistry()
@@ -100,7 +128,7 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
         engine=engine,
         manager=manager,
         metrics=metrics,
-        secret_key=load_secret_key(settings.secret_key, settings.data_dir),
+        secret_key=_secret_key(settings),
         demo_banner=demo_banner(settings, engine),
         widget_channel=widget,
         accounts=Accounts(
@@ -113,6 +141,31 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
         channels.register(adapter.channel)
         runtime.adapters.append(adapter)
     return runtime
+
+
+def _secret_key(settings: Settings) -> bytes:
+    try:
+        return load_secret_key(settings.secret_key, settings.data_dir)
+    except OSError as exc:
+        raise StoreError(
+            f"The key file {settings.data_dir / 'secret_key'} cannot be read or created ({exc.strerror or exc}): "
+            "give the user running Snapdesk access to it, or set SNAPDESK_SECRET_KEY."
+        ) from None
+
+
+def store_busy_response(request: Request, exc: StoreBusy) -> JSONResponse:
+    """503 with Retry-After when another program held the database lock past the wait bound.
+
+    The request's work was rolled back as a whole, so the client may simply send it again
+    (the widget resends with the same client_message_id, which is never answered twice).
+    """
+    seconds = STORE_BUSY_RETRY_AFTER_S
+    return JSONResponse(
+        {"error": "busy", "message": f"The service is busy right now. Please try again in {seconds} seconds.",
+         "retry_after": seconds},
+        status_code=503,
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 def platform_adapters(settings: Settings, runtime: Runtime) -> list:
@@ -138,6 +191,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             log.warning("%s", runtime.demo_banner)
         runtime.loop = asyncio.get_running_loop()
         loader = asyncio.create_task(_load_engine(runtime))
+        retention = asyncio.create_task(_purge_daily(runtime))
         for adapter in runtime.adapters:
             await adapter.start()
         try:
@@ -149,9 +203,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 except Exception as exc:
                     log.warning("stopping %s failed: %s", adapter.channel.name, type(exc).__name__)
             loader.cancel()
+            retention.cancel()
             for task in list(runtime.tasks):
                 task.cancel()
-            await asyncio.gather(loader, *runtime.tasks, return_exceptions=True)
+            await asyncio.gather(loader, retention, *runtime.tasks, return_exceptions=True)
             runtime.engine.close()
             runtime.manager.close()
             runtime.store.close()
@@ -178,6 +233,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         max_age=600,
     )
     app.add_exception_handler(HTTPException, api_error_response)
+    app.add_exception_handler(StoreBusy, store_busy_response)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
     app.include_router(widget_router)
     app.include_router(auth_router)
     app.include_router(agent_router)
@@ -221,6 +278,8 @@ def _add_pages(app: FastAPI, runtime: Runtime) -> None:
             return JSONResponse({"status": "failed", "error": runtime.load_error}, status_code=503)
         if not runtime.ready.is_set():
             return JSONResponse({"status": "loading"}, status_code=503)
+        if getattr(runtime.engine, "stalled", False):
+            return JSONResponse({"status": "stalled", "model": runtime.engine.model_name}, status_code=503)
         return JSONResponse({"status": "ready", "model": runtime.engine.model_name})
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
