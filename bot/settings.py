@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     public_url: str = Field("", description="the server's public base URL, for links (e.g. to the agent console)")
     console_idle_minutes: int = Field(30, ge=1, description="console sessions end after this long without a request")
     console_session_hours: int = Field(12, ge=1, description="console sessions end this long after sign-in")
+    api_rate_per_key: int = Field(600, ge=1, description="/v1 requests per API key per minute")
     login_rate_per_ip: int = Field(10, ge=1, description="console sign-in attempts per IP address per minute")
 
     # Slack

@@ -421,6 +421,19 @@ def test_a_full_engine_queue_answers_429_with_retry_after(stub):
     assert ask(stub).choices[0].message.content == "Your card was declined: try another card."
 
 
+def test_each_api_key_has_its_own_rate_limit(tmp_path):
+    first, second = new_key(tmp_path, "crm"), new_key(tmp_path, "analytics")
+    with live_server(tmp_path, engine=ControlledEngine(), api_rate_per_key=3) as (base, _):
+        clients = [OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=30) for key in (first, second)]
+        for _ in range(3):
+            clients[0].models.list()
+        with pytest.raises(openai.RateLimitError) as limited:
+            clients[0].chat.completions.create(model="stub", messages=[{"role": "user", "content": "hi"}])
+        assert limited.value.code == "rate_limit_exceeded" and "at most 3 a minute" in str(limited.value)
+        assert int(limited.value.response.headers["retry-after"]) >= 1
+        assert clients[1].models.list().data, "another key is not limited by the first one's use"
+
+
 def test_503_while_the_model_loads_and_504_on_engine_timeout(stub):
     stub.engine.loading = True
     try:

@@ -136,6 +136,7 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
             idle_timeout=timedelta(minutes=settings.console_idle_minutes),
             absolute_timeout=timedelta(hours=settings.console_session_hours),
         ),
+        api_limiter=RateLimiter(settings.api_rate_per_key),
     )
     for adapter in platform_adapters(settings, runtime):
         channels.register(adapter.channel)

@@ -137,6 +137,12 @@ async def authenticate(runtime: Runtime, credentials: HTTPAuthorizationCredentia
         raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key", headers=unauthorized)
     if not key.active:
         raise ApiError(401, "This API key has been revoked.", code="invalid_api_key", headers=unauthorized)
+    wait = runtime.api_limiter.check(str(key.id)) if runtime.api_limiter is not None else None
+    if wait is not None:
+        seconds = max(1, math.ceil(wait))
+        raise ApiError(429, f"Too many requests with this API key (at most {runtime.settings.api_rate_per_key} a "
+                       f"minute). Retry in {seconds} s.", type="rate_limit_error", code="rate_limit_exceeded",
+                       headers={"Retry-After": str(seconds)})
     return key
 
 

@@ -51,6 +51,7 @@ class Runtime:
     adapters: list[Adapter] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once it runs
     accounts: Any = None  # bot.accounts.Accounts
+    api_limiter: Any = None  # bot.web.ratelimit.RateLimiter, per /v1 API key
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run work after the response, keeping a reference so it is not collected."""
