@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -142,6 +143,8 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
         with Image.open(io.BytesIO(data), formats=[source_format]) as source:
             source_width, source_height = source.size
             _check_geometry(source_width, source_height, limits)
+            if source_format == "JPEG" and _jpeg_scan_count(data, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+                raise ImageRejected("corrupt", limits)
             output_size = _fit_within(source_width, source_height, limits.max_pixels)
             if source_format == "JPEG" and output_size != source.size:
                 # Decode at a reduced DCT scale, never below the output size. The whole
@@ -189,6 +192,45 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
+# A progressive JPEG may carry any number of scans, and each one costs libjpeg a pass over
+# every block of the image even when it is a dozen bytes long (one end-of-band run can cover
+# the whole image). A 330 kB file with 2,000 such scans over 36 megapixels kept one decode
+# busy for 23 s; at 14 bytes a scan, 20 MB of them would take hours. This is libjpeg-turbo's
+# "LJT-01-003": the file is valid JPEG, and the library leaves the limit to its callers.
+# Encoders write about ten scans (libjpeg's progressive default is 10, mozjpeg's at most 11),
+# so 100 leaves ample room.
+MAX_JPEG_SCANS = 100
+# A marker: 0xFF then anything but 0x00 (a stuffed 0xFF inside entropy-coded data), a
+# restart marker (also inside entropy-coded data) or 0xFF (fill bytes before a marker).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_scan_count(data: bytes, stop_after: int) -> int:
+    """Start-of-scan markers in a JPEG's main image, counted up to stop_after + 1.
+
+    Refusing a scan bomb has to happen before the decode, and Pillow does not expose the
+    scan count, so the marker segments are walked here: each segment is skipped by its
+    length (scans inside an EXIF thumbnail are not counted) and entropy-coded data by a
+    regex search. Counting stops at the first end-of-image marker, like the decoder does
+    (a phone's appended preview or video is never decoded). Linear in the file size.
+    """
+    scans, position = 0, 2  # after the start-of-image marker
+    while scans <= stop_after:
+        marker = _JPEG_MARKER.search(data, position)
+        if marker is None:
+            break
+        code = data[marker.start() + 1]
+        if code == 0xD9:  # end of image
+            break
+        position = marker.end()
+        if code in (0x01, 0xD8):  # markers without a length field
+            continue
+        if code == 0xDA:
+            scans += 1
+        position += int.from_bytes(data[position : position + 2], "big")
+    return scans
+
+
 def _check_geometry(width: int, height: int, limits: ImageLimits) -> None:
     """Refuse, from header dimensions alone, what we will not decode."""
     if width < 1 or height < 1:
@@ -230,8 +272,18 @@ _ORIENTATION_TRANSPOSES = {
 
 
 def _orientation_transpose(image: Image.Image) -> Image.Transpose | None:
-    """The transpose that undoes the EXIF (or XMP) orientation of a loaded image, if any."""
-    orientation = image.getexif().get(ExifTags.Base.Orientation)
+    """The transpose that undoes the EXIF (or XMP) orientation of a loaded image, if any.
+
+    Metadata that cannot be parsed counts as no orientation: the pixels are readable and
+    the metadata is dropped anyway. (Pillow parses a PNG eXIf chunk or a WebP EXIF chunk
+    that is not a TIFF block, or a PNG "Raw profile type exif" text that is not hex, only
+    here, and raises; that refused readable screenshots as "corrupt", while the same bytes
+    in a JPEG were ignored.)
+    """
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:
+        return None
     return _ORIENTATION_TRANSPOSES.get(orientation) if isinstance(orientation, int) else None
 
 
@@ -262,7 +314,7 @@ def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
 
 
 def _flatten_onto_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")  # no second full-size copy
     flattened = Image.new("RGB", rgba.size, _WHITE)
     flattened.paste(rgba, mask=rgba)
     return flattened
