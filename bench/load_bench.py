@@ -23,7 +23,7 @@ from engine.tiny import build_tiny_checkpoint
 from tests.live_server import free_port
 
 from .figures import Figure
-from .widget_load import peak_rss_mb, run_visitors, start_server
+from .widget_load import busy_handovers, peak_rss_mb, run_visitors, start_server
 
 VISITORS = 200
 MESSAGES = 3
@@ -56,6 +56,7 @@ def _run(env: dict[str, str], data_dir: str) -> tuple:
     try:
         result = asyncio.run(run_visitors(port, VISITORS, MESSAGES, image=_screenshot(), ramp_s=RAMP_S))
         rss = peak_rss_mb(server.pid)
+        result.busy_handovers = busy_handovers(port)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -72,6 +73,8 @@ def _figures(suffix: str, what: str, result, rss: float) -> list[Figure]:
         Figure(f"load_lost_messages{suffix}", result.lost, "<= 0",
                f"acknowledged messages without a stored answer or hand-over, {what}"),
         Figure(f"load_peak_rss_mb{suffix}", rss, "", f"server's peak resident memory, {what}"),
+        Figure(f"load_busy_handovers{suffix}", result.busy_handovers, "",
+               f"turns handed over because the engine queue (default size) stayed full, {what}"),
     ]
 
 
@@ -80,7 +83,7 @@ def run() -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_checkpoint(f"{tmp}/model")
         _answering_template(f"{tmp}/data")
-        tiny, tiny_rss = _run({"SNAPDESK_MODEL": str(model), "SNAPDESK_QUEUE_SIZE": "256"}, f"{tmp}/data")
+        tiny, tiny_rss = _run({"SNAPDESK_MODEL": str(model)}, f"{tmp}/data")
     with tempfile.TemporaryDirectory() as tmp:
         stub, stub_rss = _run({"SNAPDESK_ENGINE": "stub"}, tmp)
     return _figures("", f"{what}, tiny checkpoint", tiny, tiny_rss) + _figures("_stub", f"{what}, stub engine", stub, stub_rss)

@@ -10,7 +10,6 @@ acknowledged message must still get exactly one answer or hand-over.
 from __future__ import annotations
 
 import asyncio
-import re
 import statistics
 import tempfile
 import time
@@ -22,7 +21,7 @@ from tests.live_server import free_port
 
 from .figures import Figure
 from .load_bench import _answering_template, _screenshot
-from .widget_load import run_visitors, start_server
+from .widget_load import busy_handovers, run_visitors, start_server
 
 VISITORS = 100
 QUEUE = 8
@@ -52,9 +51,7 @@ async def _burst(port: int) -> tuple:
     finally:
         stop.set()
         await probe
-    metrics = httpx.get(f"{base}/metrics").text
-    busy = re.search(r'snapdesk_handovers_total\{reason="busy"\} ([0-9.e+]+)', metrics)
-    return result, latencies, len(failures), float(busy.group(1)) if busy else 0.0
+    return result, latencies, len(failures), busy_handovers(port)
 
 
 def run() -> list[Figure]:

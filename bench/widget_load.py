@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ class LoadResult:
     errors: int = 0
     lost: int = 0
     peak_rss_mb: float = 0.0
+    busy_handovers: float = 0.0
 
 
 def start_server(data_dir: str, port: int, env: dict[str, str], ready_timeout: float = 120.0) -> subprocess.Popen:
@@ -54,6 +56,13 @@ def start_server(data_dir: str, port: int, env: dict[str, str], ready_timeout: f
         time.sleep(0.1)
     process.kill()
     raise RuntimeError("server did not start")
+
+
+def busy_handovers(port: int) -> float:
+    """Turns the server handed over because its engine queue stayed full (from /metrics)."""
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    found = re.search(r'snapdesk_handovers_total\{reason="busy"\} ([0-9.e+]+)', metrics)
+    return float(found.group(1)) if found else 0.0
 
 
 def peak_rss_mb(pid: int) -> float:

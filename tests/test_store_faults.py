@@ -193,8 +193,7 @@ def test_widget_messages_posted_while_the_database_is_locked_are_acknowledged_an
 
 
 def test_widget_answers_503_with_retry_after_when_the_lock_outlasts_the_bound(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "LOCK_WAIT_S", SHORT_BOUND_S)
-    with live_server(tmp_path, engine=StubEngine(), widget_rate_per_ip=10_000) as (base, _):
+    with live_server(tmp_path, engine=StubEngine(), widget_rate_per_ip=10_000, db_lock_wait_s=SHORT_BOUND_S) as (base, _):
         headers = session(base)
         with LockHolder(tmp_path / DB_NAME, 2.0):
             refused = send(base, headers, "outlasted-0001")
@@ -254,7 +253,7 @@ def test_a_command_run_while_the_server_holds_the_lock_waits_and_succeeds(tmp_pa
 
 
 def test_a_command_gives_a_clear_error_when_the_lock_outlasts_the_bound(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(store_module, "LOCK_WAIT_S", SHORT_BOUND_S)
+    monkeypatch.setenv("SNAPDESK_DB_LOCK_WAIT_S", str(SHORT_BOUND_S))
     Store(tmp_path).close()
     args = build_parser().parse_args(["purge", "--older-than", "0", "--data", str(tmp_path)])
     with LockHolder(tmp_path / DB_NAME, HOLD_S):
