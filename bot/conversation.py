@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -60,6 +61,7 @@ class ManagerOptions:
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     request_timeout_s: float | None = None
     busy_wait_s: float = 30.0
+    engine_slots: int | None = None  # turns that may be in the engine at once (None: no limit)
     unknown_confidence_hands_over: bool = True
 
 
@@ -110,6 +112,7 @@ class ConversationManager:
         # "status": metrics and the live consoles listen here.
         self.listeners: list[Callable[[str, dict], None]] = []
         self._delivering: set[int] = set()  # replies being sent right now (not to be re-sent)
+        self._slots = asyncio.Semaphore(options.engine_slots) if options.engine_slots else None
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a store call on the database thread; it returns once committed."""
@@ -350,24 +353,54 @@ class ConversationManager:
                 await send_typing(_target(conversation), message["id"])
             except Exception as exc:  # a typing indicator is a courtesy: never fail the turn for it
                 log.warning("typing indicator on %s failed: %s", conversation["channel"], type(exc).__name__)
-        if send_delta is None or self.policy.wants_human(text) or self.policy.sensitive_topic(text):
-            return await self._when_not_busy(
-                lambda: self.engine.generate(request, timeout=self.options.request_timeout_s)
-            )
-        target = _target(conversation)
-        stream, deltas = await self._when_not_busy(lambda: self._open_stream(request))
+        deadline = asyncio.get_running_loop().time() + self.options.busy_wait_s
+        async with self._engine_slot(deadline):
+            if send_delta is None or self.policy.wants_human(text) or self.policy.sensitive_topic(text):
+                return await self._when_not_busy(
+                    lambda: self.engine.generate(request, timeout=self.options.request_timeout_s), deadline
+                )
+            stream, deltas = await self._when_not_busy(lambda: self._open_stream(request), deadline)
+            return await self._relay(stream, deltas, _target(conversation), message["id"], marker, send_delta)
+
+    async def _relay(self, stream, deltas, target: Conversation, message_id: int, marker: str,
+                     send_delta: Callable) -> Generation:
         held, released = "", False
         async for delta in deltas:
             if released:
-                await send_delta(target, message["id"], delta)
+                await send_delta(target, message_id, delta)
                 continue
             held += delta
             head = held.lstrip()
             if marker and (marker.startswith(head) or head.startswith(marker)):
                 continue  # might be (or is) the decline marker: never show it
             released = True
-            await send_delta(target, message["id"], held)
+            await send_delta(target, message_id, held)
         return await stream.result()
+
+    @asynccontextmanager
+    async def _engine_slot(self, deadline: float):
+        """One of the engine's queue places for this turn, first come first served.
+
+        A burst larger than the engine queue waits here in arrival order (a full queue that
+        turns kept polling would let late arrivals overtake early ones), and a turn that gets
+        no place before `deadline` fails with `EngineOverloaded`: it goes to a person.
+        """
+        slots = self._slots
+        if slots is None:
+            yield
+            return
+        if slots.locked():
+            self._emit("busy")
+            try:
+                await asyncio.wait_for(slots.acquire(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except (asyncio.TimeoutError, TimeoutError):
+                raise EngineOverloaded(f"no room in the engine queue for {self.options.busy_wait_s:g} s") from None
+        else:
+            await slots.acquire()
+        try:
+            yield
+        finally:
+            slots.release()
 
     async def _open_stream(self, request) -> tuple[Any, Any]:
         """Start streaming and wait for the first text, where a busy engine says so."""
@@ -385,15 +418,14 @@ class ConversationManager:
 
         return stream, deltas()
 
-    async def _when_not_busy(self, attempt: Callable[[], Any]) -> Any:
+    async def _when_not_busy(self, attempt: Callable[[], Any], deadline: float) -> Any:
         """Run `attempt` (a coroutine factory), waiting for room while the engine's queue is full.
 
-        A burst of messages larger than the queue should be answered a little later, not
-        handed to people at once: the turn tries again with growing pauses (the user keeps
-        seeing the typing indicator) and gives up with `EngineOverloaded` after `busy_wait_s`.
+        The queue can be full even for a turn holding a slot (other callers share the engine,
+        such as /v1, or a remote server is busy): the turn tries again with growing pauses (the
+        user keeps seeing the typing indicator) and gives up with `EngineOverloaded` at `deadline`.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.busy_wait_s
         pause = BUSY_FIRST_PAUSE_S
         while True:
             try:

@@ -120,6 +120,7 @@ class Settings(BaseSettings):
             image_limits=self.image_limits(),
             request_timeout_s=self.request_timeout_s,
             busy_wait_s=self.busy_wait_s,
+            engine_slots=self.queue_size,
             unknown_confidence_hands_over=self.unknown_confidence_hands_over,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -13,6 +14,16 @@ import uvicorn
 
 from bot.settings import Settings
 from bot.web.app import create_app
+
+
+def sse_events(lines):
+    """(event, data) pairs from the lines of a server-sent event stream."""
+    event = None
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event:
+            yield event, json.loads(line[6:])
 
 
 def free_port() -> int:

@@ -42,7 +42,7 @@ def png(width: int = 1920, height: int = 1080, colour: str = "white") -> bytes:
     return buffer.getvalue()
 
 
-def make(data_dir: Path, engine=None, *, request_timeout_s: float | None = None,
+def make(data_dir: Path, engine=None, *, request_timeout_s: float | None = None, engine_slots: int | None = None,
          **context) -> tuple[ConversationManager, RecordingChannel, StubEngine]:
     engine = engine or StubEngine(reply="You were charged 88 for the automatic renewal of your membership.")
     engine.start()
@@ -53,7 +53,7 @@ def make(data_dir: Path, engine=None, *, request_timeout_s: float | None = None,
     channels = ChannelRegistry()
     channels.register(channel)
     options = ManagerOptions(context=ContextOptions(**context), busy_wait_s=BUSY_WAIT_S,
-                             request_timeout_s=request_timeout_s)
+                             request_timeout_s=request_timeout_s, engine_slots=engine_slots)
     return ConversationManager(store, engine, templates, EscalationPolicy(), channels, options), channel, engine
 
 
@@ -475,3 +475,24 @@ async def test_undelivered_replies_are_sent_again_periodically_without_a_restart
         rounds.cancel()
     assert [kind for _, kind, _ in channel.sent] == ["answer"]
     assert manager.store.undelivered() == []
+
+
+async def test_a_burst_waits_for_the_engine_in_arrival_order_and_the_late_ones_go_to_a_person(tmp_path):
+    started: list[str] = []
+
+    class SlowEngine(StubEngine):
+        async def generate(self, request, timeout=None):
+            started.append(last_user_text(request))
+            await asyncio.sleep(0.4)
+            return await super().generate(request, timeout)
+
+    manager, channel, _ = make(tmp_path, SlowEngine(reply="Your parcel is on its way."), engine_slots=2)
+    turns = []
+    for i in range(6):  # two at a time, 0.4 s each, BUSY_WAIT_S 0.6: four get in, two wait too long
+        turns.append(asyncio.ensure_future(manager.handle(inbound(f"Where is my parcel? #{i}", key=f"v{i}"))))
+        await asyncio.sleep(0.01)
+    outcomes = await asyncio.gather(*turns)
+    assert started == [f"Where is my parcel? #{i}" for i in range(4)], "first come, first served"
+    assert [o.kind for o in outcomes] == ["answered"] * 4 + ["handed_over"] * 2
+    assert {o.reason for o in outcomes[4:]} == {"busy"}
+    assert sorted(key for key, kind, _ in channel.sent) == [f"v{i}" for i in range(6)]

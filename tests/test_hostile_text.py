@@ -32,7 +32,7 @@ from engine.stub import StubEngine, last_user_text
 from tests.browser import chromium, needs_chromium, open_page, sign_in
 from tests.fake_slack import BOT_TOKEN, TEAM, FakeSlack, dm_event, event_callback, sign, wait_for
 from tests.fake_telegram import FakeTelegram
-from tests.live_server import live_server
+from tests.live_server import live_server, sse_events
 
 PASSWORD = "correct horse battery"
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -213,14 +213,10 @@ def test_widget_event_stream_cannot_be_forged_by_text_with_newlines(server):
     def listen():
         with httpx.stream("GET", f"{server.base}/widget/api/events", params={"token": token}, timeout=10) as stream:
             listening.set()
-            event = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event:
-                    seen.append((event, json.loads(line[6:])))
-                    if event == "message":
-                        return
+            for event, data in sse_events(stream.iter_lines()):
+                seen.append((event, data))
+                if event == "message":
+                    return
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()

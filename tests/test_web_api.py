@@ -13,7 +13,7 @@ from PIL import Image
 
 from adapters.widget import issue_token, verify_token
 from engine.stub import StubEngine
-from tests.live_server import live_server
+from tests.live_server import live_server, sse_events
 
 
 def png_bytes(width=640, height=480) -> bytes:
@@ -158,14 +158,10 @@ def test_events_stream_delivers_the_answer_and_status(server):
 
     def listen():
         with httpx.stream("GET", f"{base}/widget/api/events", params={"token": token}, timeout=10) as stream:
-            event = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event:
-                    seen.append((event, json.loads(line[6:])))
-                    if event == "status" and seen[-1][1]["status"] == "waiting":
-                        return
+            for event, data in sse_events(stream.iter_lines()):
+                seen.append((event, data))
+                if event == "status" and data["status"] == "waiting":
+                    return
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
