@@ -563,13 +563,24 @@ class ConversationManager:
         for row in await self.db(self.store.undelivered):
             if row["id"] in self._delivering or datetime.fromisoformat(row["created_at"]) > cutoff:
                 continue
-            conversation = await self.db(self.store.conversation, row["conversation_id"])
+            conversation, escalation = await self.db(self._redelivery_state, row)
             outbound = Outbound(row["text"], kind=row.get("kind") or "notice", author=row.get("author") or "",
-                                message_id=row["id"], reply_to=row.get("reply_to"))
+                                message_id=row["id"], reply_to=row.get("reply_to"),
+                                reason=escalation["reason"] if escalation else None,
+                                confidence=escalation["confidence"] if escalation else None)
             if await self._deliver(_target(conversation), row["id"], outbound):
                 redelivered += 1
                 self._emit("delivered", conversation_id=conversation["id"], message_id=row["id"])
         return redelivered
+
+    def _redelivery_state(self, row: dict) -> tuple[dict, dict | None]:
+        """The reply's conversation and, for a hand-over notice, the hand-over it announces."""
+        conversation = self.store.conversation(row["conversation_id"])
+        if row.get("kind") != "handover":
+            return conversation, None
+        escalations = self.store.escalations(row["conversation_id"])
+        matching = [e for e in escalations if e["message_id"] == row.get("reply_to")]
+        return conversation, (matching or escalations or [None])[-1]
 
     async def retry_pending(self, min_age_s: float = 0.0) -> int:
         """Turns still pending long after they arrived (every retry failed, e.g. on a database

@@ -150,6 +150,30 @@ async def test_undelivered_replies_are_sent_after_a_restart(tmp_path):
     assert channel.sent[0][1] == "answer" and not restarted.store.undelivered()
 
 
+async def test_a_hand_over_notice_sent_after_a_restart_still_says_why(tmp_path):
+    class BrokenChannel(RecordingChannel):
+        async def send(self, conversation, outbound):
+            raise ConnectionError("platform down")
+
+    class ReasonChannel(RecordingChannel):
+        reasons: list = []
+
+        async def send(self, conversation, outbound):
+            self.reasons.append((outbound.kind, outbound.reason, outbound.confidence))
+            await super().send(conversation, outbound)
+
+    manager, _, _ = make(tmp_path, scripted("It may be a renewal.", 0.2))
+    manager.channels.register(BrokenChannel())
+    outcome = await manager.handle(inbound("Why was I charged?"))
+    assert outcome.reason == "low_confidence"
+    restarted, _, _ = make(tmp_path)
+    channel = ReasonChannel()
+    restarted.channels.register(channel)
+    assert (await restarted.recover())["redelivered"] == 1
+    [(kind, reason, confidence)] = channel.reasons
+    assert kind == "handover" and reason == "low_confidence" and confidence == pytest.approx(0.2, abs=0.05)
+
+
 async def test_the_bot_stays_silent_while_a_person_owns_the_thread(tmp_path):
     manager, channel, engine = make(tmp_path)
     handover = await manager.handle(inbound("Can I talk to a real person?"))
