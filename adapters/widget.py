@@ -256,20 +256,23 @@ async def conversation(runtime: RuntimeDep, visitor: Visitor,
     found, rows, attachments = await runtime.manager.db(_history, runtime, visitor)
     if found is None:
         return ConversationOut(status="bot", agent=None, messages=[])
-    messages = []
-    for row in rows:
-        kind = "user" if row["role"] == "user" else (row.get("kind") or "notice")
-        images = [
-            _attachment_url(attachments[i].sha256, token) for i in attachment_ids(row) if i in attachments
-        ]
-        client_id = row["platform_message_id"].split(":", 1)[1] if row["role"] == "user" and row["platform_message_id"] else None
-        messages.append(
-            MessageOut(
-                id=row["id"], role=row["role"], kind=kind, text=row["text"] or "", author=row.get("author") or "",
-                images=images, created_at=row["created_at"], client_message_id=client_id, reply_to=row.get("reply_to"),
-            )
-        )
+    messages = [_message_out(row, attachments, token) for row in rows]
     return ConversationOut(status=found["status"], agent=found["assigned_agent"], messages=messages)
+
+
+def _message_out(row: dict, attachments: dict, token: str) -> MessageOut:
+    kind = "user" if row["role"] == "user" else (row.get("kind") or "notice")
+    images = [_attachment_url(attachments[i].sha256, token) for i in attachment_ids(row) if i in attachments]
+    client_id = row["platform_message_id"].split(":", 1)[1] if row["role"] == "user" and row["platform_message_id"] else None
+    return MessageOut(
+        id=row["id"], role=row["role"], kind=kind, text=row["text"] or "", author=row.get("author") or "",
+        images=images, created_at=row["created_at"], client_message_id=client_id, reply_to=row.get("reply_to"),
+    )
+
+
+def _stored_message(runtime: Runtime, message_id: int) -> tuple[dict, dict]:
+    row = runtime.store.message(message_id)
+    return row, runtime.store.attachments(set(attachment_ids(row)))
 
 
 async def _read_images(form: Any, runtime: Runtime) -> list[bytes]:
@@ -320,6 +323,10 @@ async def post_message(request: Request, runtime: RuntimeDep, visitor: Visitor) 
                       user_id=visitor, user_name=f"Visitor {visitor[:6]}", text=text, images=tuple(images))
     accepted = await runtime.manager.accept(inbound)
     if not accepted.duplicate:
+        # The visitor's other open tabs show the message before its reply arrives.
+        row, attachments = await runtime.manager.db(_stored_message, runtime, accepted.message_id)
+        token = request.headers.get("authorization", "")[7:].strip()
+        runtime.widget_channel.publish(visitor, "message", _message_out(row, attachments, token).model_dump())
         runtime.spawn(runtime.process(accepted.message_id, accepted.conversation_id))
     return AcceptedOut(message_id=accepted.message_id, duplicate=accepted.duplicate, client_message_id=client_id)
 

@@ -215,7 +215,7 @@ def test_widget_event_stream_cannot_be_forged_by_text_with_newlines(server):
             listening.set()
             for event, data in sse_events(stream.iter_lines()):
                 seen.append((event, data))
-                if event == "message":
+                if event == "message" and data["role"] != "user":
                     return
 
     listener = threading.Thread(target=listen, daemon=True)
@@ -224,7 +224,7 @@ def test_widget_event_stream_cannot_be_forged_by_text_with_newlines(server):
     time.sleep(0.2)
     assert widget_post(server.base, headers, "sse-forge-1", forged).status_code == 202
     listener.join(10)
-    assert [event for event, _ in seen if event != "delta"] == ["message"]
+    assert [(event, data["role"]) for event, data in seen if event != "delta"] == [("message", "user"), ("message", "bot")]
     assert seen[-1][1]["text"] == f"Answer to: {forged}".replace("\r\n", "\n")
 
 

@@ -159,6 +159,33 @@ def test_history_is_restored_after_a_reload(page):
     assert "Where is my parcel?" in page.inner_text("[data-testid=messages]")
 
 
+def test_a_second_tab_of_the_same_visitor_sees_new_messages_live(page):
+    send(page, "First question from tab one")  # the visitor's token is now in this browser's storage
+    page.wait_for_selector("[data-testid=message][data-role=bot]:not([data-streaming=true])", timeout=10_000)
+    other = page.context.new_page()
+    other.goto(page.url)
+    other.click("[data-testid=launcher]")
+    other.wait_for_selector("[data-testid=message][data-role=bot]", timeout=10_000)  # history restored
+    other.wait_for_timeout(300)  # its event stream is open
+    send(page, "Second question from tab one")
+    user_texts = """() => [...document.querySelector('#snapdesk-widget').shadowRoot
+          .querySelectorAll('[data-testid=message][data-role=user] [data-testid=message-text]')]
+          .map(e => e.textContent)"""
+    other.wait_for_function(f"() => ({user_texts})().includes('Second question from tab one')", timeout=10_000)
+    other.wait_for_function(
+        """() => [...document.querySelector('#snapdesk-widget').shadowRoot
+              .querySelectorAll('[data-testid=message][data-role=bot]:not([data-streaming=true])')].length >= 2""",
+        timeout=10_000,
+    )
+    for tab in (page, other):  # shown once in each tab, in order, before its reply
+        texts = tab.evaluate(user_texts)
+        assert texts == ["First question from tab one", "Second question from tab one"], texts
+    order = other.evaluate("""() => [...document.querySelector('#snapdesk-widget').shadowRoot
+          .querySelectorAll('[data-testid=message]')].map(e => e.dataset.role)""")
+    assert order == ["user", "bot", "user", "bot"], order
+    other.close()
+
+
 def test_html_in_a_message_is_shown_as_text_and_runs_nothing(page):
     payload = '<img src=x onerror="window.__snapdesk_xss = 1; alert(1)">'
     send(page, payload)
