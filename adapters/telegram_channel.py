@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from telegram import LinkPreviewOptions, ReplyParameters
 from telegram.constants import ChatAction
-from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
+from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.ext import ExtBot
 
 from bot.messages import Conversation, Outbound

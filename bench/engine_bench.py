@@ -10,7 +10,6 @@ import asyncio
 import io
 import statistics
 import tempfile
-import time
 
 import torch
 from PIL import Image, ImageDraw
