@@ -59,6 +59,7 @@ OutcomeKind = Literal["answered", "handed_over", "for_agent", "duplicate", "alre
 class ManagerOptions:
     context: ContextOptions = field(default_factory=ContextOptions)
     image_limits: ImageLimits = field(default_factory=ImageLimits)
+    image_decodes: int = 4  # screenshots decoded at once: each may need ~20 bytes per source pixel
     request_timeout_s: float | None = None
     busy_wait_s: float = 30.0
     engine_slots: int | None = None  # turns that may be in the engine at once (None: no limit)
@@ -113,6 +114,7 @@ class ConversationManager:
         self.listeners: list[Callable[[str, dict], None]] = []
         self._delivering: set[int] = set()  # replies being sent right now (not to be re-sent)
         self._slots = asyncio.Semaphore(options.engine_slots) if options.engine_slots else None
+        self._decodes = asyncio.Semaphore(max(1, options.image_decodes))
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a store call on the database thread; it returns once committed."""
@@ -139,7 +141,8 @@ class ConversationManager:
                 return Accepted(existing["id"], existing["conversation_id"], duplicate=True)
             for data in inbound.images:
                 try:
-                    prepared.append(await asyncio.to_thread(self._prepare, data))
+                    async with self._decodes:  # bounds memory under a burst of large images
+                        prepared.append(await asyncio.to_thread(self._prepare, data))
                 except ImageRejected as exc:
                     refused.append(exc.reason)
         language = detect_language(inbound.text)

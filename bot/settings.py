@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     image_max_source_pixels: int = Field(40_000_000, ge=1)
     image_min_tokens: int = Field(256, ge=1)
     image_max_tokens: int = Field(1280, ge=1)
+    image_decodes: int = Field(4, ge=1, description="screenshots decoded at the same time (bounds memory)")
 
     # Conversations
     context_tokens: int = Field(8192, ge=512, description="token budget of a prompt: system prompt + history + new message")
@@ -118,6 +119,7 @@ class Settings(BaseSettings):
                 budget_tokens=self.context_tokens, recent_images=self.recent_images, max_new_tokens=self.max_new_tokens
             ),
             image_limits=self.image_limits(),
+            image_decodes=self.image_decodes,
             request_timeout_s=self.request_timeout_s,
             busy_wait_s=self.busy_wait_s,
             engine_slots=self.queue_size,

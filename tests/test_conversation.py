@@ -519,3 +519,27 @@ async def test_a_burst_waits_for_the_engine_in_arrival_order_and_the_late_ones_g
     assert [o.kind for o in outcomes] == ["answered"] * 4 + ["handed_over"] * 2
     assert {o.reason for o in outcomes[4:]} == {"busy"}
     assert sorted(key for key, kind, _ in channel.sent) == [f"v{i}" for i in range(6)]
+
+
+async def test_screenshots_are_decoded_a_bounded_number_at_a_time(tmp_path):
+    manager, channel, _ = make(tmp_path)
+    manager._decodes = asyncio.Semaphore(2)
+    prepare, active, peak = manager._prepare, [0], [0]
+
+    def counting(data):
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        try:
+            import time
+
+            time.sleep(0.05)
+            return prepare(data)
+        finally:
+            active[0] -= 1
+
+    manager._prepare = counting
+    outcomes = await asyncio.gather(*(
+        manager.handle(inbound("What does this say?", key=f"k{i}", images=(png(640, 480),))) for i in range(6)
+    ))
+    assert peak[0] == 2
+    assert all(o.kind == "answered" for o in outcomes) and len(channel.sent) == 6
