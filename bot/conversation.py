@@ -114,7 +114,7 @@ class ConversationManager:
         self.listeners: list[Callable[[str, dict], None]] = []
         self._delivering: set[int] = set()  # replies being sent right now (not to be re-sent)
         self._slots = asyncio.Semaphore(options.engine_slots) if options.engine_slots else None
-        self._decodes = asyncio.Semaphore(max(1, options.image_decodes))
+        self.image_decoding = asyncio.Semaphore(max(1, options.image_decodes))
 
     async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a store call on the database thread; it returns once committed."""
@@ -141,7 +141,7 @@ class ConversationManager:
                 return Accepted(existing["id"], existing["conversation_id"], duplicate=True)
             for data in inbound.images:
                 try:
-                    async with self._decodes:  # bounds memory under a burst of large images
+                    async with self.image_decoding:  # bounds memory under a burst of large images
                         prepared.append(await asyncio.to_thread(self._prepare, data))
                 except ImageRejected as exc:
                     refused.append(exc.reason)

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     image_max_source_pixels: int = Field(40_000_000, ge=1)
     image_min_tokens: int = Field(256, ge=1)
     image_max_tokens: int = Field(1280, ge=1)
-    image_decodes: int = Field(4, ge=1, description="screenshots decoded at the same time (bounds memory)")
+    image_decodes: int = Field(4, ge=1, description="screenshots decoded at the same time, bot and /v1 together")
 
     # Conversations
     context_tokens: int = Field(8192, ge=512, description="token budget of a prompt: system prompt + history + new message")

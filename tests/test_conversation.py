@@ -523,7 +523,7 @@ async def test_a_burst_waits_for_the_engine_in_arrival_order_and_the_late_ones_g
 
 async def test_screenshots_are_decoded_a_bounded_number_at_a_time(tmp_path):
     manager, channel, _ = make(tmp_path)
-    manager._decodes = asyncio.Semaphore(2)
+    manager.image_decoding = asyncio.Semaphore(2)
     prepare, active, peak = manager._prepare, [0], [0]
 
     def counting(data):

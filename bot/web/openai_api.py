@@ -375,7 +375,8 @@ async def build_request(chat: ChatBody, runtime: Runtime) -> tuple[GenerationReq
                 texts.append(part)
                 continue
             try:
-                prepared = await asyncio.to_thread(prepare_image, part.data, limits)
+                async with runtime.manager.image_decoding:  # shared with the bot: one memory bound
+                    prepared = await asyncio.to_thread(prepare_image, part.data, limits)
             except ImageRejected as exc:
                 raise invalid(exc.message("en"), param=f"{part.param}.image_url", code=exc.reason) from None
             parts.append(ImagePart(prepared.image))
