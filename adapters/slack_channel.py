@@ -163,7 +163,7 @@ class SlackChannel:
 
     # Agents ---------------------------------------------------------------------------------------
     def console_url(self, conversation_id: int) -> str:
-        return f"{self.public_url}/agent/conversations/{conversation_id}" if self.public_url else ""
+        return f"{self.public_url}/agent#/conversations/{conversation_id}" if self.public_url else ""
 
     async def announce_handover(self, conversation: Conversation, outbound: Outbound, place: Place) -> None:
         """A Block Kit message in the agents' channel: why, how sure the bot was, where to answer."""

@@ -103,3 +103,22 @@ def test_operator_edits_tries_publishes_sees_the_diff_and_restores(browser, serv
     operator.wait_for_selector("[data-testid=version][data-version='3'][data-live=true]", timeout=10_000)
     assert operator.evaluate("() => window.__snapdesk_xss") is None
     assert not [d for d in operator.dialogs if "1" == d.strip()]
+
+
+def test_a_conversation_link_opens_it_and_an_undelivered_reply_is_marked(browser, tmp_path):
+    from tests.test_agent_console import visitor_hands_over
+
+    Accounts(Store(tmp_path)).add_user("lin", "agent", PASSWORD)
+    with live_server(tmp_path, engine=StubEngine(keep_requests=0), login_rate_per_ip=1000) as (base, app):
+        visitor_hands_over(base, "I want to talk to a human about my invoice", image=False)
+        store = Store(tmp_path)  # as if the user's platform had refused the hand-over notice
+        notice = store._one("select id, conversation_id from messages where kind = 'handover'")
+        store._update("messages", notice["id"], {"delivered": 0})
+        store.close()
+        agent = sign_in(browser, base, "lin", "/agent")
+        agent.goto(f"{base}/agent/conversations/{notice['conversation_id']}")  # the link Slack posts
+        agent.wait_for_url(f"**/agent#/conversations/{notice['conversation_id']}")
+        marked = agent.wait_for_selector("[data-testid=undelivered]", timeout=10_000)
+        assert marked.inner_text() == "Not delivered yet"
+        assert "about my invoice" in agent.inner_text("[data-testid=thread]")
+        agent.close()

@@ -525,7 +525,7 @@ def test_handover_in_the_thread_announced_to_agents_and_agent_reply_delivered(en
     [announcement] = wait_for(lambda: env.fake.channel_messages("CAGENTS") and [
         m for m in env.fake.channel_messages("CAGENTS") if f"#{conversation['id']}" in m["text"]],
         what="the announcement")
-    link = f"https://support.example.com/agent/conversations/{conversation['id']}"
+    link = f"https://support.example.com/agent#/conversations/{conversation['id']}"
     assert link in announcement["text"]
     blocks = json.dumps(announcement["blocks"])
     assert link in blocks and "The customer asked for a person" in blocks and "Bob" in blocks

@@ -11,7 +11,7 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
 from ..accounts import Session
@@ -153,6 +153,16 @@ def search(store: Store, query: str, limit: int = 50) -> list[dict]:
 @router.get("/agent", response_class=HTMLResponse, include_in_schema=False)
 async def agent_page(session: Annotated[Session | None, Depends(current_session)]) -> Response:
     return console_page(session, "agent", "/agent", "agent.html")
+
+
+@router.get("/agent/conversations/{conversation_id}", include_in_schema=False)
+async def conversation_link(conversation_id: int,
+                            session: Annotated[Session | None, Depends(current_session)]) -> Response:
+    """A shareable address for one conversation (the page itself keeps it after the #)."""
+    page = console_page(session, "agent", "/agent", "agent.html")
+    if page.status_code != 200:  # not signed in, or not an agent: what /agent itself answers
+        return page
+    return RedirectResponse(f"/agent#/conversations/{conversation_id}", status_code=303)
 
 
 @router.get("/agent/api/queue", summary="Conversations waiting for (or owned by) a person")

@@ -919,12 +919,11 @@
       head.appendChild(el("span", { class: "role-tag", text: "Agent" }));
     }
     if (when) head.appendChild(el("time", { class: "msg-time", datetime: when.toISOString(), title: formatFull(when), text: formatClock(when) }));
-    if (m.delivered === false) {
-      head.appendChild(el("span", {
-        class: "undelivered-tag", "data-testid": "undelivered",
-        title: "The user's chat did not accept this yet; Snapdesk keeps sending it", text: "Not delivered yet"
-      }));
-    }
+    const undelivered = m.delivered === false ? el("span", {
+      class: "undelivered-tag", "data-testid": "undelivered",
+      title: "The user's chat did not accept this yet; Snapdesk keeps sending it", text: "Not delivered yet"
+    }) : null;
+    if (undelivered) head.appendChild(undelivered);
 
     const text = el("div", { class: "msg-text", "data-testid": "thread-message-text" });
     fillText(text, m.text);
@@ -953,6 +952,7 @@
     if (role === "system") {
       node.appendChild(body);
       if (when) body.title = formatFull(when);
+      if (undelivered) node.appendChild(undelivered); // system notices have no header line
     } else {
       node.appendChild(head);
       node.appendChild(body);
