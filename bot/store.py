@@ -270,9 +270,14 @@ def _m6_api_keys(db: sqlite_utils.Database) -> None:
 
 
 # Numbered migrations: append, never edit one that has shipped.
+def _m7_undelivered_index(db: sqlite_utils.Database) -> None:
+    """Replies not yet delivered are looked up every retry interval: only they are indexed."""
+    db.execute("create index if not exists idx_messages_undelivered on messages(id) where delivered = 0")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
-    _m6_api_keys,
+    _m6_api_keys, _m7_undelivered_index,
 ]
 
 
