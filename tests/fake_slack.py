@@ -28,7 +28,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from tests.live_server import free_port
+from tests.live_server import free_port, wait_for  # noqa: F401  (wait_for: for the Slack tests)
 
 TEAM = "T0TEST"
 BOT_USER = "UBOT"
@@ -338,14 +338,6 @@ async def _huge(head: bytes):
         yield chunk
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # Slack's payloads --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from tests.live_server import free_port
+from tests.live_server import free_port, wait_for
 
 STRING_FIELDS = {
     "text", "caption", "url", "secret_token", "file_id", "action", "language_code", "description",
@@ -126,13 +126,10 @@ class FakeTelegram:
                 if c.method.lower() == "sendmessage" and c.params.get("chat_id") == chat_id and c.params.get("_ok")]
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "the fake Bot API") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}; calls: {[c.method for c in self.calls][-30:]}")
+        try:
+            return wait_for(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; calls: {[c.method for c in self.calls][-30:]}") from None
 
     def wait_for_texts(self, chat_id: int, count: int = 1, timeout: float = 10.0) -> list[str]:
         return self.wait_for(lambda: t if len(t := self.texts_to(chat_id)) >= count else None,

@@ -26,6 +26,17 @@ def sse_events(lines):
             yield event, json.loads(line[6:])
 
 
+def wait_for(predicate, timeout: float = 10.0, what: str = "a condition"):
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image, ImageDraw
 
 from engine.base import ChatMessage, EngineOverloaded, EngineTimeout, GenerationRequest
 from engine.loading import LoadOptions, visual_tokens
 from engine.openai_engine import OpenAICompatibleEngine
 from engine.transformers_engine import TransformersEngine
 from tests.live_server import free_port, live_server
+from tests.test_engine import screenshot
 
 BACKENDS = ["transformers", "openai", "openai-snapdesk"]
 GUARD_S = 60.0  # a failing backend fails the test instead of hanging it
@@ -45,14 +45,6 @@ NO_LOGPROBS = (
 # The tiny random checkpoint answers this with several tokens, then repeats itself.
 QUESTION = "Why was I charged?"
 LOOPING = "hello there"
-
-
-def screenshot(width: int, height: int, label: str) -> Image.Image:
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((width // 10, height // 10, width // 2, height // 3), fill=(220, 30, 30))
-    draw.text((width // 8, height // 2), label, fill="black")
-    return image
 
 
 def ask(*parts, max_new_tokens: int = 16, **options) -> GenerationRequest:

@@ -37,6 +37,7 @@ from engine.loading import LoadOptions
 from engine.stub import StubEngine, last_user_text
 from engine.transformers_engine import TransformersEngine
 from tests.live_server import live_server
+from tests.live_server import wait_for as wait_until
 
 
 def png_data_url(width=320, height=240) -> str:
@@ -55,15 +56,6 @@ def new_key(data_dir, name: str) -> str:
         return ApiKeys(store).create(name, actor="test")[1]
     finally:
         store.close()
-
-
-def wait_until(condition, timeout=10.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # The real engine ---------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from engine.base import ImagePart
 from engine.stub import DEFAULT_REPLY, StubEngine, last_user_text
 from tests.fake_telegram import FakeTelegram
 from tests.live_server import live_server
+from tests.live_server import wait_for as wait_until
 
 TOKEN = "123456:TEST"
 BOT_ID = 123456
@@ -166,16 +167,6 @@ def requests_with(engine: StubEngine, marker: str) -> list:
 def images_in(request) -> int:
     user = [m for m in request.messages if m.role == "user"][-1]
     return sum(isinstance(p, ImagePart) for p in user.parts)
-
-
-def wait_until(predicate, timeout=10.0, what="a condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def tune(adapter: TelegramAdapter) -> None:
