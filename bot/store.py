@@ -275,9 +275,27 @@ def _m7_undelivered_index(db: sqlite_utils.Database) -> None:
     db.execute("create index if not exists idx_messages_undelivered on messages(id) where delivered = 0")
 
 
+def _m8_ownership(db: sqlite_utils.Database) -> None:
+    """Ownership as a state machine with a transition counter, delivery claims, per-turn
+    figures, agents' display names and the users' verdict after a resolve."""
+    db["conversations"].add_column("owner_seq", int, not_null_default=0)
+    db["messages"].add_column("image_tokens", int)
+    db["messages"].add_column("author_name", str)  # what the user sees: an agent's display name
+    db["messages"].add_column("status_change", str)  # kind "status": the ownership it announces
+    db["messages"].add_column("delivering_by", str)  # the manager sending it right now, if any
+    db["messages"].add_column("delivering_at", str)
+    db["users"].add_column("display_name", str)
+    db["feedback"].create(
+        {"id": int, "conversation_id": int, "episode": int, "helpful": int, "comment": str, "created_at": str},
+        pk="id",
+        foreign_keys=[("conversation_id", "conversations", "id")],
+    )
+    db["feedback"].create_index(["conversation_id", "episode"], unique=True)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
-    _m6_api_keys, _m7_undelivered_index,
+    _m6_api_keys, _m7_undelivered_index, _m8_ownership,
 ]
 
 
