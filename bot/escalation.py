@@ -63,6 +63,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
+from bot.masking import mask_card_numbers
 from engine.base import EngineError, EngineOverloaded, Generation
 
 
@@ -93,24 +94,35 @@ class Decision:
 
 DEFAULT_SENSITIVE_TOPICS: tuple[str, ...] = (
     # money back
-    "refund", "money back", "reimbursement", "reimburse", "compensation",
+    "refund", "money back", "reimbursement", "reimburse", "compensation", "compensate",
     "chargeback", "charge back", "dispute",
-    # legal
-    "lawyer", "attorney", "solicitor", "lawsuit", "law suit", "legal action", "court",
-    "small claims", "sue you", "sue your", "sue the company", "i will sue", "i'll sue",
-    "going to sue", "gonna sue", "suing",
+    # legal and regulators ("court" only as the place of a case: "food court" is not one)
+    "lawyer", "attorney", "solicitor", "lawsuit", "law suit", "legal action", "to court",
+    "in court", "court case", "small claims", "sue you", "sue your", "sue the company",
+    "i will sue", "i'll sue", "going to sue", "gonna sue", "suing", "consumer protection",
+    "ombudsman", "trading standards", "better business bureau", "report you", "police",
     # account deletion / personal data
-    "delete my account", "close my account", "account deletion", "delete my data",
-    "erase my data", "right to be forgotten", "gdpr",
+    "delete my account", "close my account", "remove my account", "cancel my account",
+    "account deletion", "delete my data", "remove my data", "erase my data",
+    "right to be forgotten", "gdpr", "erasure", "you store about me", "you hold about me", "you have about me",
     # fraud and security incidents
-    "fraud", "fraudulent", "scam", "scammed", "identity theft", "stolen card",
-    "unauthorized charge", "unauthorised charge", "unauthorized transaction",
-    "unauthorised transaction", "data breach", "breach", "hacked", "data leak",
+    "fraud", "fraudulent", "scam", "scammed", "identity theft", "identity was stolen",
+    "stolen", "theft", "thief", "thieves", "stole", "steal", "unauthorized charge", "unauthorised charge",
+    "unauthorized transaction", "unauthorised transaction", "didn't authorize", "didn't authorise",
+    "did not authorize", "did not authorise", "never authorized", "never authorised",
+    "without my permission", "without my consent", "i didn't make", "i did not make",
+    "i never made", "someone logged into my account", "someone used my", "someone accessed my",
+    "data breach", "breach", "breached", "hacked", "data leak", "leaked",
     # Chinese
-    "退款", "退钱", "退费", "拒付", "退单", "赔偿",
-    "律师", "起诉", "法院", "诉讼", "告你们", "投诉到消协", "消协", "12315",
-    "注销账号", "注销帐号", "注销账户", "删除账号", "删除帐号", "删除账户", "删除我的数据",
-    "盗刷", "被盗", "诈骗", "欺诈", "骗子", "数据泄露", "信息泄露", "隐私泄露",
+    "退款", "退钱", "钱退", "退我钱", "退给我", "退一笔", "退费", "拒付", "退单", "赔偿", "赔钱", "追回", "承担损失",
+    "律师", "起诉", "法院", "诉讼", "告你们", "投诉到消协", "消协", "消费者协会", "12315", "工商局",
+    "市场监管", "报警",
+    "注销账号", "注销帐号", "注销账户", "账号注销", "帐号注销", "账户注销", "注销我的账", "销户",
+    "删除账号", "删除帐号", "删除账户", "删除我的账", "删除我的数据",
+    "删除个人信息", "删除我的个人信息", "个人信息删",
+    "盗刷", "被盗", "盗用", "冒用", "诈骗", "欺诈", "骗子", "被骗", "不是我本人", "非本人",
+    "没有授权", "未授权", "未经授权", "泄露", "泄漏",
+    "有人用我的", "有人登录我的", "有人登录了我的", "异地登录",
 )
 
 
@@ -144,49 +156,114 @@ def _words_only(normalized: str) -> str:
 _NOT_A_PERSON_AFTER = (
     r"(?!\s*(?:app|apps|application|id|ids|number|no|code|key|software|portal|version|login|"
     r"account|dashboard|tool|program|plugin|extension|license|licence|console|panel|page|"
-    r"settings|mode|status|list|name|role|resources)\b)"
+    r"settings|mode|status|list|name|role|resources|phone|email|e-mail|hours|address|hotline|"
+    r"seat|seats|icon|string)\b)"
+)
+# A team on the support side: "your billing team", "the support department".
+_TEAM = (
+    r"(?:(?:your|the|a|an)\s+)(?:(?:billing|support|tech|technical|sales|complaints?|customer|"
+    r"service|accounts?|help)\s+){1,2}(?:team|department|dept|desk|staff)\b"
+)
+_SUPPORT_NOUNS = (
+    r"human|humans|person|people|agent|agents|representative|representatives|rep|operator|"
+    r"staff|staff member|employee|customer service|customer support|customer care|support team|support staff|"
+    r"service desk|help desk|manager|supervisor"
+)
+# "someone from support", "somebody on your team", "a member of your team"
+_SOMEONE_THERE = (
+    r"(?:someone|somebody|anyone|anybody|some1|a member|member|one)\s+(?:of|from|at|on|in)\s+"
+    r"(?:your|the)?\s*(?:support|customer service|customer support|team|staff|company|billing|"
+    r"help desk|service desk|tech support|[a-z]+ (?:team|department))\b"
 )
 _PERSON = (
+    r"(?:" + _TEAM + r"|" + _SOMEONE_THERE + r"|"
     r"(?:(?:a|an|the|some|your|one of your|any|with)\s+)?(?:(?:real|live|actual|human|other)\s+)?"
-    r"(?:human|humans|person|people|agent|agents|representative|representatives|rep|operator|"
-    r"someone|somebody|anyone|anybody|staff|employee|customer service|customer support|"
-    r"support team|support staff|service desk|help desk|manager|supervisor)\b"
-) + _NOT_A_PERSON_AFTER
-_DIRECT_PERSON = (  # object of "get / need / want ...": a bare "the agent" is not enough
-    r"(?:me\s+)?(?:(?:a|an|some|your|one of your)\s+)?(?:(?:real|live|actual)\s+)?"
-    r"(?:human|humans|person|representative|agent|operator|"
-    r"customer service|customer support|support team)\b"
-) + _NOT_A_PERSON_AFTER
+    r"(?:" + _SUPPORT_NOUNS + r"|someone|somebody|anyone|anybody|some1)\b" + _NOT_A_PERSON_AFTER + r")"
+)
+_DIRECT_PERSON = (  # object of "get / need / want ...": a bare "the agent" or "someone" is not enough
+    r"(?:me\s+)?(?:" + _TEAM + r"|" + _SOMEONE_THERE + r"|"
+    r"(?:(?:a|an|some|your|one of your)\s+)?(?:(?:real|live|actual)\s+)?"
+    r"(?:human|humans|person|representative|agent|operator|manager|supervisor|staff member|"
+    r"customer service|customer support|customer care|support team)\b" + _NOT_A_PERSON_AFTER + r"|"
+    r"(?:someone|somebody|anyone|some1) (?:real|human|from support)\b)"
+)
+# What a person from support is asked to do: "need an agent to look at this" is a request,
+# "need an agent to sign in" (an agent account) or "need someone to sign for the parcel" is not.
+_HELP_VERB = (
+    r"(?:help|helps|talk|speak|chat|call|calls|phone|ring|email|e-mail|contact|reach|look|looks|check|"
+    r"handle|handles|take over|take a look|review|fix|sort|deal|assist|reply|respond|answer|explain|"
+    r"investigate|get in touch|get back|follow up|sort out|figure out|take care)"
+)
+_ROUTE_VERB = (
+    r"(?:connect|connected|transfer|transferred|put|escalate|escalated|pass|switch|hand|forward|"
+    r"route|send|move|redirect)"
+)
+# What may stand between a routing verb and "to": the user or the conversation, not money,
+# an invoice or a subscription ("transfer money to someone" is not a request).
+_ROUTED = (
+    r"(?:\s+(?:me|us|this|it|over|through|directly|please|now|right away|across|"
+    r"(?:my|this|the|our) (?:chat|conversation|case|ticket|issue|call|question|complaint|request|problem|"
+    r"query|thread|matter)))*"
+)
 
 _HUMAN_PATTERNS_EN = [
-    # talk / speak / chat / connect / transfer ... (me (through)) to|with <person>
+    # talk / speak / chat (directly) to|with <person>
     re.compile(
-        r"\b(?:talk|talking|speak|speaking|chat|chatting|connect|connected|transfer|transferred|"
-        r"put|escalate|escalated|pass|switch|hand|forward|route)\b(?:\s+\S+){0,3}?\s+"
+        r"\b(?:talk|talking|speak|speaking|chat|chatting|discuss this|get in touch)\b(?:\s+\S+){0,2}?\s+"
         r"(?:to|with)\s+" + _PERSON
     ),
-    # get / give / need / want / reach / contact / request <person>
+    # connect / transfer / pass / escalate (me | this chat) to <person>
+    re.compile(r"\b" + _ROUTE_VERB + r"\b" + _ROUTED + r"\s+(?:to|with)\s+" + _PERSON),
+    # put me in touch with / through to
+    re.compile(r"\bput (?:me|us) (?:in touch|through)\b"),
+    # get / give / need / want / reach / contact / request <person>, not "<person> to sign in"
     re.compile(
-        r"\b(?:(?:get|give|need|want|wanna|reach|contact|call|request)\s+(?:to\s+)?|"
-        r"(?:can|could|may) (?:i|we) (?:please )?have\s+)" + _DIRECT_PERSON
+        r"\b(?:(?:get|give|need|want|wanna|reach|contact|call|request|prefer|have)\s+(?:to\s+)?|"
+        r"(?:can|could|may) (?:i|we) (?:please )?(?:have|get)\s+)" + _DIRECT_PERSON +
+        r"(?!\s+to\s+(?!" + _HELP_VERB + r"\b))"
     ),
+    # <person> (could / please ...) call me / look at this / handle this / take over
+    re.compile(
+        r"\b(?:" + _TEAM + r"|" + _SOMEONE_THERE + r"|(?:a|an|the|some|one of your|your)\s+(?:real\s+|live\s+|actual\s+)?"
+        r"(?:human|person|agent|representative|rep|staff member|manager|supervisor))\s+"
+        r"(?:(?:please|could|can|would|will|should|to|kindly|just|also|actually)\s+){0,3}"
+        + _HELP_VERB + r"\b(?:\s+(?:me|us|this|it|into|at|over|back|on|in touch|with me))"
+    ),
+    # put a human on this
+    re.compile(r"\bput (?:a|an|some|one of your) (?:human|person|agent|real person)\b"),
     # "<person> please"
     re.compile(
         r"\b(?:human|person|agent|representative|rep|operator|customer service|customer support|"
-        r"someone)\s*,?\s*(?:please|pls|plz)\b"
+        r"someone)\s*,?\s*(?:please|pls|plz)\b" + r"(?!\s+(?:app|id|login))"
     ),
     # strong phrases on their own
     re.compile(
-        r"\b(?:real|live|actual)\s+(?:person|human|agent|people)\b|"
+        r"\b(?:real|live|actual)\s+(?:person|human|agent|people|humans|agents)\b" + _NOT_A_PERSON_AFTER + r"|"
         r"\bhuman\s+(?:agent|support|operator|representative|help|being to talk)\b|"
         r"\bcustomer (?:service|support) (?:rep|representative|agent)\b|"
-        r"\bis (?:there|anyone) (?:a |any )?(?:human|person|real person) (?:here|there|around)\b"
+        r"\b(?:someone|somebody|anyone) real\b"
     ),
-    # "I don't want to talk to a bot"
+    # "is there a human I can talk to?", "are any agents online?"
+    re.compile(
+        r"(?:^|\b(?:is there|are there|is|are|do you have)\s+)(?:a |an |any |some )?(?:real |live |actual )?"
+        r"(?:human|humans|person|people|agent|agents|representative|representatives|staff|anyone|anybody)\b"
+        r"(?:\s+(?:i|we) (?:can|could) (?:talk|speak|chat)|\s+(?:online|available|around|on duty|"
+        r"(?:here|there)\b(?!\s+(?:is|are|was)))|\s+i can reach)"
+    ),
+    # "(please) call me", "call me back": the bot cannot phone anyone
+    re.compile(
+        r"(?:^|\b(?:please|can you|could you|can someone|could someone|someone)\s+)(?:call|phone|ring) me\b|"
+        r"\bcall me back\b|\ba (?:callback|call back|call from (?:someone|somebody|an? (?:agent|person|human)|your|support))\b"
+    ),
+    # "I don't want to talk to a bot", "a person, not a machine"
     re.compile(
         r"\b(?:don'?t|do not|dont) want (?:to (?:talk|speak|chat) (?:to|with) )?(?:a |the |this |your )?"
-        r"(?:bot|robot|chatbot|machine)\b"
+        r"(?:bot|robot|chatbot|machine)\b|"
+        r"\b(?:person|human|people|someone),?\s+(?:and\s+)?(?:not|instead of|rather than)\s+(?:a |an |the |this |some )?"
+        r"(?:bot|robot|chatbot|machine|ai|computer)\b"
     ),
+    # "how do I reach a human?"
+    re.compile(r"\bhow (?:do|can|could) i (?:reach|contact|get hold of|get to) " + _DIRECT_PERSON),
 ]
 # "I don't want to talk to a human", "no need to speak to an agent": only these few words
 # may stand between the negation and the request ("why don't you get me a human" is a request).
@@ -201,23 +278,60 @@ _BARE_PERSON_WORDS = {
 _BARE_STRONG = {"human", "humans", "agent", "agents", "person", "representative", "rep", "operator", "staff"}
 _BARE_FILLER = {
     "please", "pls", "plz", "a", "an", "the", "now", "hi", "hello", "hey", "ok", "okay",
-    "just", "asap", "thanks", "thank", "you", "me", "i", "want", "need", "get",
+    "just", "asap", "thanks", "thank", "you", "me", "i", "want", "need", "get", "to", "talk",
+    "speak", "needed",
 }
+# Typing slips of the words the English rules look for: a swapped pair of letters
+# ("humna", "agnet", "tlak") is mended before matching.
+_TYPO_TARGETS = ("human", "agent", "person", "talk", "speak", "representative", "someone", "operator")
 
+
+def _transpositions(word: str) -> set[str]:
+    return {word[:i] + word[i + 1] + word[i] + word[i + 2:] for i in range(len(word) - 1) if word[i] != word[i + 1]}
+
+
+_TYPOS = {slip: word for word in _TYPO_TARGETS for slip in _transpositions(word)}
+_TYPOS.update({"some1": "someone", "sum1": "someone", "u": "you", "ppl": "people"})
+
+
+def _mend_typos(normalized: str) -> str:
+    return re.sub(r"[a-z0-9]+", lambda m: _TYPOS.get(m.group(0), m.group(0)), normalized)
+
+
+# Chinese. A person on the support side, named by role.
+_ZH_STAFF = (
+    r"(?:你们的?)?(?:一下|个|一个|位|一位)?(?:工作人员|客服人员|客服专员|客服经理|售后(?:客服|人员)?|"
+    r"技术人员|技术支持|主管|经理|领导|负责人|专员|在线客服|人工客服|真人客服|客服)"
+)
 _HUMAN_PATTERNS_ZH = [
-    re.compile(r"转人工|人工(?:客服|服务|坐席|座席|台|处理|介入|回复|帮忙|来)"),
-    re.compile(r"(?:要|找|接|转|转接|联系|叫|换|呼叫|请求|申请|需要|有没有|有)人工(?!智能|费|成本)"),
+    # 转人工, 转接人工, 转个人工, 接通人工, 咨询人工 (never 人工智能 / 人工费 / 人工审核)
+    re.compile(
+        r"(?:转|转接|接|接通|找|要|联系|叫|换|呼叫|请求|申请|需要|咨询|有没有|有|求|上)"
+        r"(?:一下|个|一个|给|到|给我|我)?人工(?!智能|费|成本|审核|草坪|湖|岛|降雨|合成|制品|饲养|呼吸)"
+    ),
+    re.compile(r"人工(?:客服|服务|坐席|座席|台|处理|介入|回复|帮忙|来|咨询)"),
     re.compile(r"人工(?:呢|吗|在吗|在不在)"),
     re.compile(  # never 真人认证 / 真人验证 (identity checks on login screens)
-        r"真人客服|(?:找|要|转|接|换|和|跟|与|让|请)真人(?!认证|验证|照片|头像|核验|识别|实名)|"
-        r"真人(?:来|回复|处理|服务|回答)|是真人吗"
+        r"真人客服|(?:找|要|转|接|换|和|跟|与|让|请)(?:个|一个|位)?真人(?!认证|验证|照片|头像|核验|识别|实名)|"
+        r"真人(?:来|回复|处理|服务|回答)"
     ),
-    re.compile(r"(?:找|要|转|转接|接|联系|呼叫|叫|换)(?:一下)?客服|客服(?:在吗|在不在|呢)"),
-    re.compile(r"找(?:个|一个)?(?:活)?人(?![民口数家])"),
+    # 找客服, 联系售后客服, 让工作人员给我打电话, 叫你们经理出来, 跟客服专员沟通
+    re.compile(r"(?:找|要|转|转接|接|联系|呼叫|叫|换|让|请|安排|和|跟|与|给我找)" + _ZH_STAFF),
+    re.compile(r"客服(?:在吗|在不在|呢)|有(?:没有)?(?:人工|真人|在线)?客服(?:吗|嘛|么|没有)|(?:在线客服|人工客服|客服|人工|真人)(?:要|该)?(?:怎么|如何)(?:联系|找|转|接通)"),
+    # 找人 as "find me a person", not 找人代付 / 找人帮我付款 / 找人问过了
+    re.compile(r"找(?:个|一个)?(?:活)?人(?=$|[啊呀吧呢吗来聊说谈沟通处理解决回复,.!?，。！？~])"),
+    re.compile(r"(?:有没有|有|是|找|要)(?:个)?活人"),
     re.compile(r"(?:和|跟|与)(?:人|真人|人工|客服)(?:说|谈|聊|沟通|对话)"),
-    re.compile(r"(?:不要|不想|别|不用)(?:再)?(?:跟|和|与)?机器人"),
+    re.compile(r"(?:不要|不想|别|不用)(?:再)?(?:跟|和|与)?(?:机器人|ai|AI|智能客服)"),
 ]
-_BARE_ZH = re.compile(r"^(?:请|你好|您好|我要|我想要|帮我|麻烦)*(?:转?人工|真人|客服|人工客服)(?:谢谢|吧|啊|呀)*$")
+# A request in front of which a negation stands: 不需要人工, 不用转人工, 无需人工.
+_NEGATED_BEFORE_ZH = re.compile(r"(?:不|不用|无需|不必|没必要|别)(?:再)?$")
+# Asking for the support phone number, e-mail or hours is an information question: 客服电话是多少?
+_CONTACT_DETAIL_ZH = re.compile(r"的?(?:电话|热线|号码|邮箱|邮件|联系方式|工作时间|上班|下班|几点|时间|地址|微信号)")
+_ZH_TYPO_WORDS = (("人功", "人工"), ("认工", "人工"), ("人公", "人工"), ("仁工", "人工"))
+_BARE_ZH = re.compile(
+    r"^(?:请|你好|您好|我要|我想要|帮我|麻烦)*(?:转?人工|真人|客服|人工客服|rg|rgkf|rgzx|zrg)(?:谢谢|吧|啊|呀)*$"
+)
 
 
 # --- "that did not help" ------------------------------------------------------------------
@@ -241,7 +355,20 @@ _NOT_HELPFUL_EN = [
         r"\bstill\s+(?:(?:not|does ?n'?t|does not|is ?n'?t|is not|wo ?n'?t|will not|can'?t|cannot|"
         r"can not|did ?n'?t|did not)\s+(?:work|working|worked|fixed|solved|resolved|load|loading|open|"
         r"opening|connect|connecting|help|helping|log|logging|sign|signing|right|correct)|"
-        r"broken|failing|fails|the same|stuck|wrong|no luck)\b"
+        r"broken|failing|fails|the same|stuck|wrong|no luck|blank|empty|crash|crashes|crashing|"
+        r"freezes|freezing|says|shows|showing|gives|giving|getting|happening|happens)\b"
+    ),
+    # "didn't work", "nope, doesn't work": the whole message, or its start, says it failed
+    re.compile(
+        r"^(?:(?:nope|no|sorry|unfortunately|hmm|well|ok|okay|it|that|still)\W*\s*)*"
+        r"(?:did ?n'?t|did not|does ?n'?t|does not|do ?n'?t|do not|wo ?n'?t|will not)\s+(?:work|help)\b"
+    ),
+    re.compile(
+        r"\bno luck\b|\bnothing (?:changed|happened|changes)\b|\b(?:makes|made) no difference\b|"
+        r"\b(?:did ?n'?t|did not|does ?n'?t|does not) make (?:a|any) difference\b|"
+        r"\b(?:after|did|tried|followed|doing) (?:what|everything|all) you (?:said|told|suggested|wrote)\b|"
+        r"\btried \w+ already\b|\balready (?:tried|restarted|rebooted|reinstalled|cleared|reset|updated|"
+        r"done|did)\b"
     ),
     re.compile(
         r"\b(?:already tried|tried that|tried this|tried it already|did that already|"
@@ -264,11 +391,13 @@ _NOT_HELPFUL_ZH = [
     re.compile(r"不管用|不起作用|没(?:有)?(?:效果|起作用)|不好使"),
     re.compile(
         r"(?<!能)(?<!可以)(?<!行)(?:还是|仍然|依然|依旧|仍)(?:是)?(?:不行|不可以|不能|没用|没有用|一样|老样子|没解决|没有解决|"
-        r"未解决|不好使|不管用|失败|报错|打不开|登不上|登录不了|不对)"
+        r"未解决|不好使|不管用|失败|报错|打不开|登不上|登录不了|不对|闪退|崩溃|卡住|连不上|没反应)"
     ),
     re.compile(r"(?:你|说|回答|答案|讲|说得|讲得)的?(?:不对|错了|不正确)|^不对"),
     re.compile(r"答非所问|不是我问的|不是我要的|文不对题|没(?:有)?解决我的问题"),
-    re.compile(r"(?:已经|都|早就)?试过了|已经试过"),
+    re.compile(r"(?:已经|都|早就)?试过了|已经试过|都试过|(?:已经|早就)\S{0,4}过了，?还是"),
+    re.compile(r"等于没说|白说|说了半天|没(?:有)?(?:理解|明白|看懂|听懂)我(?:的意思|说的|的问题)"),
+    re.compile(r"(?:这个|这|你的|你说的|那个)(?:方法|办法|答案|回答|步骤)(?:也|还是)?(?:不行|没用|不管用|不对|无效|行不通)"),
 ]
 _BARE_NOT_HELPFUL_ZH = re.compile(r"^(?:不对|没用|错了|不行|没帮助|无效)(?:啊|呀|吧|的)*$")
 
@@ -312,12 +441,9 @@ def _split_marker(text: str, marker: str) -> tuple[str, str | None]:
     return "\n".join(kept).strip(), reason
 
 
-_LONG_NUMBER = re.compile(r"\d(?:[ \-.]?\d){11,}")
-
-
 def _short(text: str, limit: int = 120) -> str:
-    """One line, long digit runs (card numbers) masked, cut to `limit` characters."""
-    text = _LONG_NUMBER.sub("[number removed]", " ".join(text.split()))
+    """One line, card numbers masked to their last four digits, cut to `limit` characters."""
+    text = mask_card_numbers(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
@@ -335,6 +461,14 @@ def _error_name(error: BaseException) -> str:
     name = type(error).__name__
     code = getattr(error, "code", None) if isinstance(error, EngineError) else None
     return f"{name} ({code})" if isinstance(code, str) and code else name
+
+
+def _unreadable(unreadable_images: int, answerable_text: bool) -> tuple[Reason, str] | None:
+    """Rule 4: the turn had only refused images and no text to answer."""
+    n = unreadable_images
+    if n > 0 and not answerable_text:
+        return Reason.UNREADABLE_IMAGE, f"{n} image{'s' if n != 1 else ''} could not be read and the message had no text"
+    return None
 
 
 # --- the policy --------------------------------------------------------------------------
@@ -358,14 +492,22 @@ class EscalationPolicy:
         normalized = _normalize(text)
         if not normalized:
             return False
+        mended = _mend_typos(normalized)
         for pattern in _HUMAN_PATTERNS_EN:
-            for match in pattern.finditer(normalized):
-                if not _NEGATED_BEFORE.search(normalized[max(0, match.start() - 30): match.start()]):
+            for match in pattern.finditer(mended):
+                if not _NEGATED_BEFORE.search(mended[max(0, match.start() - 30): match.start()]):
                     return True
         compact = _compact(normalized)
-        if any(p.search(compact) for p in _HUMAN_PATTERNS_ZH):
-            return True
-        bare = _words_only(normalized)
+        for slip, word in _ZH_TYPO_WORDS:
+            compact = compact.replace(slip, word)
+        for pattern in _HUMAN_PATTERNS_ZH:
+            for match in pattern.finditer(compact):
+                if _CONTACT_DETAIL_ZH.match(compact, match.end()):
+                    continue  # 客服电话是多少? asks for a number, not for a person
+                if "机器人" not in match.group(0) and _NEGATED_BEFORE_ZH.search(compact[max(0, match.start() - 3): match.start()]):
+                    continue
+                return True
+        bare = _words_only(mended)
         if _BARE_ZH.match(bare.replace(" ", "")):
             return True
         person = [w for w in bare.split() if w not in _BARE_FILLER]
@@ -401,6 +543,26 @@ class EscalationPolicy:
 
     # -- the decision -----------------------------------------------------------------
 
+    def _text_handover(self, user_text: str) -> tuple[Reason, str] | None:
+        """Rules 1 and 2: the user asked for a person, or a sensitive topic."""
+        if self.wants_human(user_text):
+            return Reason.USER_REQUEST, "user asked for a human"
+        topic = self.sensitive_topic(user_text)
+        if topic is not None:
+            return Reason.SENSITIVE_TOPIC, f"matched {topic!r}"
+        return None
+
+    def before_model(
+        self, user_text: str, *, unreadable_images: int = 0, answerable_text: bool = True
+    ) -> Decision | None:
+        """The checks that need no model, in `decide`'s order: a request for a person, a
+        sensitive topic, only refused images and no text. The hand-over (answer "") or None
+        when the model must be asked."""
+        early = self._text_handover(user_text or "") or _unreadable(unreadable_images, answerable_text)
+        if early is None:
+            return None
+        return Decision(True, early[0], early[1], "")
+
     def decide(
         self,
         *,
@@ -413,6 +575,7 @@ class EscalationPolicy:
         threshold: float = 0.55,
         decline_marker: str = "[[HANDOVER]]",
         unknown_confidence_hands_over: bool = True,
+        earlier_answer: bool = False,
     ) -> Decision:
         """Answer or hand over, with one named reason; see the module docstring for the order."""
         user_text = user_text or ""
@@ -423,27 +586,19 @@ class EscalationPolicy:
         def handover(reason: Reason, detail: str) -> Decision:
             return Decision(True, reason, detail, draft)
 
-        # 1. the user asked for a person
-        if self.wants_human(user_text):
-            return handover(Reason.USER_REQUEST, "user asked for a human")
-
-        # 2. a topic that always goes to a person
-        topic = self.sensitive_topic(user_text)
-        if topic is not None:
-            return handover(Reason.SENSITIVE_TOPIC, f"matched {topic!r}")
+        # 1. / 2. the user asked for a person; a topic that always goes to a person
+        early = self._text_handover(user_text)
+        if early is not None:
+            return handover(*early)
 
         # 3. / 4. the engine failed; or there was nothing it could answer
-        only_unreadable = unreadable_images > 0 and not answerable_text
         if isinstance(error, EngineOverloaded):
             return handover(Reason.BUSY, _error_name(error))
         if error is not None:
             return handover(Reason.ENGINE_ERROR, _error_name(error))
-        if only_unreadable:
-            n = unreadable_images
-            return handover(
-                Reason.UNREADABLE_IMAGE,
-                f"{n} image{'s' if n != 1 else ''} could not be read and the message had no text",
-            )
+        unreadable = _unreadable(unreadable_images, answerable_text)
+        if unreadable is not None:
+            return handover(*unreadable)
         if generation is None:
             return handover(Reason.ENGINE_ERROR, "no generation")
         if generation.finish_reason == "cancelled":
@@ -470,11 +625,14 @@ class EscalationPolicy:
             low = confidence < threshold
             low_detail = f"confidence {_fmt(confidence, threshold)} < {_fmt(threshold)}"
 
-        # 6. the user says it did not help, or twice unsure in a row
-        if self.said_not_helpful(user_text):
-            return handover(Reason.REPEATED_FAILURE, "user said the answer did not help")
-        if previous_turn_low_confidence and low:
-            return handover(Reason.REPEATED_FAILURE, f"low confidence twice in a row ({low_detail})")
+        # 6. only after the bot answered in this episode: the user says it did not help, or
+        #    twice unsure in a row. Before any answer "it still doesn't work" describes what the
+        #    user tried on their own: a first message, answered like any other.
+        if earlier_answer:
+            if self.said_not_helpful(user_text):
+                return handover(Reason.REPEATED_FAILURE, "user said the answer did not help")
+            if previous_turn_low_confidence and low:
+                return handover(Reason.REPEATED_FAILURE, f"low confidence twice in a row ({low_detail})")
 
         # 7. unsure this time
         if low:

@@ -151,7 +151,7 @@ def test_user_request_wins_over_everything(policy):
     ("Give me my money back", "money back"),
     ("我要退款", "退款"),
     ("我要 退 款", "退款"),
-    ("I'll take you to court", "court"),
+    ("I'll take you to court", "to court"),
     ("I will sue you", "sue you"),
     ("My lawyer will contact you", "lawyer"),
     ("I'm filing a chargeback with my bank", "chargeback"),
@@ -176,6 +176,7 @@ def test_sensitive_topic_hands_over(policy, user_text, topic):
     "Why was I charged?",
     "My name is Sue and I can't log in",
     "Thanks for the courtesy",
+    "The food court page in the mall app is blank",  # "court" only as the place of a case
     "Payment failed — CARD_DECLINED (E-4012)",
     "为什么扣我钱?",
 ])
@@ -198,7 +199,7 @@ def test_custom_topics_replace_the_default():
 
 
 def test_default_topics_cover_both_languages():
-    assert {"refund", "chargeback", "lawyer", "court", "fraud", "gdpr"} <= set(DEFAULT_SENSITIVE_TOPICS)
+    assert {"refund", "chargeback", "lawyer", "to court", "fraud", "gdpr"} <= set(DEFAULT_SENSITIVE_TOPICS)
     assert {"退款", "拒付", "律师", "起诉", "法院", "注销账号", "盗刷"} <= set(DEFAULT_SENSITIVE_TOPICS)
 
 
@@ -287,7 +288,10 @@ def test_model_declined_detail_gives_the_reason_without_card_numbers(policy):
     assert "full card number" in decision.detail
     leaked = policy.decide(user_text="Why was I charged?",
                            generation=gen("[[HANDOVER]] card 4111 1111 1111 1111 visible", 0.95))
-    assert "4111" not in leaked.detail
+    assert "4111" not in leaked.detail and "•••• 1111" in leaked.detail  # the last four digits stay
+    order = policy.decide(user_text="Why was I charged?",
+                          generation=gen("[[HANDOVER]] order 123456789012345 not found", 0.95))
+    assert "123456789012345" in order.detail  # not a card number (Luhn): kept
 
 
 def test_custom_decline_marker(policy):
@@ -323,9 +327,22 @@ def test_marker_removed_from_draft_for_every_handover(policy):
 ])
 def test_user_says_it_did_not_help(policy, user_text):
     assert policy.said_not_helpful(user_text)
-    decision = policy.decide(user_text=user_text, generation=gen(RENEWAL_EN, 0.95))
+    decision = policy.decide(user_text=user_text, generation=gen(RENEWAL_EN, 0.95), earlier_answer=True)
     assert decision.handover and decision.reason is Reason.REPEATED_FAILURE
     assert decision.detail == "user said the answer did not help"
+    first = policy.decide(user_text=user_text, generation=gen(RENEWAL_EN, 0.95))
+    assert not first.handover  # no answer yet in this episode: a first message like any other
+
+
+def test_still_not_working_is_repeated_failure_only_after_an_answer(policy):
+    text = "I restarted the router but it is still not working"
+    assert policy.said_not_helpful(text)
+    first = policy.decide(user_text=text, generation=gen(confidence=0.9), earlier_answer=False)
+    assert first.reason is not Reason.REPEATED_FAILURE and not first.handover
+    unsure = policy.decide(user_text=text, generation=gen(confidence=0.3), earlier_answer=False)
+    assert unsure.reason is Reason.LOW_CONFIDENCE  # goes on to the normal confidence checks
+    again = policy.decide(user_text=text, generation=gen(confidence=0.9), earlier_answer=True)
+    assert again.reason is Reason.REPEATED_FAILURE
 
 
 @pytest.mark.parametrize("user_text", [
@@ -346,9 +363,12 @@ def test_low_confidence_twice_in_a_row(policy):
     first = policy.decide(user_text="My router light is solid red", generation=gen("Maybe restart?", 0.3))
     assert first.reason is Reason.LOW_CONFIDENCE
     second = policy.decide(user_text="It's red and blinking now", generation=gen("Perhaps the cable?", 0.35),
-                           previous_turn_low_confidence=True)
+                           previous_turn_low_confidence=True, earlier_answer=True)
     assert second.reason is Reason.REPEATED_FAILURE
     assert "0.35" in second.detail and "0.55" in second.detail
+    no_answer_yet = policy.decide(user_text="It's red and blinking now", generation=gen("Perhaps the cable?", 0.35),
+                                  previous_turn_low_confidence=True)
+    assert no_answer_yet.reason is Reason.LOW_CONFIDENCE
 
 
 def test_confident_after_a_low_turn_answers(policy):
