@@ -40,6 +40,7 @@ from jinja2.filters import FILTERS as _JINJA_FILTERS
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bot.escalation import DEFAULT_SENSITIVE_TOPICS
 from bot.language import SUPPORTED, detect_language
 
 __all__ = [
@@ -70,6 +71,8 @@ MAX_OUTPUT_CHARS = 100_000  # one rendered text
 MAX_REPEAT_CHARS = 10_000  # "-" * 40 is fine, "a" * 10**9 is not
 MAX_USER_NAME_CHARS = 64
 MAX_NEW_TOKENS_LIMIT = 32_768
+MAX_SENSITIVE_TOPICS = 500
+MAX_SENSITIVE_TOPIC_CHARS = 100
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
@@ -388,6 +391,9 @@ class EscalationSettings(_Model):
 
     confidence_threshold: float = 0.55  # below this the thread goes to a person
     decline_marker: str = "[[HANDOVER]]"  # what the model writes, alone on the first line, when it cannot help
+    # Terms that always send the thread to a person (refunds, legal threats ...); a list here
+    # replaces the defaults of bot/escalation.py. English terms match as words, Chinese as text.
+    sensitive_topics: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE_TOPICS))
 
 
 class Example(_Model):
@@ -432,6 +438,8 @@ class Template(_Model):
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     handover_messages: dict[str, str]
     examples: list[Example] = Field(default_factory=list)
+    # Show the answer while it is generated; text shown this way may still be withdrawn by a hand-over.
+    stream: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -524,8 +532,17 @@ class Template(_Model):
         return None, structure, content
 
     def to_dict(self) -> dict[str, Any]:
-        """Every key, always, in a fixed order: plain JSON/YAML-safe data that :meth:`from_dict` restores."""
-        return self.model_dump(mode="python")
+        """Every key in a fixed order: plain JSON/YAML-safe data that :meth:`from_dict` restores.
+
+        Two keys are written only when they differ from their defaults, so a stored version keeps
+        following Snapdesk's list: ``escalation.sensitive_topics`` and ``stream``.
+        """
+        data = self.model_dump(mode="python")
+        if data["escalation"]["sensitive_topics"] == list(DEFAULT_SENSITIVE_TOPICS):
+            del data["escalation"]["sensitive_topics"]
+        if data["stream"] is False:
+            del data["stream"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=False)
@@ -691,6 +708,15 @@ class Template(_Model):
             add(TemplateIssue("escalation.decline_marker", "must not be empty"))
         elif marker != marker.strip() or "\n" in marker or len(marker) > 64:
             add(TemplateIssue("escalation.decline_marker", "one line of at most 64 characters, no surrounding spaces"))
+        topics = esc.sensitive_topics
+        if len(topics) > MAX_SENSITIVE_TOPICS:
+            add(TemplateIssue("escalation.sensitive_topics", f"at most {MAX_SENSITIVE_TOPICS} terms"))
+        for i, topic in enumerate(topics):
+            if not topic.strip() or topic != topic.strip() or "\n" in topic or len(topic) > MAX_SENSITIVE_TOPIC_CHARS:
+                add(TemplateIssue(
+                    f"escalation.sensitive_topics[{i}]",
+                    f"each term is one line of 1-{MAX_SENSITIVE_TOPIC_CHARS} characters, no surrounding spaces",
+                ))
 
         issues += self._text_issues(bool(marker.strip()))
         issues += self._example_issues()

@@ -438,3 +438,99 @@ def test_decision_is_frozen_and_reason_is_a_string(policy):
 @pytest.mark.parametrize("method", ["wants_human", "sensitive_topic", "said_not_helpful"])
 def test_matchers_accept_empty_text(policy, method):
     assert not getattr(policy, method)("")
+
+
+# --- near-misses, checks before the model, template topics, the benchmark ---------------
+
+
+@pytest.mark.parametrize("user_text", [
+    "How do I transfer money to someone else?",
+    "Can I forward the invoice to someone in accounting?",
+    "I need an agent to sign in",
+    "我想找人代付",
+    "客服电话是多少?",  # asking for the support phone number is an information question
+    "人工智能是怎么回答问题的?",
+    "我不需要人工，告诉我怎么改密码就行",
+])
+def test_words_for_people_in_other_senses_are_not_requests(policy, user_text):
+    assert not policy.wants_human(user_text)
+    assert policy.before_model(user_text) is None
+
+
+@pytest.mark.parametrize("user_text", [
+    "I need an agent to look at this",
+    "Can you transfer this chat to the billing team?",
+    "Can someone from support call me back?",
+    "talk to a humna",
+    "转认工",
+    "麻烦给我转个人工，这个扣费我看不懂",
+    "能让工作人员给我打个电话吗",
+])
+def test_requests_in_other_words(policy, user_text):
+    assert policy.wants_human(user_text)
+
+
+def test_before_model_runs_the_checks_that_need_no_model(policy):
+    assert policy.before_model("转人工") == Decision(True, Reason.USER_REQUEST, "user asked for a human", "")
+    topic = policy.before_model("I want a refund")
+    assert topic == Decision(True, Reason.SENSITIVE_TOPIC, "matched 'refund'", "")
+    unreadable = policy.before_model("", unreadable_images=2, answerable_text=False)
+    assert unreadable is not None and unreadable.reason is Reason.UNREADABLE_IMAGE and unreadable.answer == ""
+    assert "2 images" in unreadable.detail
+    # the same order as decide: a request for a person wins over a refused image
+    both = policy.before_model("agent please", unreadable_images=1, answerable_text=False)
+    assert both.reason is Reason.USER_REQUEST
+    assert policy.before_model("Why was I charged?") is None
+    assert policy.before_model("", unreadable_images=1, answerable_text=True) is None
+    assert policy.before_model("that didn't help") is None  # needs the episode: decide's business
+    # decide gives the same reasons and details for these
+    for text, kwargs in (("转人工", {}), ("I want a refund", {}), ("", {"unreadable_images": 2, "answerable_text": False})):
+        early = policy.before_model(text, **kwargs)
+        late = policy.decide(user_text=text, generation=None, **kwargs)
+        assert (late.reason, late.detail) == (early.reason, early.detail)
+
+
+def _template_with(escalation: dict):
+    import yaml
+
+    from bot.templates import DEFAULT_DIRECTORY, Template
+
+    data = yaml.safe_load((DEFAULT_DIRECTORY / "billing.yaml").read_text(encoding="utf-8"))
+    data["escalation"] = {**data.get("escalation", {}), **escalation}
+    return Template.from_dict(data)
+
+
+def test_template_sensitive_topics_replace_the_defaults():
+    from bot.templates import TemplateError
+
+    default = _template_with({})
+    assert tuple(default.escalation.sensitive_topics) == DEFAULT_SENSITIVE_TOPICS
+    assert default.stream is False and "sensitive_topics" not in default.to_dict()["escalation"]
+
+    template = _template_with({"sensitive_topics": ["invoice", "发票"]})
+    policy = EscalationPolicy(template.escalation.sensitive_topics)
+    assert policy.sensitive_topic("Send me the invoices") == "invoice"
+    assert policy.sensitive_topic("我要开发票") == "发票"
+    assert policy.sensitive_topic("I want a refund") is None  # the defaults are gone
+    assert policy.before_model("Send me the invoice").reason is Reason.SENSITIVE_TOPIC
+    assert template.to_dict()["escalation"]["sensitive_topics"] == ["invoice", "发票"]
+
+    with pytest.raises(TemplateError) as bad:
+        _template_with({"sensitive_topics": ["invoice", "  ", "x" * 200]})
+    fields = [issue.field for issue in bad.value.errors]
+    assert fields == ["escalation.sensitive_topics[1]", "escalation.sensitive_topics[2]"]
+    with pytest.raises(TemplateError, match="escalation.sensitive_topics"):
+        _template_with({"sensitive_topics": "refund"})
+
+
+def test_benchmark_data_meets_the_targets():
+    from bench.escalation_bench import load_cases, measure
+
+    cases = load_cases()
+    assert len(cases) >= 400
+    langs = [c.lang for c in cases]
+    assert 0.4 <= langs.count("zh") / len(cases) <= 0.6
+    figures = measure(EscalationPolicy())
+    for check in ("request", "sensitive"):
+        assert figures[f"escalation_{check}_precision"] >= 0.95, check
+        assert figures[f"escalation_{check}_recall"] >= 0.90, check
