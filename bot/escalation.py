@@ -5,6 +5,8 @@ Every channel (Slack, Telegram, the web widget) and every turn goes through
 written, and every hand-over carries one named `Reason` and a short `detail` that agents
 and operators can read and count. The policy is plain, deterministic text matching plus
 the engine's confidence: no model call, no I/O, cheap enough to run on every turn.
+`EscalationPolicy.before_model` runs rules 1, 2 and 4 alone (same code, same order), so a
+turn they settle is handed over without generating.
 
 Precedence (the first rule that applies wins):
 
@@ -17,41 +19,66 @@ Precedence (the first rule that applies wins):
                         this reason wins over "no generation": nothing failed, there was
                         simply nothing readable to answer;
 5. ``model_declined``   the model wrote the template's decline marker;
-6. ``repeated_failure`` the user says the last answer did not help, or the confidence is
-                        low for the second turn in a row;
+6. ``repeated_failure`` only when the bot already answered in this episode
+                        (``earlier_answer=True``): the user says it did not help, or the
+                        confidence is low for the second turn in a row.  Before any answer,
+                        "I restarted the router but it is still not working" describes what
+                        the user tried alone: the turn goes on to the confidence checks;
 7. ``low_confidence``   confidence below the template threshold, unknown, or an empty answer;
 8. otherwise answer.
 
 Matching choices (all case-insensitive, on NFKC-normalised text so full-width letters,
-digits and punctuation behave like their ASCII forms):
+digits and punctuation behave like their ASCII forms).  The rules are measured against
+``bench/data/escalation_messages.jsonl`` (``python -m bench.escalation_bench --show``).
 
 * Asking for a person is recognised from *phrases*, never from a lone keyword inside a
-  sentence: "talk/speak/chat to a human|person|agent|someone", "connect/transfer me to an
-  agent", "get me a human", "I need a representative", "agent please", "real person",
-  "live agent", or a message that is nothing but "human" / "agent" / "representative" /
-  "operator" (with "please", "hi" ... allowed around it).  So "My agent ID is 1234",
-  "the agent app crashed" and "The human resources page crashed" are not requests.  A
-  direct negation in front ("I don't need a human") cancels the match.  Chinese:
-  转人工, 人工客服/服务/坐席, 要/找/接/转/联系人工 (never 人工智能), 真人客服, 找/要/跟真人,
-  找/转/联系客服, 客服在吗, 找人, 跟人聊, 不要机器人, or a message that is just 人工 / 真人 / 客服
-  (never 人工智能, 人工费, 真人认证 / 真人验证).
-* Sensitive topics are a plain list of terms (replaceable per deployment).  An English term
-  matches as whole words plus a regular inflection of its last word (-s, -es, -d, -ed,
-  -ing; "sue" -> "suing"), so "refund", "refunds" and "refunded" match while "refundable"
-  does not: "Is this charge refundable?" is a policy question the template can answer,
-  whereas "I want a refund" is a request for money that an agent handles.  A term ending
-  in "*" matches as a prefix ("refund*" also catches "refundable") for deployments that
-  want the stricter behaviour.  Terms with Chinese characters match as substrings
-  (whitespace in the message ignored).  The returned topic is the list entry, first entry
-  in list order wins.  "sue" is listed only in phrases ("sue you", "I'll sue", "suing")
-  because Sue is also a name.
-* "It did not help" is recognised from phrases that only make sense after an answer
-  ("that didn't help", "not helpful", "still not working", "that's wrong", "I already
-  tried that", 没用, 没有帮助, 还是不行, 说的不对, 答非所问 ...); complaints that are also
-  typical first messages ("my payment didn't work", 金额不对, 我没用过) do not count.
+  sentence.  English: talk/speak/chat to|with a human|person|agent|someone|your billing
+  team ...; a routing verb (connect, transfer, pass, forward, escalate ...) only when what
+  is routed is the user or the conversation ("transfer me / this chat to an agent"), so
+  "transfer money to someone" and "forward the invoice to someone in accounting" are not
+  requests; get/need/want a human|agent|manager, but not when the person is wanted for
+  something other than helping ("I need an agent to sign in", "need someone to sign for the
+  parcel"); a support person asked to act ("can someone from support call me back", "have
+  a person look at this"); "real person", "live agent", "is there a human I can talk to",
+  "call me back", "a person, not a bot", or a message that is nothing but "human" / "agent"
+  / "representative" / "operator" (with "please", "hi" ... around it).  Words that name a
+  thing, not a person, stop a match: "agent ID", "the agent app", "human resources".  A
+  swapped pair of letters is mended first ("humna", "agnet", "tlak").  A direct negation in
+  front ("I don't need a human") cancels the match.  Chinese: 转/接通/咨询/要/找人工
+  (also 转个人工, 转给人工; typed 人功 / 认工 are mended), 人工客服/服务, 真人客服, 找真人,
+  asking a role for help (找客服, 让工作人员给我打电话, 叫你们经理, 跟客服专员沟通), 客服在吗,
+  有人工吗, 找人 / 跟人聊 on their own, 不要机器人, or a message that is just 人工 / 真人 / 客服.
+  Never 人工智能, 人工费, 人工审核, 真人认证 / 真人验证; not 找人代付 / 找人代收 (someone else
+  is to act, not support); negated requests (不需要人工, 不用转人工) do not count.
+  *Asking for the support phone number, e-mail or hours is an information question, not a
+  request* (客服电话是多少?, "What's your customer service phone number?"): the template can
+  answer it.  "How do I reach a human?" / 怎么联系人工客服? asks for a person and is one.
+* Sensitive topics are a plain list of terms (replaceable per deployment: a template's
+  ``escalation.sensitive_topics``).  A message is sensitive when it *names the topic
+  itself* -- the noun or verb, in any regular inflection: "refund", "refunds", "refunded",
+  "What is your refund policy?", 怎么申请退款? -- including when the page for it is broken
+  ("the dispute resolution page won't load" names a dispute the user is trying to open).
+  An adjective derived from a term is a question about a product, which the template
+  answers: "Is this refundable?", "non-refundable tickets", 这个可以退吗?.  Technically: an
+  English term matches as whole words plus a regular inflection of its last word (-s, -es,
+  -d, -ed, -ing; "sue" -> "suing"); a term ending in "*" matches as a prefix ("refund*"
+  also catches "refundable") for deployments that want the stricter behaviour.  Terms with
+  Chinese characters match as substrings (whitespace in the message ignored).  The
+  returned topic is the list entry, first entry in list order wins.  Words with an
+  everyday sense are listed only in phrases: "sue you" / "I'll sue" (Sue is a name), "to
+  court" / "in court" (not "food court").  Fraud without the word is listed by phrase too:
+  "without my permission", "I didn't authorize", "someone logged into my account",
+  不是我本人, 未授权, 有人用我的.
+* "It did not help" is recognised from phrases that say an earlier attempt or answer
+  failed ("that didn't help", "not helpful", "still not working", "that's wrong", "I
+  already tried that", "nothing changed", 没用, 没有帮助, 还是不行, 说的不对, 答非所问 ...);
+  complaints that are also typical first messages ("my payment didn't work", "I still
+  haven't received my parcel", 金额不对, 我没用过) do not count.  Whether it hands over depends
+  on ``earlier_answer`` (rule 6).
 
-Details never quote an exception's message (it may contain user data) and mask long digit
-runs, so a card number the model saw in a screenshot does not reach the escalation list.
+Details never quote an exception's message (it may contain user data) and card numbers in
+them are masked to their last four digits ("•••• 1111", `bot.masking`), so a number the
+model saw in a screenshot does not reach the escalation list; other numbers are kept.
 """
 
 from __future__ import annotations
