@@ -20,10 +20,12 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from .messages import utcnow
 from .store import Store, iso
+from .text import clean_user_text
 
 Role = Literal["agent", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("agent", "operator", "admin")
 MIN_PASSWORD_CHARS = 10
+MAX_DISPLAY_NAME_CHARS = 60
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=15)
 
@@ -35,12 +37,21 @@ class AccountError(Exception):
     """A user-facing problem with an account operation."""
 
 
+class NoSuchUser(AccountError):
+    """The account named does not exist."""
+
+
 @dataclass(frozen=True)
 class User:
     id: int
     name: str
     role: Role
     disabled: bool
+    display_name: str = ""  # what end users see; the login name when none was set
+
+    def __post_init__(self) -> None:
+        if not self.display_name:
+            object.__setattr__(self, "display_name", self.name)
 
     def can(self, role: Role) -> bool:
         """Admins can do everything; agents and operators only their own consoles."""
@@ -55,7 +66,15 @@ class Session:
 
 
 def _user(row: dict) -> User:
-    return User(row["id"], row["name"], row["role"], bool(row["disabled"]))
+    return User(row["id"], row["name"], row["role"], bool(row["disabled"]), row.get("display_name") or "")
+
+
+def clean_display_name(display_name: str) -> str:
+    """One line of 1 to 60 characters, control characters removed, or AccountError."""
+    cleaned = " ".join(clean_user_text(str(display_name)).split())
+    if not cleaned or len(cleaned) > MAX_DISPLAY_NAME_CHARS:
+        raise AccountError(f"A display name is 1 to {MAX_DISPLAY_NAME_CHARS} characters on one line.")
+    return cleaned
 
 
 def _digest(token: str) -> str:
@@ -70,7 +89,8 @@ class Accounts:
         self.absolute_timeout = absolute_timeout
 
     # Users ------------------------------------------------------------------------
-    def add_user(self, name: str, role: str, password: str, actor: str = "cli") -> User:
+    def add_user(self, name: str, role: str, password: str, actor: str = "cli",
+                 display_name: str | None = None) -> User:
         name = name.strip()
         if not name or len(name) > 64 or not all(c.isalnum() or c in "._-@" for c in name):
             raise AccountError("A user name is 1 to 64 letters, digits or . _ - @.")
@@ -78,16 +98,17 @@ class Accounts:
             raise AccountError(f"The role must be one of: {', '.join(ROLES)}.")
         if len(password) < MIN_PASSWORD_CHARS:
             raise AccountError(f"The password must have at least {MIN_PASSWORD_CHARS} characters.")
+        shown = clean_display_name(display_name) if display_name is not None and display_name.strip() else None
         with self.store.transaction():
             if self.store._one("select id from users where name = ?", [name]):
                 raise AccountError(f"There is already a user called {name}.")
             user_id = self.store._insert(
                 "users",
                 {"name": name, "role": role, "password_hash": HASHER.hash(password), "disabled": 0,
-                 "failed_logins": 0, "created_at": iso()},
+                 "failed_logins": 0, "created_at": iso(), "display_name": shown},
             )
-            self.store.audit(actor, "user_add", f"user:{name}", role=role)
-        return User(user_id, name, role, False)  # type: ignore[arg-type]
+            self.store.audit(actor, "user_add", f"user:{name}", role=role, display_name=shown)
+        return User(user_id, name, role, False, shown or "")  # type: ignore[arg-type]
 
     def users(self) -> list[User]:
         return [_user(row) for row in self.store._all("select * from users order by name")]
@@ -96,14 +117,30 @@ class Accounts:
         row = self.store._one("select * from users where name = ?", [name])
         return _user(row) if row else None
 
-    def disable_user(self, name: str, actor: str = "cli") -> None:
+    def set_display_name(self, name: str, display_name: str, actor: str = "cli") -> User:
+        """Set the name end users see for this account (cleaned: one line, 1-60 characters)."""
+        shown = clean_display_name(display_name)
+        with self.store.transaction():
+            row = self.store._one("select * from users where name = ?", [name])
+            if row is None:
+                raise NoSuchUser(f"There is no user called {name}.")
+            self.store.db.conn.execute("update users set display_name = ? where id = ?", [shown, row["id"]])
+            self.store.audit(actor, "user_display_name", f"user:{name}", display_name=shown,
+                             previous=row.get("display_name"))
+        return _user({**row, "display_name": shown})
+
+    def disable_user(self, name: str, actor: str = "cli") -> list[int]:
+        """Block the account, end its sessions and put its claimed conversations back in the
+        queue, all in one transaction; returns the ids of the conversations released."""
         with self.store.transaction():
             row = self.store._one("select id from users where name = ?", [name])
             if row is None:
-                raise AccountError(f"There is no user called {name}.")
+                raise NoSuchUser(f"There is no user called {name}.")
             self.store.db.conn.execute("update users set disabled = 1 where id = ?", [row["id"]])
             self.store.db.conn.execute("delete from sessions where user_id = ?", [row["id"]])
-            self.store.audit(actor, "user_disable", f"user:{name}")
+            released = self.store.release_claims(name)
+            self.store.audit(actor, "user_disable", f"user:{name}", released=released)
+        return released
 
     # Logging in -------------------------------------------------------------------
     def authenticate(self, name: str, password: str, now: datetime | None = None) -> User | None:
@@ -160,7 +197,8 @@ class Accounts:
             return None
         now = now or utcnow()
         row = self.store._one(
-            "select s.*, u.name, u.role, u.disabled from sessions s join users u on u.id = s.user_id where s.id = ?",
+            "select s.*, u.name, u.role, u.disabled, u.display_name from sessions s join users u on u.id = s.user_id "
+            "where s.id = ?",
             [_digest(token)],
         )
         if row is None:
@@ -171,7 +209,7 @@ class Accounts:
             return None
         with self.store.transaction():
             self.store.db.conn.execute("update sessions set last_seen_at = ? where id = ?", [iso(now), row["id"]])
-        return Session(User(row["user_id"], row["name"], row["role"], bool(row["disabled"])),
+        return Session(User(row["user_id"], row["name"], row["role"], bool(row["disabled"]), row["display_name"] or ""),
                        row["csrf_token"], row["expires_at"])
 
     def close_session(self, token: str) -> None:

@@ -198,8 +198,8 @@ def cmd_user(args: argparse.Namespace) -> int:
                 password = _read_password(args)
             except ValueError as exc:
                 return _fail(str(exc), EXIT_USAGE)
-            user = accounts.add_user(args.name, args.role, password)
-            print(f"added {user.role} {user.name}")
+            user = accounts.add_user(args.name, args.role, password, display_name=args.display_name)
+            print(f"added {user.role} {user.name}" + (f" ({user.display_name})" if args.display_name else ""))
         elif args.user_command == "list":
             users = accounts.users()
             if not users:
@@ -300,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=["agent", "operator", "admin"])
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    add.add_argument("--display-name", metavar="NAME",
+                     help="the name users see on this agent's replies (default: the user name)")
     listing = user_commands.add_parser("list", help="list users, their roles and whether they are active")
     disable = user_commands.add_parser("disable", help="disable a user and close their sessions")
     disable.add_argument("name")

@@ -11,7 +11,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from bot.accounts import HASHER, Accounts, AccountError
+from bot.accounts import HASHER, Accounts, AccountError, NoSuchUser
 from bot.messages import utcnow
 from bot.store import Store
 from engine.stub import StubEngine
@@ -152,6 +152,10 @@ def test_user_command(tmp_path):
     short = run("add", "li", "--role", "agent", "--password-stdin", stdin="short\n")
     assert short.returncode == 2 and "at least 10" in short.stderr
     assert "mei\tagent\tactive" in run("list").stdout
+    named = run("add", "wen", "--role", "agent", "--display-name", "Wen from support", "--password-stdin",
+                stdin=PASSWORD + "\n")
+    assert named.returncode == 0 and "Wen from support" in named.stdout
+    assert Accounts(Store(tmp_path)).user("wen").display_name == "Wen from support"
     assert run("disable", "mei").returncode == 0
     assert "mei\tagent\tdisabled" in run("list").stdout
     stored = Store(tmp_path)._one("select password_hash from users where name = 'mei'")["password_hash"]
@@ -175,10 +179,77 @@ def test_admins_manage_users_through_the_api(tmp_path):
         assert created.status_code == 200 and created.json()["role"] == "agent"
         weak = admin.post("/admin/api/users", json={"name": "wu", "role": "agent", "password": "short"})
         assert weak.status_code == 422 and "at least 10" in weak.json()["message"]
-        assert {"name": "li", "role": "agent", "disabled": False} in admin.get("/admin/api/users").json()["users"]
+        assert {"name": "li", "role": "agent", "disabled": False, "display_name": "li"} in \
+            admin.get("/admin/api/users").json()["users"]
         li = signed_in(base, "li")
         assert admin.post("/admin/api/users/li/disable").status_code == 200
         assert li.get("/console/api/me").status_code == 401
         assert admin.post("/admin/api/users/admin/disable").status_code == 409
         actions = {r["action"] for r in app.state.runtime.store._all("select action from audit_log where actor = 'admin'")}
         assert {"user_add", "user_disable"} <= actions
+
+
+def test_display_names_default_to_the_login_are_cleaned_and_audited(tmp_path):
+    accounts = Accounts(Store(tmp_path))
+    plain = accounts.add_user("mei", "agent", PASSWORD)
+    assert plain.display_name == "mei" and accounts.user("mei").display_name == "mei"
+    named = accounts.add_user("li", "agent", PASSWORD, display_name="  Li  Wei ")
+    assert named.display_name == "Li Wei" and accounts.user("li").display_name == "Li Wei"
+
+    changed = accounts.set_display_name("mei", "Mei\n\x1b\x07Zhang\u202e", actor="admin")
+    assert changed.display_name == "Mei Zhang" and accounts.user("mei").display_name == "Mei Zhang"
+    token, _ = accounts.open_session(accounts.user("mei"))
+    assert accounts.session(token).user.display_name == "Mei Zhang"
+    for bad in ("", "   ", "\x00\x07", "x" * 61):
+        with pytest.raises(AccountError):
+            accounts.set_display_name("mei", bad)
+    with pytest.raises(AccountError):
+        accounts.add_user("wu", "agent", PASSWORD, display_name="y" * 61)
+    assert accounts.user("wu") is None
+    with pytest.raises(NoSuchUser):
+        accounts.set_display_name("nobody", "Nobody")
+    audit = accounts.store._all("select actor, action, target, detail from audit_log where action = 'user_display_name'")
+    assert [(a["actor"], a["target"]) for a in audit] == [("admin", "user:mei")] and "Mei Zhang" in audit[0]["detail"]
+
+
+def test_disabling_an_agent_puts_their_claimed_conversations_back_in_the_queue(tmp_path):
+    from bot.store import CLAIMED, WAITING
+
+    store = Store(tmp_path)
+    accounts = Accounts(store)
+    accounts.add_user("mei", "agent", PASSWORD)
+    accounts.add_user("li", "agent", PASSWORD)
+    ids = []
+    for key, agent in (("a", "mei"), ("b", "mei"), ("c", "li")):
+        conversation = store._ensure_conversation("widget", key, key, key, "2026-01-01T00:00:00")
+        store.set_owner(conversation["id"], CLAIMED, agent)
+        ids.append(conversation["id"])
+    assert sorted(accounts.disable_user("mei")) == ids[:2]
+    assert [store.conversation(i)["status"] for i in ids] == [WAITING, WAITING, CLAIMED]
+    assert [store.conversation(i)["assigned_agent"] for i in ids] == [None, None, "li"]
+
+
+def test_admins_set_display_names_through_the_api(tmp_path):
+    from tests.test_agent_console import signed_in
+
+    accounts = Accounts(Store(tmp_path))
+    accounts.add_user("admin", "admin", PASSWORD)
+    accounts.add_user("olga", "operator", PASSWORD)
+    with live_server(tmp_path, engine=StubEngine(), login_rate_per_ip=1000) as (base, app):
+        admin = signed_in(base, "admin")
+        created = admin.post("/admin/api/users", json={"name": "mei", "role": "agent", "password": PASSWORD,
+                                                        "display_name": "Mei"})
+        assert created.status_code == 200 and created.json()["display_name"] == "Mei"
+        renamed = admin.post("/admin/api/users/mei/display-name", json={"display_name": "Mei Zhang"})
+        assert renamed.status_code == 200 and renamed.json()["display_name"] == "Mei Zhang"
+        listed = {u["name"]: u["display_name"] for u in admin.get("/admin/api/users").json()["users"]}
+        assert listed == {"admin": "admin", "mei": "Mei Zhang", "olga": "olga"}
+        invalid = admin.post("/admin/api/users/mei/display-name", json={"display_name": "  "})
+        assert invalid.status_code == 400 and "1 to 60" in invalid.json()["message"]
+        assert admin.post("/admin/api/users/nobody/display-name", json={"display_name": "X"}).status_code == 404
+        no_csrf = httpx.post(f"{base}/admin/api/users/mei/display-name", json={"display_name": "Evil"},
+                             cookies=admin.cookies)
+        assert no_csrf.status_code in (401, 403)
+        operator = signed_in(base, "olga")
+        assert operator.post("/admin/api/users/mei/display-name", json={"display_name": "Evil"}).status_code == 403
+        assert accounts.user("mei").display_name == "Mei Zhang"
