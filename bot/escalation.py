@@ -131,7 +131,7 @@ DEFAULT_SENSITIVE_TOPICS: tuple[str, ...] = (
     # account deletion / personal data
     "delete my account", "close my account", "remove my account", "cancel my account",
     "account deletion", "delete my data", "remove my data", "erase my data",
-    "right to be forgotten", "gdpr", "erasure", "you store about me", "you hold about me", "you have about me",
+    "right to be forgotten", "gdpr", "erasure", "erase my account", "you store about me", "you hold about me", "you have about me",
     # fraud and security incidents
     "fraud", "fraudulent", "scam", "scammed", "identity theft", "identity was stolen",
     "stolen", "theft", "thief", "thieves", "stole", "steal", "unauthorized charge", "unauthorised charge",
@@ -147,7 +147,7 @@ DEFAULT_SENSITIVE_TOPICS: tuple[str, ...] = (
     "注销账号", "注销帐号", "注销账户", "账号注销", "帐号注销", "账户注销", "注销我的账", "销户",
     "删除账号", "删除帐号", "删除账户", "删除我的账", "删除我的数据",
     "删除个人信息", "删除我的个人信息", "个人信息删",
-    "盗刷", "被盗", "盗用", "冒用", "诈骗", "欺诈", "骗子", "被骗", "不是我本人", "非本人",
+    "盗刷", "被盗", "盗了", "盗号", "被人盗", "盗用", "冒用", "诈骗", "欺诈", "欺骗", "骗子", "被骗", "不是我本人", "非本人",
     "没有授权", "未授权", "未经授权", "泄露", "泄漏",
     "有人用我的", "有人登录我的", "有人登录了我的", "异地登录",
 )
@@ -205,7 +205,7 @@ _SOMEONE_THERE = (
 _PERSON = (
     r"(?:" + _TEAM + r"|" + _SOMEONE_THERE + r"|"
     r"(?:(?:a|an|the|some|your|one of your|any|with)\s+)?(?:(?:real|live|actual|human|other)\s+)?"
-    r"(?:" + _SUPPORT_NOUNS + r"|someone|somebody|anyone|anybody|some1)\b" + _NOT_A_PERSON_AFTER + r")"
+    r"(?:" + _SUPPORT_NOUNS + r"|someone|somebody|anyone|anybody|some1|support)\b" + _NOT_A_PERSON_AFTER + r")"
 )
 _DIRECT_PERSON = (  # object of "get / need / want ...": a bare "the agent" or "someone" is not enough
     r"(?:me\s+)?(?:" + _TEAM + r"|" + _SOMEONE_THERE + r"|"
@@ -245,7 +245,8 @@ _HUMAN_PATTERNS_EN = [
     re.compile(r"\bput (?:me|us) (?:in touch|through)\b"),
     # get / give / need / want / reach / contact / request <person>, not "<person> to sign in"
     re.compile(
-        r"\b(?:(?:get|give|need|want|wanna|reach|contact|call|request|prefer|have)\s+(?:to\s+)?|"
+        r"\b(?:(?:get|give|need|want|wanna|prefer)\s+(?:to\s+)?|"
+        r"(?:reach|contact|call|request|have)\s+(?:to\s+)?(?=(?:me|a|an|some|your|one|someone|somebody|anyone)\b)|"
         r"(?:can|could|may) (?:i|we) (?:please )?(?:have|get)\s+)" + _DIRECT_PERSON +
         r"(?!\s+to\s+(?!" + _HELP_VERB + r"\b))"
     ),
@@ -313,6 +314,19 @@ _BARE_FILLER = {
 _TYPO_TARGETS = ("human", "agent", "person", "talk", "speak", "representative", "someone", "operator")
 
 
+def _bare_request(sentence: str) -> bool:
+    """The sentence is only a word for a person, with greetings and "please" around it."""
+    bare = _words_only(sentence)
+    if _BARE_ZH.match(bare.replace(" ", "")):
+        return True
+    person = [w for w in bare.split() if w not in _BARE_FILLER]
+    if not person or not all(w in _BARE_PERSON_WORDS for w in person):
+        return False
+    return any(w in _BARE_STRONG for w in person) or (
+        "customer" in person and ("service" in person or "support" in person)
+    )
+
+
 def _transpositions(word: str) -> set[str]:
     return {word[:i] + word[i + 1] + word[i] + word[i + 2:] for i in range(len(word) - 1) if word[i] != word[i + 1]}
 
@@ -344,7 +358,7 @@ _HUMAN_PATTERNS_ZH = [
     ),
     # 找客服, 联系售后客服, 让工作人员给我打电话, 叫你们经理出来, 跟客服专员沟通
     re.compile(r"(?:找|要|转|转接|接|联系|呼叫|叫|换|让|请|安排|和|跟|与|给我找)" + _ZH_STAFF),
-    re.compile(r"客服(?:在吗|在不在|呢)|有(?:没有)?(?:人工|真人|在线)?客服(?:吗|嘛|么|没有)|(?:在线客服|人工客服|客服|人工|真人)(?:要|该)?(?:怎么|如何)(?:联系|找|转|接通)"),
+    re.compile(r"客服(?:在吗|在不在|呢)|有(?:没有)?(?:人工|真人|在线)?(?:客服|工作人员)(?:吗|嘛|么|没有|能|可以|帮|在)|(?:在线客服|人工客服|客服|人工|真人)(?:要|该)?(?:怎么|如何)(?:联系|找|转|接通)"),
     # 找人 as "find me a person", not 找人代付 / 找人帮我付款 / 找人问过了
     re.compile(r"找(?:个|一个)?(?:活)?人(?=$|[啊呀吧呢吗来聊说谈沟通处理解决回复,.!?，。！？~])"),
     re.compile(r"(?:有没有|有|是|找|要)(?:个)?活人"),
@@ -534,15 +548,8 @@ class EscalationPolicy:
                 if "机器人" not in match.group(0) and _NEGATED_BEFORE_ZH.search(compact[max(0, match.start() - 3): match.start()]):
                     continue
                 return True
-        bare = _words_only(mended)
-        if _BARE_ZH.match(bare.replace(" ", "")):
-            return True
-        person = [w for w in bare.split() if w not in _BARE_FILLER]
-        if not person or not all(w in _BARE_PERSON_WORDS for w in person):
-            return False
-        return any(w in _BARE_STRONG for w in person) or (
-            "customer" in person and ("service" in person or "support" in person)
-        )
+        # a message, or one sentence of it, that is nothing but "human" / 人工 ("I'm done with this bot. Human.")
+        return any(_bare_request(sentence) for sentence in re.split(r"[.!?;。！？；\n]+", mended) if sentence.strip())
 
     def sensitive_topic(self, text: str) -> str | None:
         """The first configured topic the text mentions, or None."""
@@ -685,6 +692,8 @@ def _topic_matcher(topic: str):
         tail = re.escape(last) + r"[a-z0-9]*"
     else:
         forms = [re.escape(last) + r"(?:s|es|d|ed|ing)?"]
+        if re.search(r"[^aeiou][aeiou][bdgklmnprt]$", last):  # scam -> scammed, scamming
+            forms.append(re.escape(last + last[-1]) + r"(?:ed|ing)")
         if last.endswith("e") and len(last) > 2:
             forms.append(re.escape(last[:-1]) + "ing")
         tail = "(?:" + "|".join(forms) + ")"
