@@ -154,3 +154,23 @@ def test_statistics_summarise_recent_traffic(server):
     assert result["handovers_by_reason"].get("user_request", 0) >= 1
     assert sum(b["count"] for b in result["confidence_histogram"]) >= 1
     assert result["latency_ms"]["p50"] is not None
+
+
+def test_statistics_count_the_widget_feedback_and_show_the_latest_comments(server):
+    from bot.store import iso
+
+    base, app = server
+    store = app.state.runtime.store
+    conversation = store._ensure_conversation("widget", "feedback-stats", "v", "Visitor", iso())
+    for episode in range(1, 13):  # 12 verdicts, the newest last; three without a comment
+        store._insert("feedback", {
+            "conversation_id": conversation["id"], "episode": episode, "helpful": int(episode % 3 == 0),
+            "comment": "" if episode in (4, 8, 12) else f"comment {episode} <b>as text</b>", "created_at": iso(),
+        })
+        time.sleep(0.002)
+    feedback = signed_in(base, "operator").get("/operator/api/stats", params={"days": 7}).json()["feedback"]
+    assert feedback["helpful"] == 4 and feedback["not_helpful"] == 8
+    comments = feedback["comments"]
+    assert [c["comment"] for c in comments] == [f"comment {e} <b>as text</b>" for e in (11, 10, 9, 7, 6, 5, 3, 2, 1)]
+    assert all(c["conversation_id"] == conversation["id"] for c in comments)
+    assert [c["helpful"] for c in comments[:3]] == [False, False, True]

@@ -178,6 +178,12 @@ def stats(store: Store, days: int) -> dict:
     confidences = [r["confidence"] for r in store._all(
         "select confidence from messages where created_at >= ? and confidence is not null "
         "and kind in ('answer', 'handover')", [since])]
+    verdicts = store._one(
+        "select coalesce(sum(helpful = 1), 0) as helpful, coalesce(sum(helpful = 0), 0) as not_helpful "
+        "from feedback where created_at >= ?", [since])
+    comments = store._all(
+        "select conversation_id, episode, helpful, comment, created_at from feedback "
+        "where created_at >= ? and coalesce(comment, '') != '' order by created_at desc, id desc limit 10", [since])
     histogram = [{"from": i / 10, "to": (i + 1) / 10,
                   "count": sum(1 for c in confidences if i / 10 <= c < (i + 1) / 10 or (i == 9 and c == 1.0))}
                  for i in range(10)]
@@ -187,6 +193,12 @@ def stats(store: Store, days: int) -> dict:
         "handovers_by_reason": reasons,
         "latency_ms": {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)},
         "confidence_histogram": histogram,
+        "feedback": {
+            "helpful": verdicts["helpful"], "not_helpful": verdicts["not_helpful"],
+            "comments": [{"conversation_id": c["conversation_id"], "episode": c["episode"],
+                          "helpful": bool(c["helpful"]), "comment": c["comment"], "created_at": c["created_at"]}
+                         for c in comments],
+        },
     }
 
 
@@ -314,6 +326,7 @@ async def set_channel(body: ChannelIn, runtime: RuntimeDep, session: OperatorSes
     return {"ok": True}
 
 
-@router.get("/operator/api/stats", summary="How the bot does: volume, hand-overs, latency, confidence")
+@router.get("/operator/api/stats",
+            summary="How the bot does: volume, hand-overs, latency, confidence, the users' feedback")
 async def get_stats(runtime: RuntimeDep, session: OperatorSession, days: int = 14) -> dict:
     return await runtime.manager.db(stats, runtime.store, max(1, min(days, 365)))

@@ -1330,7 +1330,38 @@
     const lat = s.latency_ms && typeof s.latency_ms === "object" ? s.latency_ms : {};
     setText($("stat-p50"), msCard(lat.p50));
     setText($("stat-p95"), msCard(lat.p95));
+    renderFeedback(s.feedback && typeof s.feedback === "object" ? s.feedback : {});
     drawCharts();
+  }
+
+  /** The widget's "Did this solve your problem?" answers: totals and the latest comments. */
+  function renderFeedback(f) {
+    const up = num(f.helpful);
+    const down = num(f.not_helpful);
+    const total = up + down;
+    setText($("feedback-helpful"), String(up));
+    setText($("feedback-not-helpful"), String(down));
+    $("feedback-bar").classList.toggle("is-empty", total === 0);
+    $("feedback-bar-up").style.width = total ? Math.round((up / total) * 100) + "%" : "0";
+    setText($("feedback-share"), total ? pct(up / total) + " of " + count(total, "answer", "answers") + " helpful" : "No answers in this period.");
+    const list = $("feedback-comments");
+    clear(list);
+    const comments = Array.isArray(f.comments) ? f.comments : [];
+    for (const c of comments) {
+      if (!c || typeof c !== "object") continue;
+      const when = c.created_at ? new Date(String(c.created_at).replace(/(\.\d{3})\d+/, "$1")) : null;
+      const meta = "Conversation #" + String(c.conversation_id) +
+        (when && !isNaN(when.getTime()) ? " · " + when.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" }) : "");
+      list.appendChild(el("li", {
+        class: "op-comment", "data-testid": "feedback-comment", "data-helpful": c.helpful ? "true" : "false",
+        "data-conversation-id": String(c.conversation_id)
+      }, [
+        el("span", { class: "op-comment-verdict", title: c.helpful ? "Helpful" : "Not helpful", text: c.helpful ? "👍" : "👎" }),
+        el("span", { class: "op-comment-text", "data-testid": "feedback-comment-text", text: String(c.comment || "") }),
+        el("span", { class: "op-comment-meta", text: meta })
+      ]));
+    }
+    if (!list.firstChild) list.appendChild(el("li", { class: "op-comments-empty", text: "No comments yet." }));
   }
 
   function num(v) {
@@ -1636,7 +1667,7 @@
     const body = $("user-rows");
     clear(body);
     if (!state.users.length) {
-      body.appendChild(el("tr", null, [el("td", { colspan: "4", class: "muted", text: "No accounts yet." })]));
+      body.appendChild(el("tr", null, [el("td", { colspan: "5", class: "muted", text: "No accounts yet." })]));
       return;
     }
     const me = state.me ? String(state.me.name || "") : "";
@@ -1663,8 +1694,79 @@
       body.appendChild(el("tr", {
         class: "op-user-row", "data-testid": "user-row", "data-name": name, "data-role": String(u.role || ""),
         "data-disabled": disabled ? "true" : "false"
-      }, [nameCell, el("td", { text: roleLabel(u.role) }), el("td", null, [status]), actions]));
+      }, [nameCell, displayNameCell(u), el("td", { text: roleLabel(u.role) }), el("td", null, [status]), actions]));
     }
+  }
+
+  /** The name users see on the account's replies, with an inline editor. */
+  function displayNameCell(u) {
+    const name = String(u.name || "");
+    const shown = String(u.display_name || name);
+    const cell = el("td", { class: "op-dn-cell" });
+    function view() {
+      clear(cell);
+      const text = el("span", {
+        class: "op-dn" + (shown === name ? " is-default" : ""), "data-testid": "display-name", text: shown,
+        title: shown === name ? "No display name set: users see the user name" : null
+      });
+      const edit = el("button", {
+        type: "button", class: "btn btn-ghost btn-sm op-dn-edit", "data-testid": "edit-display-name",
+        "aria-label": "Change the display name of " + name, title: "Change the display name", text: "Edit"
+      });
+      edit.addEventListener("click", editor);
+      cell.appendChild(text);
+      cell.appendChild(edit);
+    }
+    function editor() {
+      clear(cell);
+      const input = el("input", {
+        class: "op-input op-dn-input", "data-testid": "display-name-input", maxlength: "60", value: shown,
+        "aria-label": "Display name of " + name, autocomplete: "off", spellcheck: "false"
+      });
+      const save = el("button", { type: "submit", class: "btn btn-primary btn-sm", "data-testid": "save-display-name", text: "Save" });
+      const cancel = el("button", { type: "button", class: "btn btn-ghost btn-sm", "data-testid": "cancel-display-name", text: "Cancel" });
+      const form = el("form", { class: "op-dn-form", action: "#", novalidate: true }, [input, save, cancel]);
+      form.addEventListener("submit", async function (e) {
+        e.preventDefault();
+        const value = input.value.trim();
+        if (!value) {
+          showError("A display name cannot be empty.");
+          input.focus();
+          return;
+        }
+        save.disabled = true;
+        save.setAttribute("aria-busy", "true");
+        try {
+          const data = await api(userPath(name, "/display-name"), { method: "POST", json: { display_name: value } });
+          hideError();
+          toast("Users now see " + name + " as “" + String(data.display_name || value) + "”.");
+          await loadUsers();
+          const again = document.querySelector('[data-testid=user-row][data-name="' + CSS.escape(name) + '"] [data-testid=edit-display-name]');
+          if (again) again.focus();
+        } catch (err) {
+          showError("The display name was not changed: " + err.message);
+          save.disabled = false;
+          save.removeAttribute("aria-busy");
+          input.focus();
+        }
+      });
+      cancel.addEventListener("click", function () {
+        view();
+        cell.querySelector("[data-testid=edit-display-name]").focus();
+      });
+      input.addEventListener("keydown", function (e) {
+        if (e.key === "Escape") {
+          e.preventDefault();
+          e.stopPropagation();
+          cancel.click();
+        }
+      });
+      cell.appendChild(form);
+      input.focus();
+      input.select();
+    }
+    view();
+    return cell;
   }
 
   async function addUser(event) {
@@ -1675,6 +1777,8 @@
     const name = nameInput.value.trim();
     const role = $("new-user-role").value;
     const password = passwordInput.value;
+    const displayInput = $("new-user-display-name");
+    const displayName = displayInput.value.trim();
     if (!name) {
       showError("Enter a user name for the new account.");
       nameInput.focus();
@@ -1691,11 +1795,14 @@
     button.setAttribute("aria-busy", "true");
     setStatus($("add-user-status"), "Adding…", "busy");
     try {
-      const data = await api(userPath(), { method: "POST", json: { name: name, role: role, password: password } });
+      const payload = { name: name, role: role, password: password };
+      if (displayName) payload.display_name = displayName;
+      const data = await api(userPath(), { method: "POST", json: payload });
       hideError();
       setStatus($("add-user-status"), "");
       nameInput.value = "";
       passwordInput.value = "";
+      displayInput.value = "";
       toast("Added " + (data.name || name) + " (" + roleLabel(data.role || role).toLowerCase() + ").");
       await loadUsers();
       nameInput.focus();
@@ -1703,6 +1810,7 @@
       setStatus($("add-user-status"), "Not added", "bad");
       showError("The account was not added: " + e.message);
       if (e.status === 422 && /password/i.test(e.message)) passwordInput.focus();
+      else if (e.status === 422 && /display name/i.test(e.message)) displayInput.focus();
       else if (e.status === 422) nameInput.focus();
     } finally {
       state.addingUser = false;
