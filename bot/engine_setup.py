@@ -17,7 +17,12 @@ from .templates import TemplateLibrary
 def make_engine(settings: Settings) -> Engine:
     """The engine named by SNAPDESK_ENGINE, not yet started."""
     if settings.engine == "stub":
-        return StubEngine(keep_requests=0)
+        return StubEngine(
+            confidence=settings.stub_confidence,
+            first_token_ms=settings.stub_first_token_ms,
+            tokens_per_s=settings.stub_tokens_per_s,
+            keep_requests=0,
+        )
     if settings.engine == "openai":
         from engine.openai_engine import OpenAICompatibleEngine
 

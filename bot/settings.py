@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     )
     engine_url: str = Field("", description="openai engine: comma-separated base URLs, e.g. http://gpu1:8000/v1")
     engine_api_key: str = Field("", description="openai engine: bearer key for the remote servers")
+    stub_first_token_ms: float = Field(
+        0.0, ge=0, description="stub engine: milliseconds before the first word of a reply (0 = instant)"
+    )
+    stub_tokens_per_s: float = Field(0.0, ge=0, description="stub engine: tokens per second after the first (0 = instant)")
+    stub_confidence: float = Field(0.9, ge=0, le=1, description="stub engine: the confidence of every reply")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
