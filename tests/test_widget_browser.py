@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -14,6 +17,7 @@ from tests.browser import chromium, needs_chromium
 from tests.live_server import live_server
 
 pytestmark = needs_chromium
+SHOTS = Path(os.environ.get("SNAPDESK_SCREENSHOTS", tempfile.gettempdir()))
 ANSWER = "Your membership renewed automatically for 88. You can turn auto-renew off in Settings."
 
 
@@ -80,18 +84,34 @@ def send(page, text: str) -> None:
     page.keyboard.press("Enter")
 
 
-def test_text_message_gets_a_streamed_reply(page):
+SHADOW = "document.querySelector('#snapdesk-widget').shadowRoot"
+
+
+def shadow_text(page, selector: str) -> str:
+    return page.evaluate(f"(s) => {{ const n = {SHADOW}.querySelector(s); return n ? n.textContent : null; }}", selector)
+
+
+def wait_status(page, text: str) -> None:
+    page.wait_for_function(
+        f"(t) => {SHADOW}.querySelector('[data-testid=status]').textContent.includes(t)", arg=text, timeout=10_000)
+
+
+def test_a_typing_indicator_shows_until_the_decided_answer_arrives(page):
+    assert page.locator("[data-testid=typing]").is_hidden()
     send(page, "Why was I charged?")
-    streaming = page.wait_for_selector("[data-testid=message][data-streaming=true]", timeout=10_000)
-    partial = streaming.inner_text()
-    assert partial and len(partial) < len(ANSWER)
-    page.wait_for_selector("[data-testid=message][data-role=bot]:not([data-streaming=true])", timeout=10_000)
+    typing = page.wait_for_selector("[data-testid=typing]", state="visible", timeout=5_000)
+    assert typing.get_attribute("aria-label") == "The assistant is typing"
+    assert page.locator("[data-testid=typing] .tdot").count() == 3
+    page.screenshot(path=str(SHOTS / "widget-typing.png"))
+    assert page.locator("[data-testid=message][data-role=bot]").count() == 0  # the answer is not shown yet
     page.wait_for_function(
         """(answer) => [...document.querySelector('#snapdesk-widget').shadowRoot
               .querySelectorAll('[data-testid=message][data-role=bot] [data-testid=message-text]')]
               .some(e => e.textContent === answer)""",
         arg=ANSWER, timeout=10_000,
     )
+    assert page.locator("[data-testid=typing]").is_hidden()
+    assert page.locator("[data-testid=message][data-streaming=true]").count() == 0  # shown whole, once decided
     assert "Assistant" in page.inner_text("[data-testid=status]")
 
 
@@ -235,3 +255,96 @@ def test_an_agent_reply_appears_live_with_the_agent_name(page, served):
     agent = page.wait_for_selector("[data-testid=message][data-role=agent]", timeout=10_000)
     assert "Let me check your bill <b>now</b>." in agent.inner_text()
     assert "Mei" in agent.inner_text()
+
+
+def server_call(app, coroutine):
+    runtime = app.state.runtime
+    return asyncio.run_coroutine_threadsafe(coroutine, runtime.loop).result(timeout=10)
+
+
+def test_status_lines_follow_the_owner_and_a_resolved_conversation_asks_for_feedback(page, served):
+    _, app = served
+    runtime = app.state.runtime
+    runtime.accounts.add_user("mei.z", "agent", "correct horse battery", display_name="Mei")
+    send(page, "I want to talk to a human")
+    page.wait_for_selector("[data-testid=message][data-kind=handover]", timeout=10_000)
+    wait_status(page, "Waiting for a person")
+    assert page.locator("[data-testid=typing]").is_hidden()
+    conversation_id = runtime.store._one(
+        "select id from conversations where status = 'waiting' order by id desc limit 1")["id"]
+
+    assert server_call(app, runtime.manager.claim(conversation_id, "mei.z"))
+    line = page.wait_for_selector("[data-testid=message][data-kind=status][data-status=claimed]", timeout=10_000)
+    assert line.inner_text() == "Mei from our support team has joined the conversation."
+    wait_status(page, "Mei (support)")
+    server_call(app, runtime.manager.agent_reply(conversation_id, "mei.z", "Hi, Mei here. <i>Checking</i>."))
+    reply = page.wait_for_selector("[data-testid=message][data-role=agent]", timeout=10_000)
+    assert reply.query_selector(".author").inner_text() == "Mei" and "mei.z" not in reply.inner_text()
+    assert "<i>Checking</i>" in reply.inner_text()
+    assert page.locator("[data-testid=talk-to-person]").is_disabled()
+
+    server_call(app, runtime.manager.resolve(conversation_id, "mei.z"))
+    resolved = page.wait_for_selector("[data-testid=message][data-kind=status][data-status=resolved]", timeout=10_000)
+    assert resolved.inner_text().startswith("This conversation is marked as resolved.")
+    prompt = page.wait_for_selector("[data-testid=feedback]", timeout=10_000)
+    assert "Did this solve your problem?" in prompt.inner_text()
+    page.screenshot(path=str(SHOTS / "widget-feedback.png"))
+
+    page.reload()  # still asked after a reload, until answered
+    page.click("[data-testid=launcher]")
+    page.wait_for_selector("[data-testid=feedback]", timeout=10_000)
+    page.click("[data-testid=feedback-down]")
+    assert page.get_attribute("[data-testid=feedback-down]", "aria-pressed") == "true"
+    page.fill("[data-testid=feedback-comment]", "It took too long <script>x</script>")
+    page.screenshot(path=str(SHOTS / "widget-feedback-comment.png"))
+    page.click("[data-testid=feedback-send]")
+    thanks = page.wait_for_selector("[data-testid=feedback-thanks]", timeout=10_000)
+    assert thanks.inner_text() == "Thanks for your feedback."
+    row = runtime.store._one("select helpful, comment from feedback where conversation_id = ?", [conversation_id])
+    assert row == {"helpful": 0, "comment": "It took too long <script>x</script>"}
+
+    send(page, "One more question about my bill")  # a new message: the assistant again, no prompt
+    page.wait_for_selector("[data-testid=feedback]", state="detached", timeout=5_000)
+    wait_status(page, "Assistant")
+    page.wait_for_function(
+        f"() => [...{SHADOW}.querySelectorAll('[data-testid=message][data-role=bot]')].length >= 1", timeout=10_000)
+
+
+def test_talk_to_a_person_from_the_menu_and_back_with_the_assistant(page, served):
+    _, app = served
+    runtime = app.state.runtime
+    send(page, "Where is my parcel?")
+    page.wait_for_selector("[data-testid=message][data-role=bot]", timeout=10_000)
+    page.click("[data-testid=menu]")
+    item = page.wait_for_selector("[data-testid=talk-to-person]", state="visible")
+    assert item.inner_text().startswith("Talk to a person")
+    page.screenshot(path=str(SHOTS / "widget-menu.png"))
+    item.click()
+    notice = page.wait_for_selector("[data-testid=message][data-kind=handover]", timeout=10_000)
+    assert notice.inner_text().strip()
+    wait_status(page, "Waiting for a person")
+    page.screenshot(path=str(SHOTS / "widget-handover.png"))
+    page.click("[data-testid=menu]")
+    assert page.locator("[data-testid=talk-to-person]").is_disabled()
+    page.keyboard.press("Escape")
+    assert page.locator("#sd-menu").is_hidden()
+
+    conversation_id = runtime.store._one(
+        "select id from conversations where status = 'waiting' order by id desc limit 1")["id"]
+    server_call(app, runtime.manager.claim(conversation_id, "li"))
+    server_call(app, runtime.manager.hand_back(conversation_id, "li"))
+    back = page.wait_for_selector("[data-testid=message][data-kind=status][data-status=bot]", timeout=10_000)
+    assert back.inner_text().startswith("You're back with the assistant.")
+    wait_status(page, "Assistant")
+    assert page.locator("[data-testid=talk-to-person]").is_enabled()
+
+
+def test_the_widget_speaks_chinese_to_a_chinese_browser(browser, server):
+    context = browser.new_context(locale="zh-CN")
+    page = context.new_page()
+    page.goto(server + "/")
+    page.click("[data-testid=launcher]")
+    page.click("[data-testid=menu]")
+    assert page.inner_text("[data-testid=talk-to-person]").startswith("转人工客服")
+    assert page.get_attribute("[data-testid=typing]", "aria-label") == "助手正在输入"
+    context.close()

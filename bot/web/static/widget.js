@@ -69,10 +69,28 @@
       assistant: "Assistant",
       agentDefault: "Agent",
       statusBot: "Assistant · usually answers in seconds",
-      statusWaiting: "Waiting for a support agent…",
-      statusClaimed: "{name} joined the conversation",
+      statusWaiting: "Waiting for a person…",
+      statusClaimed: "{name} (support)",
       anAgent: "An agent",
       statusResolved: "Conversation resolved — write again any time",
+      typing: "The assistant is typing",
+      lineClaimed: "{name} from our support team has joined the conversation.",
+      lineBot: "You're back with the assistant. Ask me anything, or ask for a person again at any time.",
+      lineResolved: "This conversation is marked as resolved. Write here any time if you need more help.",
+      menu: "More options",
+      talkToPerson: "Talk to a person",
+      talkToPersonHint: "An agent from our team will answer here",
+      alreadyWithPerson: "A person is already looking after this conversation.",
+      handoverFailed: "We couldn't reach a person just now. Please try again in a moment.",
+      fbQuestion: "Did this solve your problem?",
+      fbYes: "Yes, it solved my problem",
+      fbNo: "No, it didn't solve my problem",
+      fbCommentLabel: "Anything to add? (optional)",
+      fbCommentPlaceholder: "Tell us what worked or what was missing (optional)",
+      fbSend: "Send feedback",
+      fbSending: "Sending…",
+      fbThanks: "Thanks for your feedback.",
+      fbFailed: "Your feedback could not be sent. Please try again.",
       sending: "Sending…",
       preparing: "Preparing image…",
       reconnecting: "Reconnecting…",
@@ -126,9 +144,27 @@
       agentDefault: "客服",
       statusBot: "智能助手 · 通常几秒内回复",
       statusWaiting: "正在等待人工客服…",
-      statusClaimed: "{name} 已加入对话",
+      statusClaimed: "{name}（客服）",
       anAgent: "客服",
       statusResolved: "对话已结束，如有问题可随时再次留言",
+      typing: "助手正在输入",
+      lineClaimed: "客服 {name} 已加入对话。",
+      lineBot: "您已回到智能助手。有问题请随时提问，也可以随时再次转人工。",
+      lineResolved: "此对话已标记为已解决。如需更多帮助，请随时在这里留言。",
+      menu: "更多选项",
+      talkToPerson: "转人工客服",
+      talkToPersonHint: "我们的客服人员会在这里回复您",
+      alreadyWithPerson: "已有客服人员在处理此对话。",
+      handoverFailed: "暂时无法转接人工客服，请稍后再试。",
+      fbQuestion: "您的问题解决了吗？",
+      fbYes: "已解决",
+      fbNo: "未解决",
+      fbCommentLabel: "还有什么想补充的吗？（选填）",
+      fbCommentPlaceholder: "告诉我们哪里有帮助、哪里还不够（选填）",
+      fbSend: "提交反馈",
+      fbSending: "提交中…",
+      fbThanks: "感谢您的反馈。",
+      fbFailed: "反馈提交失败，请重试。",
       sending: "发送中…",
       preparing: "正在处理图片…",
       reconnecting: "正在重新连接…",
@@ -199,6 +235,10 @@
   const outbox = new Map(); // client_message_id -> entry (user messages not yet confirmed by the server)
   const streams = new Map(); // reply_to -> streaming element
   const finished = new Set(); // reply_to ids whose final message is shown
+  const typing = { pending: new Set(), since: 0, timer: null }; // visitor message ids the bot is working on
+  const TYPING_MAX_MS = 120000;
+  const feedback = { state: "hidden", helpful: null, comment: "" }; // hidden | asking | sending | done
+  const FEEDBACK_MAX_CHARS = 1000;
   let pending = []; // attachments in the composer: {blob, url, name}
 
   function readToken() {
@@ -246,7 +286,13 @@
     chevron: "M6 9l6 6 6-6",
     clip: "M20.5 11.5l-8.2 8.2a5 5 0 0 1-7.1-7.1l8.5-8.5a3.4 3.4 0 0 1 4.8 4.8l-8.5 8.5a1.7 1.7 0 0 1-2.4-2.4l7.8-7.8",
     send: "M4.5 12L3 4.5l18 7.5-18 7.5z M4.5 12H12",
-    image: "M4 5h16v14H4z M4 16l5-5 4 4 3-3 4 4 M15.5 9.5a1 1 0 1 0 0-.01"
+    image: "M4 5h16v14H4z M4 16l5-5 4 4 3-3 4 4 M15.5 9.5a1 1 0 1 0 0-.01",
+    more: "M12 7a1.75 1.75 0 1 0 0-3.5 1.75 1.75 0 0 0 0 3.5z M12 13.75a1.75 1.75 0 1 0 0-3.5 1.75 1.75 0 0 0 0 3.5z M12 20.5a1.75 1.75 0 1 0 0-3.5 1.75 1.75 0 0 0 0 3.5z",
+    person: "M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8z M4.5 20.5a7.5 7.5 0 0 1 15 0",
+    headset: "M4 14v-2a8 8 0 0 1 16 0v2 M4 14a2 2 0 0 1 2-2h1v6H6a2 2 0 0 1-2-2z M20 14a2 2 0 0 0-2-2h-1v6h1a2 2 0 0 0 2-2z M17 18c0 1.7-2 3-5 3",
+    up: "M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3z M7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3",
+    down: "M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3z M17 2h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17",
+    check: "M5 12.5l4.5 4.5L19 7.5"
   };
 
   function icon(name, filled) {
@@ -445,7 +491,6 @@ button { font: inherit; color: inherit; }
 .left .bubble { background: #fff; border: 1px solid var(--sd-border); border-bottom-left-radius: 6px; box-shadow: 0 1px 2px rgba(17,24,39,.04); }
 .right .bubble { background: linear-gradient(135deg, var(--sd-accent), var(--sd-accent-2)); color: #fff; border-bottom-right-radius: 6px; }
 .msg.is-agent .bubble { background: #ecfdf5; border-color: #a7f3d0; }
-.msg.is-handover .bubble { background: #fff; border-color: #c7d2fe; border-style: dashed; }
 .text { white-space: pre-wrap; }
 .text:empty { display: none; }
 .text a { color: inherit; text-decoration: underline; text-underline-offset: 2px; }
@@ -543,6 +588,83 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
 .dropzone svg { width: 34px; height: 34px; }
 .panel.dragging .dropzone { display: flex; }
 
+/* Menu in the header */
+.menu-wrap { position: relative; flex: none; }
+.header .icon-btn[aria-expanded="true"] { background: rgba(255, 255, 255, .2); }
+.menu {
+  position: absolute; top: calc(100% + 6px); right: 0; z-index: 6; min-width: 232px; padding: 6px;
+  background: #fff; color: var(--sd-text); border-radius: 12px; border: 1px solid var(--sd-border);
+  box-shadow: 0 12px 32px rgba(17, 24, 39, .18), 0 2px 6px rgba(17, 24, 39, .08); animation: sd-in .12s ease-out;
+  transform-origin: top right;
+}
+.menu-item {
+  display: flex; align-items: flex-start; gap: 10px; width: 100%; padding: 9px 10px; border: 0; border-radius: 8px;
+  background: transparent; text-align: left; cursor: pointer; font-size: 14px; line-height: 1.3;
+}
+.menu-item svg { flex: none; width: 20px; height: 20px; margin-top: 1px; color: var(--sd-accent); }
+.menu-item:hover:not(:disabled), .menu-item:focus-visible { background: #f3f4f6; outline: none; }
+.menu-item:disabled { cursor: not-allowed; color: #9ca3af; }
+.menu-item:disabled svg { color: #c4c8d0; }
+.menu-label { display: block; font-weight: 600; }
+.menu-hint { display: block; margin-top: 2px; font-size: 12px; color: var(--sd-muted); font-weight: 400; }
+.menu-item:disabled .menu-hint { color: #b6bac2; }
+
+/* Typing indicator: three dots in a bot bubble */
+.typing .bubble { display: flex; align-items: center; gap: 5px; padding: 13px 15px; }
+.tdot { width: 7px; height: 7px; border-radius: 50%; background: #9ca3af; animation: sd-typing 1.2s ease-in-out infinite; }
+.tdot:nth-child(2) { animation-delay: .16s; }
+.tdot:nth-child(3) { animation-delay: .32s; }
+@keyframes sd-typing { 0%, 60%, 100% { transform: translateY(0); opacity: .4; } 30% { transform: translateY(-4px); opacity: 1; } }
+
+/* Status lines: who has the conversation now */
+.msg.is-status { align-self: stretch; max-width: none; align-items: stretch; }
+.sysline {
+  display: flex; align-items: center; gap: 10px; margin: 2px 4px; color: var(--sd-muted); font-size: 12px; line-height: 1.35;
+  text-align: center;
+}
+.sysline::before, .sysline::after { content: ""; flex: 1 1 16px; min-width: 16px; height: 1px; background: var(--sd-border); }
+.sysline .text { flex: 0 1 auto; max-width: 78%; overflow-wrap: anywhere; }
+.sysline.st-claimed { color: #047857; }
+.sysline.st-resolved { color: #4b5563; }
+.msg.is-handover { align-self: center; align-items: center; max-width: 92%; }
+.msg.is-handover .bubble {
+  display: flex; align-items: flex-start; gap: 8px; padding: 9px 13px; border-radius: 12px; text-align: left;
+  background: #eef2ff; border: 1px solid #c7d2fe; color: #312e81; font-size: 13px; box-shadow: none;
+}
+.msg.is-handover .bubble > svg { flex: none; width: 18px; height: 18px; margin-top: 1px; color: var(--sd-accent); }
+.msg.is-handover .imgs:empty { display: none; }
+
+/* "Did this solve your problem?" */
+.feedback {
+  align-self: stretch; margin: 4px 2px 2px; padding: 14px 14px 12px; border-radius: 14px; text-align: center;
+  background: #fff; border: 1px solid var(--sd-border); box-shadow: 0 1px 2px rgba(17, 24, 39, .04);
+}
+.fb-q { margin: 0 0 10px; font-weight: 650; font-size: 14px; }
+.fb-thumbs { display: flex; justify-content: center; gap: 10px; }
+.fb-thumb {
+  width: 52px; height: 40px; border-radius: 12px; border: 1px solid #d1d5db; background: #fff; color: #4b5563; padding: 0;
+  display: flex; align-items: center; justify-content: center; cursor: pointer; transition: background .12s, border-color .12s, color .12s;
+}
+.fb-thumb svg { width: 20px; height: 20px; }
+.fb-thumb:hover:not(:disabled) { border-color: var(--sd-accent); color: var(--sd-accent); }
+.fb-thumb.up[aria-pressed="true"] { background: #ecfdf5; border-color: #34d399; color: #047857; }
+.fb-thumb.down[aria-pressed="true"] { background: #fef2f2; border-color: #f87171; color: #b91c1c; }
+.fb-thumb:disabled { cursor: default; }
+.fb-more { margin-top: 12px; display: flex; flex-direction: column; gap: 8px; text-align: left; }
+.fb-label { font-size: 12px; font-weight: 600; color: var(--sd-muted); }
+.feedback textarea.fb-comment { min-height: 64px; max-height: 120px; font-size: 13.5px; padding: 8px 11px; border-radius: 10px; resize: vertical; }
+.fb-actions { display: flex; align-items: center; justify-content: flex-end; gap: 10px; }
+.fb-count { margin-right: auto; font-size: 11.5px; color: var(--sd-muted); }
+.fb-send {
+  border: 0; border-radius: 999px; padding: 7px 16px; background: var(--sd-accent); color: #fff; font-weight: 600; font-size: 13px;
+  cursor: pointer;
+}
+.fb-send:hover:not(:disabled) { background: var(--sd-accent-dark); }
+.fb-send:disabled { background: #e5e7eb; color: #9ca3af; cursor: not-allowed; }
+.fb-error { font-size: 12px; color: #b91c1c; text-align: left; }
+.fb-thanks { display: flex; align-items: center; justify-content: center; gap: 8px; color: #047857; font-weight: 600; font-size: 13.5px; }
+.fb-thanks svg { width: 18px; height: 18px; }
+
 @media (max-width: 480px) {
   .panel {
     top: 0; right: 0; bottom: 0; left: 0; width: 100%; height: 100%; max-height: none; border-radius: 0;
@@ -555,6 +677,8 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
 @media (prefers-reduced-motion: reduce) {
   .panel, .launcher, .launcher svg { animation: none; transition: none; }
   .msg[data-streaming="true"] .text::after { animation: none; }
+  .tdot, .menu { animation: none; }
+  .tdot { opacity: .7; }
 }
 `;
 
@@ -562,7 +686,8 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
   // Build the widget
   // ---------------------------------------------------------------------------------------
   let host, shadow, root, launcher, badge, panel, statusRoot, statusEl, activityEl, bannerEl, list,
-    previews, input, counter, attachBtn, fileInput, sendBtn, closeBtn;
+    previews, input, counter, attachBtn, fileInput, sendBtn, closeBtn, menuBtn, menuEl, handoverItem, typingEl,
+    feedbackEl;
 
   function build() {
     host = document.createElement("div");
@@ -612,9 +737,22 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     closeBtn = el("button", { type: "button", class: "icon-btn close", "aria-label": t("close"), "data-testid": "close" },
       [icon("chevron")]);
     const titleEl = el("h2", { class: "title", id: "sd-title", text: TITLE });
+    menuBtn = el("button", {
+      type: "button", class: "icon-btn menu-btn", "aria-label": t("menu"), title: t("menu"), "aria-haspopup": "menu",
+      "aria-expanded": "false", "aria-controls": "sd-menu", "data-testid": "menu"
+    }, [icon("more", true)]);
+    handoverItem = el("button", { type: "button", class: "menu-item", role: "menuitem", "data-testid": "talk-to-person" }, [
+      icon("headset"),
+      el("span", null, [
+        el("span", { class: "menu-label", text: t("talkToPerson") }),
+        el("span", { class: "menu-hint", text: t("talkToPersonHint") })
+      ])
+    ]);
+    menuEl = el("div", { id: "sd-menu", class: "menu", role: "menu", "aria-label": t("menu"), hidden: true }, [handoverItem]);
     const header = el("div", { class: "header" }, [
       el("div", { class: "avatar", "aria-hidden": "true" }, [icon("chat", true)]),
       el("div", { class: "head-text" }, [titleEl, statusRoot]),
+      el("div", { class: "menu-wrap" }, [menuBtn, menuEl]),
       closeBtn
     ]);
 
@@ -629,6 +767,15 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
       el("div", { class: "bubble" }, [el("div", { class: "text", text: t("welcome") })])
     ]);
     list.appendChild(welcome);
+    typingEl = el("div", {
+      class: "msg left typing", "data-testid": "typing", role: "status", "aria-label": t("typing"), hidden: true
+    }, [
+      el("div", { class: "author", "aria-hidden": "true", text: t("assistant") }),
+      el("div", { class: "bubble", "aria-hidden": "true" }, [
+        el("span", { class: "tdot" }), el("span", { class: "tdot" }), el("span", { class: "tdot" })
+      ])
+    ]);
+    list.appendChild(typingEl);
     list.addEventListener("scroll", function () {
       if (!panel.hidden) pinned = nearBottom();
     }, { passive: true });
@@ -682,7 +829,27 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     closeBtn.addEventListener("click", function () {
       close();
     });
+    menuBtn.addEventListener("click", function () {
+      if (menuEl.hidden) openMenu();
+      else closeMenu(false);
+    });
+    handoverItem.addEventListener("click", function () {
+      closeMenu(true);
+      askForPerson();
+    });
+    menuEl.addEventListener("keydown", function (e) {
+      if (e.key === "Tab") closeMenu(false);
+    });
+    panel.addEventListener("mousedown", function (e) {
+      if (!menuEl.hidden && !e.composedPath().some(function (n) { return n === menuEl || n === menuBtn; })) closeMenu(false);
+    });
     root.addEventListener("keydown", function (e) {
+      if (e.key === "Escape" && !menuEl.hidden) {
+        e.preventDefault();
+        e.stopPropagation();
+        closeMenu(true);
+        return;
+      }
       if (e.key === "Escape" && state.open) {
         e.preventDefault();
         e.stopPropagation();
@@ -803,6 +970,7 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
 
   function close() {
     if (!state.open) return;
+    closeMenu(false);
     state.open = false;
     panel.hidden = true;
     panel.classList.remove("dragging");
@@ -835,6 +1003,225 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     renderStatus();
   }
 
+  // ---------------------------------------------------------------------------------------
+  // Menu: "Talk to a person"
+  // ---------------------------------------------------------------------------------------
+  function openMenu() {
+    menuEl.hidden = false;
+    menuBtn.setAttribute("aria-expanded", "true");
+    setTimeout(function () {
+      if (!menuEl.hidden && !handoverItem.disabled) handoverItem.focus({ preventScroll: true });
+    }, 0);
+  }
+
+  function closeMenu(refocus) {
+    if (menuEl.hidden) return;
+    menuEl.hidden = true;
+    menuBtn.setAttribute("aria-expanded", "false");
+    if (refocus) menuBtn.focus({ preventScroll: true });
+  }
+
+  let askingForPerson = false;
+
+  async function askForPerson() {
+    if (askingForPerson || state.status === "waiting" || state.status === "claimed") return;
+    askingForPerson = true;
+    renderStatus();
+    try {
+      let res;
+      try {
+        res = await api("POST", "/widget/api/handover");
+      } catch (_) {
+        showNotice(t("handoverFailed"), true, "handover");
+        return;
+      }
+      const body = await readJson(res);
+      const code = body && typeof body.error === "string" ? body.error : "";
+      const serverText = body && typeof body.message === "string" ? body.message : "";
+      if (res.ok) {
+        hideFeedback();
+        if (state.status === "bot" || state.status === "resolved") setStatus("waiting", null);
+      } else if (res.status === 409) {
+        showNotice(serverText || t("alreadyWithPerson"), false, code || "already_with_person");
+      } else if (res.status === 429) {
+        const retry = retryAfter(res, body);
+        showNotice(retry ? t("err_rate_limited", { s: retry }) : t("err_rate_limited_nos"), true, "rate_limited");
+      } else {
+        showNotice(res.status >= 500 ? t("handoverFailed") : errorText(code, serverText), true, code || "handover");
+      }
+    } finally {
+      askingForPerson = false;
+      renderStatus();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Typing indicator
+  // ---------------------------------------------------------------------------------------
+  /** The bot works on visitor message `replyTo` (null: one we do not know the id of). */
+  function showTyping(replyTo) {
+    const known = replyTo !== null && replyTo !== undefined && Number.isFinite(Number(replyTo));
+    if (known && finished.has(String(replyTo))) return; // its reply is already here
+    typing.pending.add(known ? Number(replyTo) : -1);
+    typing.since = Date.now();
+    clearTimeout(typing.timer);
+    typing.timer = setTimeout(hideTyping, TYPING_MAX_MS);
+    renderTyping();
+  }
+
+  /** A decided reply to `replyTo` arrived: that message and any before it are answered. */
+  function typingDone(replyTo) {
+    const n = Number(replyTo);
+    if (replyTo === null || replyTo === undefined || !Number.isFinite(n)) {
+      hideTyping();
+      return;
+    }
+    for (const id of Array.from(typing.pending)) if (id <= n) typing.pending.delete(id);
+    renderTyping();
+  }
+
+  function hideTyping() {
+    typing.pending.clear();
+    clearTimeout(typing.timer);
+    typing.timer = null;
+    renderTyping();
+  }
+
+  function renderTyping() {
+    const show = typing.pending.size > 0;
+    if (typingEl.hidden === !show) return;
+    typingEl.hidden = !show;
+    if (!typing.pending.size) clearTimeout(typing.timer);
+    keepTail();
+    if (show) scrollToBottom(false);
+  }
+
+  /** The feedback prompt and the typing indicator always stay below the newest message. */
+  function keepTail() {
+    if (feedbackEl && feedbackEl.parentNode === list) list.appendChild(feedbackEl);
+    if (list.lastChild !== typingEl) list.appendChild(typingEl);
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // "Did this solve your problem?"
+  // ---------------------------------------------------------------------------------------
+  function showFeedback() {
+    if (feedback.state === "asking" || feedback.state === "sending") return;
+    feedback.state = "asking";
+    feedback.helpful = null;
+    feedback.comment = "";
+    renderFeedback();
+  }
+
+  function hideFeedback() {
+    if (feedback.state === "hidden") return;
+    feedback.state = "hidden";
+    if (feedbackEl) feedbackEl.remove();
+    feedbackEl = null;
+  }
+
+  function renderFeedback(error) {
+    const hadFocus = feedbackEl && shadow.activeElement && feedbackEl.contains(shadow.activeElement)
+      ? shadow.activeElement.dataset.testid : null;
+    const node = el("div", { class: "feedback", "data-testid": "feedback", "data-state": feedback.state, role: "group", "aria-labelledby": "sd-fb-q" });
+    if (feedback.state === "done") {
+      node.appendChild(el("p", { class: "fb-thanks", role: "status", "data-testid": "feedback-thanks" }, [
+        icon("check"), el("span", { text: t("fbThanks") })
+      ]));
+    } else {
+      node.appendChild(el("p", { class: "fb-q", id: "sd-fb-q", text: t("fbQuestion") }));
+      const busy = feedback.state === "sending";
+      const thumbs = el("div", { class: "fb-thumbs" });
+      [[true, "up", "fbYes", "feedback-up"], [false, "down", "fbNo", "feedback-down"]].forEach(function (spec) {
+        const b = el("button", {
+          type: "button", class: "fb-thumb " + spec[1], "aria-label": t(spec[2]), title: t(spec[2]),
+          "aria-pressed": feedback.helpful === spec[0] ? "true" : "false", "data-testid": spec[3], disabled: busy
+        }, [icon(spec[1])]);
+        b.addEventListener("click", function () {
+          feedback.helpful = spec[0];
+          renderFeedback();
+        });
+        thumbs.appendChild(b);
+      });
+      node.appendChild(thumbs);
+      if (feedback.helpful !== null) {
+        const area = el("textarea", {
+          id: "sd-fb-comment", class: "fb-comment", rows: "3", maxlength: String(FEEDBACK_MAX_CHARS),
+          placeholder: t("fbCommentPlaceholder"), "data-testid": "feedback-comment", disabled: busy
+        });
+        area.value = feedback.comment;
+        const countEl = el("span", { class: "fb-count", "aria-live": "polite" });
+        const sendFb = el("button", { type: "button", class: "fb-send", "data-testid": "feedback-send", disabled: busy, text: busy ? t("fbSending") : t("fbSend") });
+        function counted() {
+          const left = FEEDBACK_MAX_CHARS - area.value.length;
+          countEl.textContent = area.value.length > FEEDBACK_MAX_CHARS * 0.8 ? t("charsLeft", { n: Math.max(0, left) }) : "";
+        }
+        area.addEventListener("input", function () {
+          feedback.comment = area.value;
+          counted();
+        });
+        area.addEventListener("keydown", function (e) {
+          if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+            e.preventDefault();
+            sendFeedback();
+          }
+        });
+        sendFb.addEventListener("click", sendFeedback);
+        counted();
+        node.appendChild(el("div", { class: "fb-more" }, [
+          el("label", { for: "sd-fb-comment", class: "fb-label", text: t("fbCommentLabel") }),
+          area,
+          error ? el("div", { class: "fb-error", role: "alert", "data-testid": "feedback-error", text: error }) : null,
+          el("div", { class: "fb-actions" }, [countEl, sendFb])
+        ]));
+      }
+    }
+    if (feedbackEl && feedbackEl.parentNode) feedbackEl.replaceWith(node);
+    else list.appendChild(node);
+    feedbackEl = node;
+    keepTail();
+    scrollToBottom(false);
+    if (hadFocus) {
+      const again = node.querySelector('[data-testid="' + hadFocus + '"]') || node.querySelector("textarea");
+      if (again && !again.disabled) again.focus({ preventScroll: true });
+      else if (hadFocus === "feedback-up" || hadFocus === "feedback-down") {
+        const area = node.querySelector("textarea");
+        if (area) area.focus({ preventScroll: true });
+      }
+    }
+  }
+
+  async function sendFeedback() {
+    if (feedback.state !== "asking" || feedback.helpful === null) return;
+    const payload = { helpful: feedback.helpful };
+    const comment = feedback.comment.trim().slice(0, FEEDBACK_MAX_CHARS);
+    if (comment) payload.comment = comment;
+    feedback.state = "sending";
+    renderFeedback();
+    let res;
+    try {
+      res = await api("POST", "/widget/api/feedback", JSON.stringify(payload), "application/json");
+    } catch (_) {
+      feedback.state = "asking";
+      renderFeedback(t("fbFailed"));
+      return;
+    }
+    if (feedback.state !== "sending") return; // hidden meanwhile (a new message)
+    const body = await readJson(res);
+    if (res.ok || res.status === 409) {
+      // 409: already rated (another tab) or nothing left to rate: nothing more to ask.
+      feedback.state = "done";
+      renderFeedback();
+      const thanks = feedbackEl.querySelector(".fb-thanks");
+      if (thanks && res.status === 409 && body && typeof body.message === "string" && body.message) thanks.title = body.message;
+    } else {
+      feedback.state = "asking";
+      const code = body && typeof body.error === "string" ? body.error : "";
+      renderFeedback(res.status === 429 ? t("err_rate_limited_nos") : res.status >= 500 ? t("fbFailed") :
+        errorText(code, body && typeof body.message === "string" ? body.message : t("fbFailed")));
+    }
+  }
+
   function renderStatus() {
     let text;
     if (state.status === "waiting") text = t("statusWaiting");
@@ -845,6 +1232,9 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     statusEl.title = text;
     root.classList.remove("st-bot", "st-waiting", "st-claimed", "st-resolved");
     root.classList.add("st-" + state.status);
+    const withPerson = state.status === "waiting" || state.status === "claimed";
+    handoverItem.disabled = withPerson || askingForPerson;
+    handoverItem.setAttribute("aria-disabled", handoverItem.disabled ? "true" : "false");
     renderActivity();
   }
 
@@ -900,11 +1290,12 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
   }
 
   /** fetch() against the server with the visitor token; on 401, one fresh session and one retry. */
-  async function api(method, path, body) {
+  async function api(method, path, body, contentType) {
     await ensureSession();
     const call = function () {
       const headers = {};
       if (state.token) headers.Authorization = "Bearer " + state.token;
+      if (contentType) headers["Content-Type"] = contentType;
       return fetch(SERVER + path, { method: method, headers: headers, body: body, credentials: "omit", cache: "no-store" });
     };
     const used = state.token;
@@ -969,18 +1360,29 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
   }
 
   async function loadConversation() {
+    const asked = Date.now();
     const res = await api("GET", "/widget/api/conversation");
     if (!res.ok) return;
     const conv = await readJson(res);
     if (!conv || typeof conv !== "object") return;
-    setStatus(conv.status, conv.agent);
     const msgs = Array.isArray(conv.messages) ? conv.messages.slice() : [];
     msgs.sort(function (a, b) {
       return (Number(a && a.id) || 0) - (Number(b && b.id) || 0);
     });
     const live = state.historyLoaded;
-    for (const m of msgs) addMessage(m, live);
+    for (const m of msgs) addMessage(m, live, false);
     state.historyLoaded = true;
+    // The conversation's own status wins over what the replayed lines said.
+    setStatus(conv.status, conv.agent);
+    if (conv.working === true) {
+      const mine = msgs.filter(function (m) { return m && m.role === "user"; });
+      const last = mine.length ? mine[mine.length - 1].id : null;
+      if (last === null || last === undefined || !finished.has(String(last))) showTyping(last);
+    } else if (conv.working === false && typing.pending.size && typing.since < asked) {
+      hideTyping(); // answered (or taken by a person) while we were away
+    }
+    if (conv.feedback_requested === true) showFeedback();
+    else if (conv.feedback_requested === false && feedback.state === "asking" && feedback.helpful === null) hideFeedback();
   }
 
   // ---------------------------------------------------------------------------------------
@@ -1034,7 +1436,13 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     });
     es.addEventListener("status", function (e) {
       const s = parse(e.data);
-      if (s) setStatus(s.status, s.agent);
+      if (!s) return;
+      setStatus(s.status, s.agent);
+      if (s.status === "waiting" || s.status === "claimed") hideTyping();
+    });
+    es.addEventListener("typing", function (e) {
+      const d = parse(e.data);
+      if (d) showTyping(d.reply_to);
     });
   }
 
@@ -1068,8 +1476,30 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
 
   function sideOf(m) {
     if (m.role === "user") return "right";
-    if (m.role === "bot" || m.role === "agent" || m.kind === "handover") return "left";
+    if (m.kind === "handover" || m.kind === "status") return "center";
+    if (m.role === "bot" || m.role === "agent") return "left";
     return "center";
+  }
+
+  const STATUS_LINES = { claimed: "lineClaimed", bot: "lineBot", resolved: "lineResolved" };
+
+  function authorOf(m) {
+    for (const k of ["author_name", "author"]) {
+      if (typeof m[k] === "string" && m[k].trim()) return m[k].trim();
+    }
+    return "";
+  }
+
+  /** A change of who answers, as a centered line: "Mei joined the conversation." */
+  function renderStatusLine(m, node) {
+    const status = Object.prototype.hasOwnProperty.call(STATUS_LINES, m.status) ? m.status : "other";
+    node.dataset.status = status;
+    node.classList.add("is-status");
+    const text = el("span", { class: "text", "data-testid": "message-text" });
+    const fallback = status === "other" ? "" : t(STATUS_LINES[status], { name: authorOf(m) || t("anAgent") });
+    text.textContent = typeof m.text === "string" && m.text.trim() ? m.text : fallback;
+    node.appendChild(el("div", { class: "sysline st-" + status }, [text]));
+    return node;
   }
 
   function renderMessage(m) {
@@ -1086,9 +1516,10 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     if (m.reply_to !== null && m.reply_to !== undefined) node.dataset.replyTo = String(m.reply_to);
     const when = formatTime(parseTime(m.created_at) || new Date());
     if (when) node.title = when;
+    if (kind === "status") return renderStatusLine(m, node);
 
     if (side === "left") {
-      const name = role === "agent" ? (typeof m.author === "string" && m.author.trim()) || t("agentDefault") : t("assistant");
+      const name = role === "agent" ? authorOf(m) || t("agentDefault") : t("assistant");
       node.appendChild(el("div", { class: "author", text: name }));
     } else if (side === "right") {
       node.appendChild(el("span", { class: "sr-only", text: t("you") + ":" }));
@@ -1096,6 +1527,7 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     const bubble = el("div", { class: "bubble" });
     const imgs = el("div", { class: "imgs" });
     const text = el("div", { class: "text", "data-testid": "message-text" });
+    if (kind === "handover") bubble.appendChild(icon("headset"));
     bubble.appendChild(imgs);
     bubble.appendChild(text);
     node.appendChild(bubble);
@@ -1145,8 +1577,10 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     list.appendChild(node);
   }
 
-  function addMessage(m, live) {
+  /** A message from the server; `live` counts it as unread, `apply` lets it move the header status. */
+  function addMessage(m, live, apply) {
     if (!m || typeof m !== "object") return;
+    if (apply === undefined) apply = live;
     const hasId = m.id !== null && m.id !== undefined;
     const key = hasId ? String(m.id) : null;
 
@@ -1177,11 +1611,36 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
       insertMessage(node, m.id);
     }
     if (key) byId.set(key, node);
+    afterMessage(m, apply);
+    keepTail();
     if (live && m.role !== "user" && !state.open) {
       state.unread++;
       renderBadge();
     }
     scrollToBottom(m.role === "user");
+  }
+
+  /** What a new message means for the typing indicator, the header and the feedback prompt. */
+  function afterMessage(m, apply) {
+    const kind = m.kind;
+    if (kind === "status") {
+      hideTyping();
+      if (apply) {
+        setStatus(m.status, m.status === "claimed" ? authorOf(m) || null : null);
+        if (m.status === "resolved") showFeedback();
+        else hideFeedback();
+      }
+    } else if (kind === "handover") {
+      hideTyping();
+      if (apply) setStatus("waiting", null);
+    } else if (kind === "answer" && m.role === "bot") {
+      typingDone(m.reply_to);
+      if (apply) setStatus("bot", null);
+    } else if (kind === "notice" && m.reply_to !== null && m.reply_to !== undefined) {
+      typingDone(m.reply_to);
+    } else if (m.role === "user" && apply) {
+      hideFeedback(); // a new message (this tab or another) reopens the conversation
+    }
   }
 
   function addDelta(d) {
@@ -1195,6 +1654,8 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
       node.setAttribute("aria-busy", "true");
       streams.set(key, node);
       list.appendChild(node);
+      typingDone(d.reply_to); // the text itself now shows that the assistant is writing
+      keepTail();
     }
     const text = node.querySelector('[data-testid="message-text"]');
     text.textContent += typeof d.text === "string" ? d.text : "";
@@ -1238,6 +1699,7 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     });
     node.textContent = String(text);
     list.appendChild(node);
+    keepTail();
     scrollToBottom(true);
     return node;
   }
@@ -1432,7 +1894,9 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     setImages(node, images.map(function (im) { return im.url; }), false);
     entry.node = node;
     outbox.set(entry.cid, entry);
+    hideFeedback();
     list.appendChild(node);
+    keepTail();
     scrollToBottom(true);
 
     pending = [];
@@ -1477,6 +1941,10 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
           byId.set(String(body.message_id), node);
         }
         markSent(node);
+        // Never a blank wait: the assistant is on it (unless a person has the conversation).
+        if (!(body && body.duplicate) && (state.status === "bot" || state.status === "resolved")) {
+          showTyping(body ? body.message_id : null);
+        }
         return;
       }
       const code = body && typeof body.error === "string" ? body.error : "";
@@ -1565,7 +2033,9 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
         open: state.open,
         status: state.status,
         token: state.token,
-        messages: list ? list.querySelectorAll('[data-testid="message"]:not([data-streaming="true"])').length : 0
+        messages: list ? list.querySelectorAll('[data-testid="message"]:not([data-streaming="true"])').length : 0,
+        typing: typing.pending.size > 0,
+        feedback: feedback.state
       };
     }
   });
