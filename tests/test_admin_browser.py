@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,7 @@ from tests.live_server import live_server
 
 pytestmark = needs_chromium
 PASSWORD = "correct horse battery"
+SHOTS = Path(os.environ.get("SNAPDESK_SCREENSHOTS", tempfile.gettempdir()))
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +88,40 @@ def test_admin_adds_and_disables_an_account_and_an_operator_has_no_users_tab(bro
     operator.wait_for_selector("#view-templates:visible")
     assert operator.locator("[data-testid=users]").is_hidden()
     assert operator.locator("[data-testid=user-row]").count() == 0
+
+
+def test_admin_sets_the_display_name_users_see(browser, server):
+    base, accounts = server
+    admin = sign_in(browser, base, "admin")
+    admin.click("[data-testid=nav-users]")
+    admin.wait_for_selector("[data-testid=users] [data-testid=user-row][data-name=olga]")
+    assert row(admin, "olga").locator("[data-testid=display-name]").inner_text() == "olga"  # the login by default
+
+    row(admin, "olga").locator("[data-testid=edit-display-name]").click()
+    field = row(admin, "olga").locator("[data-testid=display-name-input]")
+    field.fill("   ")
+    row(admin, "olga").locator("[data-testid=save-display-name]").click()
+    assert "cannot be empty" in admin.wait_for_selector("[data-testid=error]:visible").inner_text()
+    field.fill("x" * 60 + "<b>")  # the field keeps 60 characters; the server would refuse more
+    assert len(field.input_value()) == 60
+    field.fill("Olga <b>Petrova</b>")
+    admin.screenshot(path=str(SHOTS / "admin-display-name-edit.png"))
+    field.press("Enter")
+    admin.wait_for_function(
+        """() => { const n = document.querySelector("[data-testid=user-row][data-name=olga] [data-testid=display-name]");
+                   return n && n.textContent === 'Olga <b>Petrova</b>'; }""", timeout=10_000)
+    assert accounts.user("olga").display_name == "Olga <b>Petrova</b>"
+
+    row(admin, "olga").locator("[data-testid=edit-display-name]").click()
+    row(admin, "olga").locator("[data-testid=display-name-input]").press("Escape")  # cancel: unchanged
+    assert row(admin, "olga").locator("[data-testid=display-name]").inner_text() == "Olga <b>Petrova</b>"
+
+    admin.fill("[data-testid=new-user-name]", "wen")
+    admin.fill("[data-testid=new-user-display-name]", "Wen Li")
+    admin.fill("[data-testid=new-user-password]", "a long enough secret")
+    admin.click("[data-testid=add-user]")
+    admin.wait_for_selector("[data-testid=user-row][data-name=wen]")
+    assert row(admin, "wen").locator("[data-testid=display-name]").inner_text() == "Wen Li"
+    assert accounts.user("wen").display_name == "Wen Li"
+    admin.screenshot(path=str(SHOTS / "admin-display-names.png"))
+    assert admin.evaluate("() => document.querySelectorAll('[data-testid=users] b').length") == 0

@@ -33,7 +33,7 @@
   };
   const CHANNELS = { widget: "Widget", slack: "Slack", telegram: "Telegram", cli: "CLI" };
   const STATUSES = { waiting: "Waiting", claimed: "Claimed", resolved: "Resolved", bot: "With the bot" };
-  const ROLES = { user: "User", bot: "Bot", agent: "Agent", system: "System", note: "Internal note" };
+  const ROLES = { user: "User", bot: "Bot", agent: "Agent", system: "System", note: "Internal note", draft: "Draft" };
 
   // ---------------------------------------------------------------------------------------
   // Small helpers
@@ -486,7 +486,7 @@
   }
 
   function queueSignature(c) {
-    return JSON.stringify([c.channel, c.user_name, c.user_id, c.status, c.assigned_agent, c.reason, c.detail,
+    return JSON.stringify([c.channel, c.user_name, c.user_id, c.status, c.assigned_agent, c.assigned_agent_name, c.reason, c.detail,
       c.confidence, c.waiting_since, c.thumbnail, c.preview]);
   }
 
@@ -597,7 +597,7 @@
       const mine = state.me && c.assigned_agent === state.me.name;
       main.appendChild(el("div", { class: "qclaim" + (mine ? " is-mine" : "") }, [
         el("span", { class: "qclaim-dot", "aria-hidden": "true" }),
-        document.createTextNode(c.assigned_agent ? (mine ? "Claimed by you" : "Claimed by " + str(c.assigned_agent)) : "Claimed")
+        document.createTextNode(c.assigned_agent ? (mine ? "Claimed by you" : "Claimed by " + (str(c.assigned_agent_name) || str(c.assigned_agent))) : "Claimed")
       ]));
     }
     link.appendChild(main);
@@ -686,6 +686,8 @@
     $("messages").appendChild(el("p", { class: "loading", text: "Loading the conversation…" }));
     $("escalation").hidden = true;
     $("claim").hidden = true;
+    $("transfer").hidden = true;
+    closeTransfer(false);
     restoreDraft(key, null);
     updateComposerState();
     threadRefresher.now();
@@ -742,6 +744,8 @@
     $("thread-extra").textContent = "";
     $("escalation").hidden = true;
     $("claim").hidden = true;
+    $("transfer").hidden = true;
+    closeTransfer(false);
     const msgs = $("messages");
     msgs.textContent = "";
     msgs.appendChild(el("p", { class: "loading", text: "This conversation does not exist or was removed." }));
@@ -771,10 +775,13 @@
     st.dataset.status = str(t.status);
     st.textContent = statusLabel(t.status);
     const mine = state.me && t.assigned_agent && t.assigned_agent === state.me.name;
-    $("thread-assignee").textContent = t.assigned_agent
-      ? "Assigned to " + str(t.assigned_agent) + (mine ? " (you)" : "")
+    const assignee = $("thread-assignee");
+    assignee.textContent = t.assigned_agent
+      ? "Assigned to " + (str(t.assigned_agent_name) || str(t.assigned_agent)) + (mine ? " (you)" : "")
       : "Unassigned";
-    $("thread-assignee").classList.toggle("is-mine", Boolean(mine));
+    assignee.title = t.assigned_agent ? "Signs in as " + str(t.assigned_agent) : "";
+    assignee.dataset.agent = str(t.assigned_agent);
+    assignee.classList.toggle("is-mine", Boolean(mine));
     const extra = [];
     if (str(t.user_id) && str(t.user_id) !== name) extra.push("ID " + str(t.user_id));
     if (str(t.language)) extra.push(str(t.language).toUpperCase());
@@ -782,6 +789,9 @@
 
     $("claim").hidden = t.status !== "waiting";
     if (t.status !== "waiting" && document.activeElement === $("claim")) $("composer").focus();
+    const transferable = t.status === "waiting" || t.status === "claimed";
+    $("transfer").hidden = !transferable;
+    if (!transferable) closeTransfer(false);
 
     // Escalation
     const esc = t.escalation && typeof t.escalation === "object" ? t.escalation : null;
@@ -828,7 +838,8 @@
       const key = messageKey(m, i);
       seen.add(key);
       let node = messageNodes.get(key);
-      const sig = JSON.stringify([m.text, m.images, m.author, m.confidence, m.role, m.kind]);
+      const sig = JSON.stringify([m.text, m.images, m.author, m.author_name, m.confidence, m.role, m.kind, m.delivered,
+        m.withheld, m.status_change, m.prompt_tokens, m.image_tokens, m.completion_tokens, m.latency_ms]);
       if (node && node.dataset.sig !== sig) {
         const fresh = renderMessage(m);
         fresh.dataset.sig = sig;
@@ -880,20 +891,85 @@
     }
   }
 
+  function groupNumber(n) {
+    try {
+      return Math.round(n).toLocaleString("en-US");
+    } catch (_) {
+      return String(Math.round(n));
+    }
+  }
+
+  /** "conf 0.82 · 1,234 prompt tok (1,180 image) · 41 out · 2.3 s", from whichever figures exist. */
+  function turnFigures(m) {
+    const parts = [];
+    const full = [];
+    if (isNum(m.confidence)) {
+      parts.push("conf " + m.confidence.toFixed(2));
+      full.push("confidence " + m.confidence.toFixed(3));
+    }
+    if (isNum(m.prompt_tokens)) {
+      const image = isNum(m.image_tokens) && m.image_tokens > 0 ? " (" + groupNumber(m.image_tokens) + " image)" : "";
+      parts.push(groupNumber(m.prompt_tokens) + " prompt tok" + image);
+      full.push(groupNumber(m.prompt_tokens) + " prompt tokens" + (image ? ", " + groupNumber(m.image_tokens) + " of them for screenshots" : ""));
+    } else if (isNum(m.image_tokens) && m.image_tokens > 0) {
+      parts.push(groupNumber(m.image_tokens) + " image tok");
+      full.push(groupNumber(m.image_tokens) + " image tokens");
+    }
+    if (isNum(m.completion_tokens)) {
+      parts.push(groupNumber(m.completion_tokens) + " out");
+      full.push(groupNumber(m.completion_tokens) + " tokens written");
+    }
+    if (isNum(m.latency_ms)) {
+      const sec = m.latency_ms / 1000;
+      parts.push(sec < 10 ? sec.toFixed(1) + " s" : Math.round(sec) + " s");
+      full.push("answered in " + groupNumber(m.latency_ms) + " ms");
+    }
+    if (!parts.length) return null;
+    return el("div", { class: "msg-figures", "data-testid": "turn-figures", title: full.join(" · ") }, [
+      el("span", { class: "sr-only", text: "Figures for this turn: " }), document.createTextNode(parts.join(" · "))
+    ]);
+  }
+
+  const STATUS_LINE_TEXT = {
+    claimed: function (m) { return (str(m.author_name) || str(m.author) || "An agent") + " joined the conversation."; },
+    bot: function () { return "Back with the assistant."; },
+    resolved: function () { return "Marked as resolved."; },
+    waiting: function () { return "Waiting for a person."; }
+  };
+
+  /** A change of owner as a centered line in the thread. */
+  function renderStatusLine(m) {
+    const change = str(m.status_change);
+    const node = el("div", {
+      class: "msg status-line side-center", "data-testid": "thread-message", "data-role": str(m.role) || "system",
+      "data-kind": "status", "data-status": change, "data-id": m.id === null || m.id === undefined ? "" : String(m.id)
+    });
+    const when = parseTime(m.created_at);
+    const text = el("span", { class: "status-line-text", "data-testid": "thread-message-text" });
+    text.textContent = str(m.text) || (Object.prototype.hasOwnProperty.call(STATUS_LINE_TEXT, change) ? STATUS_LINE_TEXT[change](m) : "");
+    const line = el("div", { class: "status-line-row" + (Object.prototype.hasOwnProperty.call(STATUS_LINE_TEXT, change) ? " sl-" + change : "") }, [text]);
+    if (when) line.appendChild(el("time", { class: "msg-time", datetime: when.toISOString(), title: formatFull(when), text: formatClock(when) }));
+    if (str(m.author) && str(m.author) !== str(m.author_name)) line.title = "Agent sign-in: " + str(m.author);
+    node.appendChild(line);
+    return node;
+  }
+
   function renderMessage(m) {
     const role = str(m.role) || "system";
     const kind = str(m.kind) || role;
+    if (kind === "status") return renderStatusLine(m);
     const thread = state.thread || {};
     const userName = str(thread.user_name) || str(thread.user_id) || "User";
     let side = "left";
     let cls = "from-" + (Object.prototype.hasOwnProperty.call(ROLES, role) ? role : "system");
-    if (role === "bot" || role === "agent") side = "right";
+    if (role === "bot" || role === "agent" || role === "draft") side = "right";
     if (role === "system") side = "center";
     if (role === "note" || kind === "note") {
       side = "wide";
       cls = "from-note";
     }
     if (kind === "handover") cls += " is-handover";
+    if (m.withheld === true) cls += " is-withheld";
 
     const node = el("div", {
       class: "msg " + cls + " side-" + side, "data-testid": "thread-message",
@@ -907,19 +983,25 @@
       if (str(m.author)) head.appendChild(el("span", { class: "msg-author", text: str(m.author) }));
     } else if (role === "user") {
       head.appendChild(el("span", { class: "msg-author", text: str(m.author) || userName }));
-    } else if (role === "bot") {
-      head.appendChild(el("span", { class: "msg-author", text: kind === "handover" ? "Bot · hand-over notice" : "Bot" }));
-      if (isNum(m.confidence)) {
-        head.appendChild(el("span", { class: confidenceClass(m.confidence), title: "Bot confidence" }, [
-          el("span", { class: "sr-only", text: "confidence " }), document.createTextNode(formatConfidence(m.confidence))
-        ]));
+    } else if (role === "bot" || role === "draft") {
+      head.appendChild(el("span", { class: "msg-author", text: kind === "handover" ? "Bot · hand-over notice" : role === "draft" ? "Assistant's draft" : "Bot" }));
+      if (role === "draft" || m.withheld === true) {
+        head.appendChild(el("span", {
+          class: "draft-tag", "data-testid": "not-sent",
+          title: "The assistant wrote this after a person took over; the user never saw it", text: "Not sent — draft"
+        }));
       }
+      // Its confidence is the first of the turn's figures, under the bubble.
     } else if (role === "agent") {
-      head.appendChild(el("span", { class: "msg-author", text: str(m.author) || "Agent" }));
+      const shown = str(m.author_name) || str(m.author) || "Agent";
+      head.appendChild(el("span", {
+        class: "msg-author", "data-testid": "agent-name", text: shown,
+        title: str(m.author) ? "Signs in as " + str(m.author) : null
+      }));
       head.appendChild(el("span", { class: "role-tag", text: "Agent" }));
     }
     if (when) head.appendChild(el("time", { class: "msg-time", datetime: when.toISOString(), title: formatFull(when), text: formatClock(when) }));
-    const undelivered = m.delivered === false ? el("span", {
+    const undelivered = m.delivered === false && m.withheld !== true && role !== "draft" ? el("span", {
       class: "undelivered-tag", "data-testid": "undelivered",
       title: "The user's chat did not accept this yet; Snapdesk keeps sending it", text: "Not delivered yet"
     }) : null;
@@ -957,19 +1039,45 @@
       node.appendChild(head);
       node.appendChild(body);
     }
+    if (role === "bot" || role === "draft" || kind === "handover") {
+      const figures = turnFigures(m);
+      if (figures) node.appendChild(figures);
+    }
     return node;
   }
 
   // ---------------------------------------------------------------------------------------
   // Composer
   // ---------------------------------------------------------------------------------------
-  /** The bot's draft answer for the current hand-over, unless an agent has answered since. */
+  /**
+   * What the assistant suggests for the reply box: its newest unsent draft (written after a
+   * person took over) unless an agent has answered since, or else the draft answer it made
+   * when it handed over, unless an agent has answered since the hand-over.
+   */
   function draftOf(t) {
-    if (!t || !t.escalation || typeof t.escalation !== "object") return null;
+    if (!t || !(t.status === "waiting" || t.status === "claimed")) return null;
+    const list = Array.isArray(t.messages) ? t.messages : [];
+    let lastDraft = -1;
+    let lastAgent = -1;
+    list.forEach(function (m, i) {
+      if (!m) return;
+      if (m.role === "draft" || m.kind === "draft") lastDraft = i;
+      if (m.role === "agent") lastAgent = i;
+    });
+    if (lastDraft >= 0 && lastDraft > lastAgent) {
+      const m = list[lastDraft];
+      const text = str(m.text).trim();
+      if (text) {
+        return { text: text, confidence: m.confidence, source: "draft", key: "m:" + str(m.id) + "|" + text.length, at: m.created_at };
+      }
+    }
+    if (!t.escalation || typeof t.escalation !== "object") return null;
     const text = str(t.escalation.draft_answer).trim();
-    if (!text) return null;
-    if (agentAnsweredSince(t)) return null;
-    return { text: text, key: str(t.escalation.created_at) + "|" + text.length };
+    if (!text || agentAnsweredSince(t)) return null;
+    return {
+      text: text, confidence: t.escalation.confidence, source: "handover",
+      key: "e:" + str(t.escalation.created_at) + "|" + text.length, at: t.escalation.created_at
+    };
   }
 
   function agentAnsweredSince(t) {
@@ -991,36 +1099,27 @@
 
   function saveDraft() {
     if (!state.currentId) return;
-    const entry = drafts.get(state.currentId) || { text: "", suggested: false, draftKey: null };
+    const entry = drafts.get(state.currentId) || { text: "", suggested: false, draftKey: null, dismissed: null };
     entry.text = $("composer").value;
     if (!entry.text.trim()) entry.suggested = false;
     drafts.set(state.currentId, entry);
   }
 
-  /** Fill the composer for a conversation: the agent's unsent text, or else the bot's draft answer. */
+  /** The agent's own unsent text for a conversation; the assistant's draft is only offered, never filled in. */
   function restoreDraft(id, t) {
     const composer = $("composer");
     let entry = drafts.get(id);
     if (!entry) {
-      entry = { text: "", suggested: false, draftKey: null };
+      entry = { text: "", suggested: false, draftKey: null, dismissed: null };
       drafts.set(id, entry);
       composer.value = "";
     } else if (!t) {
       composer.value = entry.text;
     }
-    const draft = draftOf(t);
-    const open = t && (t.status === "waiting" || t.status === "claimed");
-    // Offer a (new) suggestion only while the agent has not written anything.
-    if (draft && open && entry.draftKey !== draft.key && !composer.value.trim()) {
-      composer.value = draft.text;
-      entry.text = draft.text;
-      entry.suggested = true;
-      entry.draftKey = draft.key;
-    }
-    if (draft && entry.draftKey === null) entry.draftKey = draft.key;
     updateSuggestion();
   }
 
+  /** The suggestion card above the reply box, and the mark on text that came from it. */
   function updateSuggestion() {
     const id = state.currentId;
     const entry = id ? drafts.get(id) : null;
@@ -1029,10 +1128,56 @@
     if (entry && !has) entry.suggested = false;
     const suggested = Boolean(entry && entry.suggested && has);
     $("suggested-label").hidden = !suggested;
-    $("discard-suggestion").hidden = !suggested;
     composer.classList.toggle("is-suggested", suggested);
-    const draft = draftOf(state.thread);
-    $("use-suggestion").hidden = !(draft && !suggested && composer.value.trim() !== draft.text);
+
+    const loaded = state.thread && state.threadLoadedFor === id;
+    const draft = loaded ? draftOf(state.thread) : null;
+    const card = $("suggestion");
+    const show = Boolean(draft && entry && entry.dismissed !== draft.key && composer.value.trim() !== draft.text);
+    card.hidden = !show;
+    if (!show) return;
+    card.dataset.source = draft.source;
+    card.dataset.key = draft.key;
+    const text = $("suggestion-text");
+    if (text.dataset.key !== draft.key) {
+      fillText(text, draft.text);
+      text.dataset.key = draft.key;
+    }
+    const conf = $("suggestion-conf");
+    conf.className = confidenceClass(draft.confidence);
+    conf.textContent = isNum(draft.confidence) ? "conf " + draft.confidence.toFixed(2) : "conf —";
+    const when = parseTime(draft.at);
+    $("suggestion-source").textContent = (draft.source === "draft" ? "written after the hand-over" : "from the hand-over") +
+      (when ? " · " + formatClock(when) : "");
+  }
+
+  function useDraft() {
+    const draft = state.thread ? draftOf(state.thread) : null;
+    if (!draft || !state.currentId) return;
+    const composer = $("composer");
+    const current = composer.value.trim();
+    if (current && current !== draft.text && !window.confirm("Replace what you have written with the assistant's draft?")) return;
+    composer.value = draft.text;
+    const entry = drafts.get(state.currentId) || { text: "", suggested: false, draftKey: null, dismissed: null };
+    entry.text = draft.text;
+    entry.suggested = true;
+    entry.draftKey = draft.key;
+    drafts.set(state.currentId, entry);
+    updateSuggestion();
+    updateComposerState();
+    autosize(true);
+    composer.focus();
+    composer.setSelectionRange(composer.value.length, composer.value.length);
+  }
+
+  function dismissDraft() {
+    const draft = state.thread ? draftOf(state.thread) : null;
+    if (!draft || !state.currentId) return;
+    const entry = drafts.get(state.currentId) || { text: "", suggested: false, draftKey: null, dismissed: null };
+    entry.dismissed = draft.key;
+    drafts.set(state.currentId, entry);
+    updateSuggestion();
+    $("composer").focus();
   }
 
   const busy = { action: null };
@@ -1053,7 +1198,7 @@
     const hint = $("composer-hint");
     let hintText = "";
     if (loaded && t.status === "claimed" && t.assigned_agent && state.me && t.assigned_agent !== state.me.name) {
-      hintText = str(t.assigned_agent) + " is handling this conversation.";
+      hintText = (str(t.assigned_agent_name) || str(t.assigned_agent)) + " is handling this conversation: only they can reply, resolve or hand it back.";
     } else if (loaded && t.status === "waiting") {
       hintText = "Sending a reply claims the conversation.";
     } else if (loaded && t.status === "resolved") {
@@ -1177,6 +1322,82 @@
       }
       queueRefresher.now();
     }, $("hand-back"));
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Transfer to another agent
+  // ---------------------------------------------------------------------------------------
+  let agentsCache = null;
+
+  async function loadAgents() {
+    const data = await api("GET", "/agent/api/agents");
+    agentsCache = Array.isArray(data.agents) ? data.agents.filter(function (a) { return a && str(a.name); }) : [];
+    return agentsCache;
+  }
+
+  async function openTransfer() {
+    const panel = $("transfer-panel");
+    const select = $("transfer-agent");
+    panel.hidden = false;
+    $("transfer").setAttribute("aria-expanded", "true");
+    select.textContent = "";
+    select.appendChild(el("option", { value: "", text: "Loading agents…" }));
+    select.disabled = true;
+    $("transfer-confirm").disabled = true;
+    let agents;
+    try {
+      agents = await loadAgents();
+    } catch (err) {
+      if (err.status !== 401) showError(err.message || "The agents could not be loaded.");
+      closeTransfer(false);
+      return;
+    }
+    if (panel.hidden) return;
+    const t = state.thread || {};
+    const others = agents.filter(function (a) { return str(a.name) !== str(t.assigned_agent); });
+    select.textContent = "";
+    if (!others.length) {
+      select.appendChild(el("option", { value: "", text: "No other agent can take it" }));
+    } else {
+      select.appendChild(el("option", { value: "", text: "Choose an agent…" }));
+      others.forEach(function (a) {
+        const shown = str(a.display_name) || str(a.name);
+        const me = state.me && str(a.name) === state.me.name;
+        select.appendChild(el("option", {
+          value: str(a.name), text: shown + (shown !== str(a.name) ? " (" + str(a.name) + ")" : "") + (me ? " — you" : "")
+        }));
+      });
+    }
+    select.disabled = !others.length;
+    const sync = function () {
+      $("transfer-confirm").disabled = !select.value || busy.action !== null;
+    };
+    select.onchange = sync;
+    sync();
+    select.focus();
+  }
+
+  function closeTransfer(refocus) {
+    const panel = $("transfer-panel");
+    if (panel.hidden) return;
+    panel.hidden = true;
+    $("transfer").setAttribute("aria-expanded", "false");
+    if (refocus && !$("transfer").hidden) $("transfer").focus();
+  }
+
+  function transfer() {
+    const select = $("transfer-agent");
+    const agent = select.value;
+    if (!agent) return;
+    const chosen = (agentsCache || []).find(function (a) { return str(a.name) === agent; });
+    const shown = chosen ? str(chosen.display_name) || agent : agent;
+    act("transfer", async function (id) {
+      await post(id, "transfer", { agent: agent });
+      closeTransfer(false);
+      toast("Transferred to " + shown);
+      if (id === state.currentId) threadRefresher.now();
+      queueRefresher.now();
+    }, $("transfer-confirm"));
   }
 
   // ---------------------------------------------------------------------------------------
@@ -1534,25 +1755,30 @@
       updateSuggestion();
       updateComposerState();
     });
-    $("use-suggestion").addEventListener("click", function () {
-      const draft = draftOf(state.thread);
-      if (!draft || !state.currentId) return;
-      composer.value = draft.text;
-      const entry = drafts.get(state.currentId) || { text: "", suggested: false, draftKey: null };
-      entry.text = draft.text;
-      entry.suggested = true;
-      entry.draftKey = draft.key;
-      drafts.set(state.currentId, entry);
-      updateSuggestion();
-      updateComposerState();
-      composer.focus();
+    $("use-draft").addEventListener("click", useDraft);
+    $("suggestion-dismiss").addEventListener("click", dismissDraft);
+
+    // Transfer
+    $("transfer").addEventListener("click", function () {
+      if ($("transfer-panel").hidden) openTransfer();
+      else closeTransfer(true);
     });
-    $("discard-suggestion").addEventListener("click", function () {
-      composer.value = "";
-      saveDraft();
-      updateSuggestion();
-      updateComposerState();
-      composer.focus();
+    $("transfer-cancel").addEventListener("click", function () {
+      closeTransfer(true);
+    });
+    $("transfer-panel").addEventListener("submit", function (e) {
+      e.preventDefault();
+      transfer();
+    });
+    $("transfer-panel").addEventListener("keydown", function (e) {
+      if (e.key === "Escape") {
+        e.preventDefault();
+        e.stopPropagation();
+        closeTransfer(true);
+      }
+    });
+    document.addEventListener("mousedown", function (e) {
+      if (!$("transfer-panel").hidden && !e.target.closest(".transfer-wrap")) closeTransfer(false);
     });
 
     const messages = $("messages");

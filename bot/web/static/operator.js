@@ -1334,6 +1334,18 @@
     drawCharts();
   }
 
+  function thumb(up) {
+    const icon = svg("svg", {
+      viewBox: "0 0 24 24", width: "16", height: "16", fill: "none", stroke: "currentColor", "stroke-width": "2",
+      "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true", focusable: "false"
+    });
+    icon.appendChild(svg("path", {
+      d: up ? "M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3z M7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3"
+        : "M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3z M17 2h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17"
+    }));
+    return icon;
+  }
+
   /** The widget's "Did this solve your problem?" answers: totals and the latest comments. */
   function renderFeedback(f) {
     const up = num(f.helpful);
@@ -1356,7 +1368,9 @@
         class: "op-comment", "data-testid": "feedback-comment", "data-helpful": c.helpful ? "true" : "false",
         "data-conversation-id": String(c.conversation_id)
       }, [
-        el("span", { class: "op-comment-verdict", title: c.helpful ? "Helpful" : "Not helpful", text: c.helpful ? "👍" : "👎" }),
+        el("span", { class: "op-comment-verdict", "data-helpful": c.helpful ? "true" : "false", title: c.helpful ? "Helpful" : "Not helpful" }, [
+          thumb(c.helpful), el("span", { class: "sr-only", text: c.helpful ? "Helpful: " : "Not helpful: " })
+        ]),
         el("span", { class: "op-comment-text", "data-testid": "feedback-comment-text", text: String(c.comment || "") }),
         el("span", { class: "op-comment-meta", text: meta })
       ]));
@@ -1714,8 +1728,7 @@
         "aria-label": "Change the display name of " + name, title: "Change the display name", text: "Edit"
       });
       edit.addEventListener("click", editor);
-      cell.appendChild(text);
-      cell.appendChild(edit);
+      cell.appendChild(el("div", { class: "op-dn-wrap" }, [text, edit]));
     }
     function editor() {
       clear(cell);
