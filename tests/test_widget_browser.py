@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from engine.base import GenerationStream
-from engine.stub import StubEngine
+from engine.stub import StubEngine, last_user_text
 from tests.browser import chromium, needs_chromium
 from tests.live_server import live_server
 
@@ -28,7 +28,11 @@ class SlowStreamingEngine(StubEngine):
         generation = self._answer(request)
         stream = GenerationStream(timeout=timeout)
 
+        slow = "twice" in last_user_text(request)  # time for a test to reload the page meanwhile
+
         async def produce():
+            if slow:
+                await asyncio.sleep(3)
             for i, word in enumerate(generation.text.split(" ")):
                 stream.push_delta(word if i == 0 else " " + word)
                 await asyncio.sleep(0.08)
@@ -348,3 +352,14 @@ def test_the_widget_speaks_chinese_to_a_chinese_browser(browser, server):
     assert page.inner_text("[data-testid=talk-to-person]").startswith("转人工客服")
     assert page.get_attribute("[data-testid=typing]", "aria-label") == "助手正在输入"
     context.close()
+
+
+def test_a_reload_while_the_assistant_works_shows_the_typing_indicator_again(page):
+    send(page, "Why was I charged twice?")
+    page.wait_for_selector("[data-testid=typing]", state="visible", timeout=5_000)
+    page.reload()  # the answer is still being written: the conversation says it is working
+    page.click("[data-testid=launcher]")
+    page.wait_for_selector("[data-testid=typing]", state="visible", timeout=5_000)
+    page.wait_for_function(
+        f"() => [...{SHADOW}.querySelectorAll('[data-testid=message][data-role=bot]')].length >= 1", timeout=10_000)
+    page.wait_for_selector("[data-testid=typing]", state="hidden", timeout=5_000)
