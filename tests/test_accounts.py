@@ -182,7 +182,14 @@ def test_admins_manage_users_through_the_api(tmp_path):
         assert {"name": "li", "role": "agent", "disabled": False, "display_name": "li"} in \
             admin.get("/admin/api/users").json()["users"]
         li = signed_in(base, "li")
-        assert admin.post("/admin/api/users/li/disable").status_code == 200
+        from bot.store import CLAIMED
+
+        store = app.state.runtime.store
+        held = store._ensure_conversation("widget", "held-by-li", "v", "Visitor", "2026-01-01T00:00:00")
+        store.set_owner(held["id"], CLAIMED, "li")
+        disabled = admin.post("/admin/api/users/li/disable")
+        assert disabled.status_code == 200 and disabled.json()["released"] == [held["id"]]
+        assert store.conversation(held["id"])["status"] == "waiting"
         assert li.get("/console/api/me").status_code == 401
         assert admin.post("/admin/api/users/admin/disable").status_code == 409
         actions = {r["action"] for r in app.state.runtime.store._all("select action from audit_log where actor = 'admin'")}
