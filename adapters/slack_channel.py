@@ -27,14 +27,6 @@ TS = re.compile(r"^\d{1,12}\.\d{1,9}$")
 MAX_PLACEHOLDERS = 2000
 
 PLACEHOLDER = {"en": "Looking at this…", "zh": "正在查看，请稍候…"}
-STATUS_TEXT = {
-    "claimed": {"en": "{agent} from our support team has joined the conversation.", "zh": "客服 {agent} 已加入对话。"},
-    "resolved": {
-        "en": "This conversation is marked as resolved. Write here any time if you need more help.",
-        "zh": "此对话已标记为已解决。如需更多帮助，请随时在这里留言。",
-    },
-    "bot": {"en": "You're chatting with the Snapdesk assistant again.", "zh": "您现在再次与 Snapdesk 助手对话。"},
-}
 AGENT_LABEL = {"en": "{name} (support)", "zh": "{name}（客服）"}
 REASONS = {
     "user_request": "The customer asked for a person",
@@ -133,6 +125,8 @@ class SlackChannel:
         placeholder = None
         if outbound.reply_to is not None:
             placeholder = self._placeholders.pop((conversation.id, outbound.reply_to), None)
+        elif outbound.kind == "status":  # a person took over while the bot was working: no answer will come
+            placeholder = self._take_placeholder(conversation.id)
         for i, chunk in enumerate(chunks):
             if i == 0 and placeholder is not None and await self._replace(placeholder, chunk):
                 continue
@@ -143,6 +137,12 @@ class SlackChannel:
             except SlackCallError as exc:  # the user has the notice; agents still see the queue
                 log.warning("hand-over announcement in %s failed: %s", self.agent_channel, exc.error)
 
+    def _take_placeholder(self, conversation_id: int) -> tuple[str, str] | None:
+        keys = [key for key in self._placeholders if key[0] == conversation_id]
+        for key in keys[:-1]:
+            self._placeholders.pop(key)
+        return self._placeholders.pop(keys[-1]) if keys else None
+
     async def _replace(self, placeholder: tuple[str, str], text: str) -> bool:
         channel, ts = placeholder
         try:
@@ -152,14 +152,6 @@ class SlackChannel:
             if exc.error in NOT_UPDATABLE:
                 return False
             raise
-
-    async def send_status(self, conversation: Conversation, status: str, agent: str | None) -> None:
-        table = STATUS_TEXT.get(status)
-        if table is None:  # "waiting": the hand-over notice already said it
-            return
-        # Our own wording; the one outside value (the agent's name) is escaped by plain_name.
-        text = localized(table, conversation.language).format(agent=plain_name(agent or "") or "An agent")
-        await self.post(Place.of(conversation.conversation_key), text)
 
     # Agents ---------------------------------------------------------------------------------------
     def console_url(self, conversation_id: int) -> str:

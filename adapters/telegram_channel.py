@@ -88,6 +88,9 @@ class TelegramChannel:
 
     # The Channel protocol ------------------------------------------------------------------
     async def send(self, conversation: Conversation, outbound: Outbound) -> None:
+        if outbound.kind == "status":  # a person took over while the bot was working: no answer will come
+            for key in [key for key in self._typing if key[0] == conversation.id]:
+                self._stop_typing(*key)
         self._stop_typing(conversation.id, outbound.reply_to)
         chat_id = int(conversation.conversation_key)
         body = outbound.text
@@ -111,11 +114,6 @@ class TelegramChannel:
         task = asyncio.create_task(self._keep_typing(chat_id))
         self._typing[key] = task
         task.add_done_callback(lambda done, key=key: self._forget_typing(key, done))
-
-    async def send_status(self, conversation: Conversation, status: str, agent: str | None) -> None:
-        if status == "claimed" and agent:
-            notice = text("agent_joined", conversation.language, name=agent)
-            await self.send_text(int(conversation.conversation_key), notice)
 
     # Typing ---------------------------------------------------------------------------
     async def _typing_once(self, chat_id: int) -> None:

@@ -88,10 +88,6 @@ TEXTS: dict[str, dict[str, str]] = {
         "zh": "我不认识这个命令。发送 /help 查看我能做什么。",
     },
     "agent": {"en": "{name} (support): {text}", "zh": "{name}（客服）：{text}"},
-    "agent_joined": {
-        "en": "{name} from our support team has joined the conversation.",
-        "zh": "客服 {name} 已加入对话。",
-    },
 }
 
 COMMANDS: dict[str, list[tuple[str, str]]] = {

@@ -22,7 +22,7 @@ from typing import Annotated, Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from bot.context import attachment_ids
 from bot.messages import Conversation, Inbound, Outbound, utcnow
@@ -36,7 +36,9 @@ CHANNEL = "widget"
 TOKEN_MAX_AGE_S = 180 * 24 * 3600
 KEEPALIVE_S = 15.0
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,100}$")
-KIND_ROLE = {"answer": "bot", "handover": "system", "notice": "system", "agent": "agent"}
+KIND_ROLE = {"answer": "bot", "handover": "system", "notice": "system", "agent": "agent", "status": "system"}
+HIDDEN_ROLES = ("note", "draft")  # agents' notes and unsent drafts never reach the visitor
+MAX_FEEDBACK_CHARS = 1000
 
 
 # Visitor tokens ------------------------------------------------------------------------
@@ -104,6 +106,9 @@ class WidgetChannel:
     async def send_status(self, conversation: Conversation, status: str, agent: str | None) -> None:
         self.publish(conversation.conversation_key, "status", {"status": status, "agent": agent})
 
+    async def send_typing(self, conversation: Conversation, reply_to: int | None) -> None:
+        self.publish(conversation.conversation_key, "typing", {"reply_to": reply_to})
+
 
 def outbound_json(outbound: Outbound) -> dict:
     return {
@@ -116,6 +121,7 @@ def outbound_json(outbound: Outbound) -> dict:
         "created_at": utcnow().isoformat(),
         "client_message_id": None,
         "reply_to": outbound.reply_to,
+        "status": outbound.status,
     }
 
 
@@ -150,12 +156,20 @@ class MessageOut(BaseModel):
     created_at: str
     client_message_id: str | None
     reply_to: int | None
+    status: str | None = None  # kind "status": the new owner
 
 
 class ConversationOut(BaseModel):
     status: str
-    agent: str | None
+    agent: str | None  # the display name of the agent who has it
     messages: list[MessageOut]
+    working: bool = False  # the bot is still answering one of the visitor's messages
+    feedback_requested: bool = False  # resolved, and the visitor has not said yet whether it helped
+
+
+class FeedbackIn(BaseModel):
+    helpful: bool
+    comment: str = Field("", max_length=MAX_FEEDBACK_CHARS)
 
 
 class AcceptedOut(BaseModel):
@@ -244,9 +258,27 @@ def _history(runtime: Runtime, visitor: str) -> tuple[dict | None, list[dict], d
     conversation = runtime.store.conversation_by_key(CHANNEL, visitor)
     if conversation is None:
         return None, [], {}
-    rows = [row for row in runtime.store.messages(conversation["id"]) if row["role"] != "note"]
+    rows = [row for row in runtime.store.messages(conversation["id"])
+            if row["role"] not in HIDDEN_ROLES and row["delivered"] != -1]  # withheld: never sent
     attachments = runtime.store.attachments({i for row in rows for i in attachment_ids(row)})
-    return conversation, rows, attachments
+    return _with_owner(runtime, conversation), rows, attachments
+
+
+def _with_owner(runtime: Runtime, conversation: dict | None) -> dict | None:
+    """The conversation with what the visitor may see of its owner and of the rating."""
+    if conversation is None:
+        return None
+    agent = conversation["assigned_agent"]
+    return {
+        **conversation,
+        "agent_name": runtime.store.display_name(agent) if agent else None,
+        "feedback_requested": conversation["status"] == "resolved"
+        and not runtime.store.feedback_given(conversation["id"], conversation["episode"]),
+    }
+
+
+def _visitor_conversation(runtime: Runtime, visitor: str) -> dict | None:
+    return _with_owner(runtime, runtime.store.conversation_by_key(CHANNEL, visitor))
 
 
 @router.get("/conversation", response_model=ConversationOut, summary="The visitor's conversation so far")
@@ -257,7 +289,25 @@ async def conversation(runtime: RuntimeDep, visitor: Visitor,
     if found is None:
         return ConversationOut(status="bot", agent=None, messages=[])
     messages = [_message_out(row, attachments, token) for row in rows]
-    return ConversationOut(status=found["status"], agent=found["assigned_agent"], messages=messages)
+    working = found["status"] == "bot" and any(row["role"] == "user" and row["status"] == "pending" for row in rows)
+    return ConversationOut(status=found["status"], agent=found["agent_name"], messages=messages, working=working,
+                           feedback_requested=found["feedback_requested"])
+
+
+@router.post("/handover", summary="Ask for a person (the widget's \"Talk to a person\")")
+async def handover(runtime: RuntimeDep, visitor: Visitor) -> dict:
+    if await runtime.manager.db(runtime.store.conversation_by_key, CHANNEL, visitor) is None:
+        raise ApiError(409, "no_conversation", "Please write your question first, then ask for a person.")
+    if not await runtime.manager.ask_for_person(CHANNEL, visitor):
+        raise ApiError(409, "already_with_person", "A person from our support team already has your conversation.")
+    return {"ok": True}
+
+
+@router.post("/feedback", summary="Say whether a resolved conversation solved the problem")
+async def feedback(body: FeedbackIn, runtime: RuntimeDep, visitor: Visitor) -> dict:
+    if not await runtime.manager.record_feedback(CHANNEL, visitor, body.helpful, clean_user_text(body.comment).strip()):
+        raise ApiError(409, "nothing_to_rate", "There is no resolved conversation to rate, or you rated it already.")
+    return {"ok": True}
 
 
 def _message_out(row: dict, attachments: dict, token: str) -> MessageOut:
@@ -265,8 +315,10 @@ def _message_out(row: dict, attachments: dict, token: str) -> MessageOut:
     images = [_attachment_url(attachments[i].sha256, token) for i in attachment_ids(row) if i in attachments]
     client_id = row["platform_message_id"].split(":", 1)[1] if row["role"] == "user" and row["platform_message_id"] else None
     return MessageOut(
-        id=row["id"], role=row["role"], kind=kind, text=row["text"] or "", author=row.get("author") or "",
+        id=row["id"], role=row["role"], kind=kind, text=row["text"] or "",
+        author=row.get("author_name") or row.get("author") or "",
         images=images, created_at=row["created_at"], client_message_id=client_id, reply_to=row.get("reply_to"),
+        status=row.get("status_change"),
     )
 
 
@@ -343,13 +395,13 @@ async def events(request: Request, runtime: RuntimeDep, token: Annotated[str, Qu
         raise ApiError(401, "bad_token", "Your chat session has expired. Please reload the page.")
     channel: WidgetChannel = request.app.state.widget_channel
     queue = channel.subscribe(visitor)
-    found = await runtime.manager.db(runtime.store.conversation_by_key, CHANNEL, visitor)
+    found = await runtime.manager.db(_visitor_conversation, runtime, visitor)
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield "retry: 2000\n\n"
             if found is not None:
-                yield _sse("status", {"status": found["status"], "agent": found["assigned_agent"]})
+                yield _sse("status", {"status": found["status"], "agent": found["agent_name"]})
             while True:
                 try:
                     event, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)

@@ -1,9 +1,10 @@
 """What the model sees on a turn: system prompt, the history that fits, the new message.
 
 A 1080p screenshot costs about 1,200 tokens, so re-sending every screenshot of a long
-conversation would blow the context and the latency. Only the most recent screenshots go
-in as images; older ones become a numbered one-line stand-in, so the user can still say
-"the first screenshot" and the model knows what it showed. History is added newest first
+conversation would blow the context and the latency. Every screenshot of the new message
+goes in as an image, and of earlier turns only the most recent ones; older ones become a
+numbered one-line stand-in, so the user can still say "the first screenshot" and the
+model knows what it showed. History is added newest first
 while it fits the token budget, whole messages only: a multimodal message is never cut.
 """
 
@@ -33,6 +34,7 @@ class ContextStats:
     history_messages: int
     images_sent: int
     stand_ins: int
+    image_tokens: int = 0
 
 
 def stand_in(number: int, sent_at: str, description: str | None) -> str:
@@ -102,12 +104,16 @@ class ContextBuilder:
         sampling: SamplingParams,
     ) -> tuple[GenerationRequest, ContextStats]:
         """`history`: the episode's earlier messages, oldest first; `new_message`: the user turn."""
+        image_costs: dict[int, int] = {}  # id(ImagePart) -> visual tokens
         numbered: dict[int, int] = {}  # attachment id -> screenshot number in this episode
         for row in [*history, new_message]:
             if row["role"] == "user":
                 for attachment_id in attachment_ids(row):
                     numbered.setdefault(attachment_id, len(numbered) + 1)
-        recent = set(list(numbered)[-self.options.recent_images :]) if self.options.recent_images else set()
+        # Every screenshot of the new message goes in; the recent-images limit is for earlier turns.
+        new_images = set(attachment_ids(new_message))
+        earlier = [i for i in numbered if i not in new_images]
+        recent = new_images | (set(earlier[-self.options.recent_images :]) if self.options.recent_images else set())
 
         def parts_of(row: dict) -> tuple[list[Part], int]:
             parts: list[Part] = []
@@ -119,6 +125,7 @@ class ContextBuilder:
                     if image is not None:
                         parts.append(ImagePart(image))
                         tokens += self.engine.count_image_tokens(*image.size) + 2
+                        image_costs[id(parts[-1])] = self.engine.count_image_tokens(*image.size)
                     else:
                         description = info.description if info is not None else None
                         text = stand_in(numbered[attachment_id], row["created_at"], description)
@@ -153,8 +160,9 @@ class ContextBuilder:
             ChatMessage("user", tuple(new_parts) or (TextPart(""),)),
         )
         images_sent = sum(len(m.images) for m in messages)
+        image_tokens = sum(image_costs.get(id(p), 0) for m in messages for p in m.parts)
         stand_ins = sum(
             1 for m in messages for p in m.parts if isinstance(p, TextPart) and p.text.startswith("[screenshot #")
         )
         request = GenerationRequest(messages, max_new_tokens=max_new_tokens, sampling=sampling)
-        return request, ContextStats(used, len(chosen), images_sent, stand_ins)
+        return request, ContextStats(used, len(chosen), images_sent, stand_ins, image_tokens)

@@ -19,7 +19,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Callable, Literal
+import uuid
+from typing import Any, Awaitable, Callable, Literal
 
 from engine.base import Engine, EngineError, EngineOverloaded, Generation, SamplingParams
 from engine.images import ImageLimits, ImageRejected, prepare_image
@@ -28,6 +29,7 @@ from .db_thread import DatabaseThread
 from .context import ContextBuilder, ContextOptions, attachment_ids, describe_from_answer
 from .escalation import Decision, EscalationPolicy, Reason
 from .language import detect_language
+from .masking import mask_card_numbers
 from .messages import ChannelRegistry, Conversation, Inbound, Outbound, utcnow
 from .text import clean_user_text
 from .store import (
@@ -43,6 +45,7 @@ from .store import (
     Store,
     iso,
 )
+from .status_lines import status_line
 from .template_versions import PublishedTemplates
 from .templates import TemplateError
 
@@ -64,6 +67,7 @@ class ManagerOptions:
     busy_wait_s: float = 30.0
     engine_slots: int | None = None  # turns that may be in the engine at once (None: no limit)
     unknown_confidence_hands_over: bool = True
+    delivery_lease_s: float = 300.0  # a send claimed longer ago than this (a hung sender) may be tried again
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,20 @@ class ConversationManager:
         self.channels = channels
         self.options = options
         self._database = DatabaseThread(store)
-        self._locks: dict[int, asyncio.Lock] = {}
-        self._lock_users: dict[int, int] = {}
+        # Turns of one conversation run one after another (the whole turn, generation included).
+        self._turn_locks = KeyedLocks()
+        # Storing a bot turn's outcome and sending it, a change of owner and its status line,
+        # a redelivery: one at a time per conversation, so a person's arrival can never fall
+        # between an answer being decided and it being sent.
+        self._send_locks = KeyedLocks()
         self.context = ContextBuilder(engine, options.context)
         # Called with (event, data) for "inbound", "answer", "handover", "message", "note" and
         # "status": metrics and the live consoles listen here.
         self.listeners: list[Callable[[str, dict], None]] = []
-        self._delivering: set[int] = set()  # replies being sent right now (not to be re-sent)
+        self._sender = uuid.uuid4().hex  # claims the replies this manager is sending
+        self._policies: dict[tuple[str, ...], EscalationPolicy] = {}
+        self._background: set[asyncio.Task] = set()
+        self._event_replayers: dict[str, Callable[[list[dict]], Awaitable[Any]]] = {}
         self._slots = asyncio.Semaphore(options.engine_slots) if options.engine_slots else None
         self.image_decoding = asyncio.Semaphore(max(1, options.image_decodes))
 
@@ -146,9 +157,11 @@ class ConversationManager:
                 except ImageRejected as exc:
                     refused.append(exc.reason)
         language = detect_language(inbound.text)
-        row, created = await self.db(self._store_inbound, inbound, prepared, refused, language)
+        row, created, reopened = await self.db(self._store_inbound, inbound, prepared, refused, language)
         if created:
             self._emit("inbound", channel=inbound.channel, conversation_id=row["conversation_id"], message_id=row["id"])
+        if reopened:  # a message after a resolve: the bot has the conversation again
+            await self.announce(row["conversation_id"])
         return Accepted(row["id"], row["conversation_id"], duplicate=not created)
 
     def _prepare(self, data: bytes):
@@ -163,7 +176,7 @@ class ConversationManager:
         conversation = self.store.conversation_by_key(inbound.channel, inbound.conversation_key)
         if conversation and not inbound.text.strip() and conversation.get("language"):
             language = conversation["language"]  # an image alone keeps the conversation's language
-        return self.store.add_inbound(
+        row, created = self.store.add_inbound(
             channel=inbound.channel,
             external_key=inbound.conversation_key,
             platform_message_id=inbound.message_id,
@@ -175,13 +188,14 @@ class ConversationManager:
             received_at=inbound.received_at,
             language=language,
         )
+        return row, created, created and conversation is not None and conversation["status"] == RESOLVED
 
     # Turns ------------------------------------------------------------------------
     async def process(self, message_id: int, conversation_id: int | None = None) -> TurnOutcome:
         """Answer or hand over one stored user message, after the earlier ones of its thread."""
         if conversation_id is None:
             conversation_id = (await self.db(self.store.message, message_id))["conversation_id"]
-        async with self._conversation_lock(conversation_id):
+        async with self._turn_locks(conversation_id):
             pending = await self.db(self.store.pending_up_to, conversation_id, message_id)
             outcome = None
             for row in pending:
@@ -211,29 +225,10 @@ class ConversationManager:
                 row = await self.db(self.store.message, row["id"])
         raise AssertionError("unreachable")
 
-    class _LockHandle:
-        def __init__(self, manager: "ConversationManager", conversation_id: int) -> None:
-            self.manager, self.conversation_id = manager, conversation_id
-
-        async def __aenter__(self) -> None:
-            m, cid = self.manager, self.conversation_id
-            m._lock_users[cid] = m._lock_users.get(cid, 0) + 1
-            await m._locks.setdefault(cid, asyncio.Lock()).acquire()
-
-        async def __aexit__(self, *exc: Any) -> None:
-            m, cid = self.manager, self.conversation_id
-            m._locks[cid].release()
-            m._lock_users[cid] -= 1
-            if m._lock_users[cid] == 0:
-                del m._lock_users[cid], m._locks[cid]
-
-    def _conversation_lock(self, conversation_id: int) -> "_LockHandle":
-        return self._LockHandle(self, conversation_id)
-
     def _turn_state(self, message: dict) -> tuple[dict, Any, list[dict], dict]:
         """Everything a turn reads, in one trip to the database thread."""
         conversation = self.store.conversation(message["conversation_id"])
-        if conversation["status"] in HUMAN_OWNED:
+        if conversation["status"] != BOT:
             self.store.set_message_status(message["id"], FOR_AGENT)
             return conversation, None, [], {}
         try:
@@ -247,28 +242,47 @@ class ConversationManager:
         images = self.store.attachments({i for row in [*history, message] for i in attachment_ids(row)})
         return conversation, rendered, history, images
 
+    def _policy_for(self, rendered) -> EscalationPolicy:
+        """The template's sensitive topics, or the deployment's policy when there is no template."""
+        if rendered is None:
+            return self.policy
+        topics = tuple(rendered.template.escalation.sensitive_topics)
+        policy = self._policies.get(topics)
+        if policy is None:
+            policy = self._policies[topics] = EscalationPolicy(topics)
+        return policy
+
     async def _turn(self, message: dict) -> TurnOutcome:
         message_id = message["id"]
         if message["status"] != PENDING:
             return TurnOutcome("already_done", message_id, message["conversation_id"])
         conversation, rendered, history, stored_images = await self.db(self._turn_state, message)
         cid = conversation["id"]
-        if conversation["status"] in HUMAN_OWNED:
+        if conversation["status"] != BOT:
             self._emit("message", conversation_id=cid, message_id=message_id)
             return TurnOutcome("for_agent", message_id, cid)
-
+        owner_seq = conversation["owner_seq"]
         language = conversation["language"] or "en"
         refused = json.loads(message.get("refused_images") or "[]")
         attachments = attachment_ids(message)
         notices = [ImageRejected(reason, self.options.image_limits).message(language) for reason in refused]
+        if notices:  # the user learns at once that a screenshot could not be read
+            await self._deliver_all(conversation, await self.db(self._store_notices, cid, message_id, notices))
         has_content = bool(message["text"].strip() or attachments)
 
         generation: Generation | None = None
         error: BaseException | None = None
+        stats = None
         if isinstance(rendered, TemplateError):
             error, rendered = rendered, None
+        policy = self._policy_for(rendered)
+        earlier_answer = any(row["role"] == "bot" and row.get("kind") == "answer" for row in history)
         previous_low = False
-        if rendered is not None and has_content:
+        # Checks that need no model come first: a request for a person goes out at once.
+        decision = policy.before_model(message["text"], unreadable_images=len(refused), answerable_text=has_content)
+        if decision is None and not has_content and not refused:  # empty: nothing to answer or escalate
+            decision = Decision(True, Reason.UNREADABLE_IMAGE, "empty message", "")
+        if decision is None and rendered is not None:
             threshold = rendered.template.escalation.confidence_threshold
             previous_low = _last_bot_low_confidence(history, threshold)
             try:
@@ -284,33 +298,40 @@ class ConversationManager:
                     ),
                 )
                 # Reading screenshots from disk is slow work: off the event loop.
-                request, _ = await asyncio.to_thread(build) if stored_images else build()
+                request, stats = await asyncio.to_thread(build) if stored_images else build()
                 generation = await self._generate(
-                    request, conversation, message, rendered.template.escalation.decline_marker
+                    request, conversation, message, rendered.template.escalation.decline_marker,
+                    stream=rendered.template.stream,
                 )
             except EngineError as exc:
                 error = exc
             except Exception as exc:  # an engine bug must not lose the turn: hand over
                 log.exception("generation failed")
                 error = exc
-        decision = self.policy.decide(
-            user_text=message["text"],
-            generation=generation,
-            error=error if has_content else None,
-            unreadable_images=len(refused),
-            answerable_text=has_content,
-            previous_turn_low_confidence=previous_low,
-            threshold=rendered.template.escalation.confidence_threshold if rendered else 0.55,
-            decline_marker=rendered.template.escalation.decline_marker if rendered else "[[HANDOVER]]",
-            unknown_confidence_hands_over=self.options.unknown_confidence_hands_over,
-        )
-        if not has_content and not refused:  # an empty message: nothing to answer, nothing to escalate
-            decision = Decision(True, Reason.UNREADABLE_IMAGE, "empty message", "")
+        if decision is None:
+            decision = policy.decide(
+                user_text=message["text"],
+                generation=generation,
+                error=error if has_content else None,
+                unreadable_images=len(refused),
+                answerable_text=has_content,
+                previous_turn_low_confidence=previous_low,
+                earlier_answer=earlier_answer,
+                threshold=rendered.template.escalation.confidence_threshold if rendered else 0.55,
+                decline_marker=rendered.template.escalation.decline_marker if rendered else "[[HANDOVER]]",
+                unknown_confidence_hands_over=self.options.unknown_confidence_hands_over,
+            )
+        decision = replace(decision, answer=mask_card_numbers(decision.answer), detail=mask_card_numbers(decision.detail))
         handover_text = self._handover_text(rendered, language) if decision.handover else ""
-        stored = await self.db(
-            self._store_turn, conversation, message, decision, generation, rendered, notices, handover_text
-        )
-        await self._deliver_all(conversation, stored)
+        figures = _figures(generation, stats, rendered)
+        async with self._send_locks(cid):
+            stored, kept = await self.db(
+                self._store_turn, conversation, owner_seq, message, decision, figures, handover_text
+            )
+            await self._deliver_all(conversation, stored)
+        if not kept:  # a person took the conversation meanwhile: the answer is only their draft
+            self._emit("message", conversation_id=cid, message_id=message_id)
+            return TurnOutcome("for_agent", message_id, cid, reason=decision.reason.value if decision.reason else None)
         if decision.handover:
             await self.announce(cid)
         self._emit(
@@ -332,6 +353,21 @@ class ConversationManager:
             notices=tuple(notices),
         )
 
+    def _store_notices(self, conversation_id: int, message_id: int, notices: list[str]) -> list[tuple[int, Outbound]]:
+        """The refused-image notices of a message, stored once (a retried turn finds them)."""
+        with self.store.transaction():
+            existing = self.store._one(
+                "select id from messages where reply_to = ? and kind = 'notice' limit 1", [message_id]
+            )
+            if existing is not None:
+                return []
+            out = []
+            for notice in notices:
+                notice_id = self.store.add_message(conversation_id, "system", notice, reply_to=message_id,
+                                                   kind="notice", **self._sending())
+                out.append((notice_id, Outbound(notice, kind="notice", message_id=notice_id, reply_to=message_id)))
+            return out
+
     @staticmethod
     def _handover_text(rendered, language: str) -> str:
         if rendered is not None:
@@ -341,16 +377,18 @@ class ConversationManager:
                 log.error("the hand-over message of template %s does not render", rendered.template.name)
         return _fallback_handover(language)
 
-    async def _generate(self, request, conversation: dict, message: dict, marker: str) -> Generation:
-        """Generate, streaming the text to the user's channel when it can show it.
+    async def _generate(self, request, conversation: dict, message: dict, marker: str,
+                        stream: bool = False) -> Generation:
+        """Generate while the user's channel shows that the bot is working.
 
-        Nothing is streamed when the turn is bound to go to a person anyway, and text that
-        could still turn into the decline marker is held back until it cannot.
+        The user sees the answer only once the policy has decided on it. A template with
+        `stream: true` shows the text as it is generated instead, on channels that can:
+        such text may still be withdrawn by a hand-over. Text that could still turn into
+        the decline marker is never shown.
         """
         channel = self.channels.get(conversation["channel"])
-        send_delta = getattr(channel, "send_delta", None)
+        send_delta = getattr(channel, "send_delta", None) if stream else None
         send_typing = getattr(channel, "send_typing", None)
-        text = message["text"]
         if send_typing is not None:
             try:
                 await send_typing(_target(conversation), message["id"])
@@ -358,7 +396,7 @@ class ConversationManager:
                 log.warning("typing indicator on %s failed: %s", conversation["channel"], type(exc).__name__)
         deadline = asyncio.get_running_loop().time() + self.options.busy_wait_s
         async with self._engine_slot(deadline):
-            if send_delta is None or self.policy.wants_human(text) or self.policy.sensitive_topic(text):
+            if send_delta is None:
                 return await self._when_not_busy(
                     lambda: self.engine.generate(request, timeout=self.options.request_timeout_s), deadline
                 )
@@ -441,45 +479,44 @@ class ConversationManager:
                 await asyncio.sleep(min(pause, left))
                 pause = min(pause * 2, BUSY_MAX_PAUSE_S)
 
-    def _store_turn(self, conversation: dict, message: dict, decision: Decision, generation: Generation | None,
-                    rendered, notices: list[str], handover_text: str) -> list[tuple[int, Outbound]]:
-        """Persist a turn's outcome in one transaction; returns what to deliver."""
+    def _sending(self) -> dict[str, Any]:
+        """Columns that mark a new reply as being sent by this manager (see `_deliver`)."""
+        return {"delivering_by": self._sender, "delivering_at": iso()}
+
+    def _store_turn(self, conversation: dict, owner_seq: int, message: dict, decision: Decision,
+                    figures: dict[str, Any], handover_text: str) -> tuple[list[tuple[int, Outbound]], bool]:
+        """Persist a turn's outcome in one transaction: (what to deliver, kept).
+
+        Compare-and-set: only if the conversation is still the bot's, in the ownership
+        episode the turn started in. Otherwise a person took it meanwhile: the generation is
+        kept as a draft for the agent, the message becomes theirs, and nothing is sent.
+        """
         cid = conversation["id"]
         out: list[tuple[int, Outbound]] = []
-        figures: dict[str, Any] = {}
-        if generation is not None:
-            figures = {
-                "confidence": generation.confidence,
-                "min_token_prob": generation.min_token_prob,
-                "latency_ms": generation.timings.total_ms,
-                "first_token_ms": generation.timings.first_token_ms,
-                "prompt_tokens": generation.prompt_tokens,
-                "completion_tokens": generation.completion_tokens,
-            }
-        if rendered is not None:
-            figures.update(template_name=rendered.template.name, template_version=rendered.version)
         with self.store.transaction():
-            for notice in notices:
-                notice_id = self.store.add_message(cid, "system", notice, reply_to=message["id"], kind="notice")
-                out.append((notice_id, Outbound(notice, kind="notice", message_id=notice_id, reply_to=message["id"])))
+            current = self.store.conversation(cid)
+            if current["status"] != BOT or current["owner_seq"] != owner_seq:
+                if decision.answer:
+                    self.store.add_message(cid, "draft", decision.answer, reply_to=message["id"], kind="draft",
+                                           delivered=1, **figures)
+                self.store.set_message_status(message["id"], FOR_AGENT)
+                return [], False
             if decision.handover:
+                reason = decision.reason.value if decision.reason else "engine_error"
                 notice_id = self.store.add_message(
-                    cid, "system", handover_text, reply_to=message["id"], kind="handover", **figures
+                    cid, "system", handover_text, reply_to=message["id"], kind="handover", **figures, **self._sending()
                 )
                 out.append(
                     (notice_id, Outbound(handover_text, kind="handover", message_id=notice_id, reply_to=message["id"],
-                                         reason=decision.reason.value if decision.reason else None,
-                                         confidence=figures.get("confidence")))
+                                         reason=reason, confidence=figures.get("confidence")))
                 )
-                self.store.add_escalation(
-                    cid, message["id"], decision.reason.value if decision.reason else "engine_error",
-                    decision.detail, figures.get("confidence"), decision.answer,
-                )
-                self.store.update_conversation(cid, status=WAITING, assigned_agent=None)
+                self.store.add_escalation(cid, message["id"], reason, decision.detail, figures.get("confidence"),
+                                          decision.answer)
+                self.store.set_owner(cid, WAITING, None)
                 self.store.set_message_status(message["id"], HANDED_OVER)
             else:
                 reply_id = self.store.add_message(
-                    cid, "bot", decision.answer, reply_to=message["id"], kind="answer", **figures
+                    cid, "bot", decision.answer, reply_to=message["id"], kind="answer", **figures, **self._sending()
                 )
                 out.append(
                     (reply_id, Outbound(decision.answer, kind="answer", message_id=reply_id, reply_to=message["id"]))
@@ -487,44 +524,56 @@ class ConversationManager:
                 self.store.set_message_status(message["id"], ANSWERED)
             attachments = attachment_ids(message)
             if attachments:
-                self.store.describe_attachments(attachments, describe_from_answer(decision.answer, message["text"]))
-        return out
+                self.store.describe_attachments(
+                    attachments, mask_card_numbers(describe_from_answer(decision.answer, message["text"]))
+                )
+        return out, True
 
     async def _deliver_all(self, conversation: dict, items: list[tuple[int, Outbound]]) -> None:
         target = _target(conversation)
         for message_id, outbound in items:
             await self._deliver(target, message_id, outbound)
 
-    async def _deliver(self, target: Conversation, message_id: int, outbound: Outbound) -> bool:
+    async def _deliver(self, target: Conversation, message_id: int, outbound: Outbound,
+                       claimed: bool = True) -> bool:
+        """Send one stored reply; at most one sender at a time, marked delivered with its claim.
+
+        A reply stored by this manager is claimed in the transaction that stored it
+        (`claimed`); a redelivery round first takes the claim, so a reply that is being
+        sent is never sent again beside it, and one that was sent is never sent again.
+        """
         channel = self.channels.get(target.channel)
         if channel is None:
             log.warning("no channel %r registered; message %d stays undelivered", target.channel, message_id)
+            if claimed:
+                await self.db(self.store.release_delivery, message_id, self._sender)
             return False
-        if message_id in self._delivering:
+        if not claimed and not await self.db(self.store.claim_delivery, message_id, self._sender,
+                                             self.options.delivery_lease_s):
             return False
-        self._delivering.add(message_id)
         try:
             await channel.send(target, outbound)
         except Exception as exc:
             log.warning("delivery of message %d on %s failed: %s", message_id, target.channel, type(exc).__name__)
+            await self.db(self.store.release_delivery, message_id, self._sender)
             return False
-        finally:
-            self._delivering.discard(message_id)
-        await self.db(self.store.mark_delivered, message_id)
+        await self.db(self.store.finish_delivery, message_id, self._sender)
         return True
 
     async def announce(self, conversation_id: int) -> None:
-        """Tell the consoles and the user's channel who owns the conversation now."""
+        """Tell the consoles and what shows the owner on the user's side (a header) who owns it now."""
         conversation = await self.db(self.store.conversation, conversation_id)
-        if conversation is not None:
-            self._emit("status", conversation_id=conversation_id, status=conversation["status"],
-                       agent=conversation["assigned_agent"])
-        channel = self.channels.get(conversation["channel"]) if conversation else None
+        if conversation is None:
+            return
+        agent = conversation["assigned_agent"]
+        self._emit("status", conversation_id=conversation_id, status=conversation["status"], agent=agent)
+        channel = self.channels.get(conversation["channel"])
         send_status = getattr(channel, "send_status", None)
         if send_status is None:
             return
+        shown = await self.db(self.store.display_name, agent) if agent else None
         try:
-            await send_status(_target(conversation), conversation["status"], conversation["assigned_agent"])
+            await send_status(_target(conversation), conversation["status"], shown)
         except Exception as exc:
             log.warning("status update on %s failed: %s", conversation["channel"], type(exc).__name__)
 
@@ -534,6 +583,12 @@ class ConversationManager:
                 listener(event, data)
             except Exception as exc:  # a broken listener must not break a conversation
                 log.warning("event listener failed on %s: %s", event, type(exc).__name__)
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     # Platform events ----------------------------------------------------------------
     async def record_event(self, channel: str, event_key: str, payload: dict) -> bool:
@@ -546,35 +601,76 @@ class ConversationManager:
     async def pending_events(self, channel: str) -> list[dict]:
         return await self.db(self.store.pending_platform_events, channel)
 
+    def on_pending_events(self, channel: str, replay: Callable[[list[dict]], Awaitable[Any]]) -> None:
+        """A channel's way to finish its stored events that were acknowledged but not turned
+        into messages (a failure after the acknowledgement): the periodic round calls it."""
+        self._event_replayers[channel] = replay
+
+    async def replay_events(self, min_age_s: float = 0.0) -> int:
+        cutoff = iso(utcnow() - timedelta(seconds=min_age_s))
+        replayed = 0
+        for channel, replay in list(self._event_replayers.items()):
+            rows = [row for row in await self.pending_events(channel) if row["received_at"] <= cutoff]
+            if rows:
+                log.info("%s: %d stored events were not finished; processing them again", channel, len(rows))
+                await replay(rows)
+                replayed += len(rows)
+        return replayed
+
     # Crash recovery -----------------------------------------------------------------
     async def recover(self) -> dict[str, int]:
-        """Finish turns cut off by a crash, then deliver replies stored but not sent."""
+        """Finish turns cut off by a crash, then deliver replies stored but not sent.
+
+        Each message on its own: one that keeps failing stays pending for the periodic round
+        and never keeps the others (or the round itself) waiting.
+        """
+        await self.db(self.store.release_foreign_deliveries, self._sender)
         pending = await self.db(self.store.pending_inbound)
+        reprocessed = failed = 0
         for row in pending:
-            await self.process(row["id"])
-        return {"reprocessed": len(pending), "redelivered": await self.redeliver()}
+            try:
+                await self.process(row["id"], row["conversation_id"])
+                reprocessed += 1
+            except Exception as exc:
+                failed += 1
+                log.warning("message %d is still pending after restart (%s)", row["id"], type(exc).__name__)
+        try:
+            redelivered = await self.redeliver()
+        except Exception as exc:
+            log.warning("redelivery after restart failed: %s", type(exc).__name__)
+            redelivered = 0
+        return {"reprocessed": reprocessed, "failed": failed, "redelivered": redelivered}
 
     async def redeliver(self, min_age_s: float = 0.0) -> int:
         """Send again the replies stored but not delivered (a platform that was down, a crash).
 
         Run at start and then every `SNAPDESK_RETRY_INTERVAL_S`: a reply never waits for a
-        restart. A reply younger than `min_age_s`, or still being sent, is left to its first
-        delivery, which may be retrying.
+        restart. A reply younger than `min_age_s` is left to its first delivery; one that
+        another sender is sending is skipped (see `Store.claim_delivery`).
         """
         redelivered = 0
         cutoff = utcnow() - timedelta(seconds=min_age_s)
         for row in await self.db(self.store.undelivered):
-            if row["id"] in self._delivering or datetime.fromisoformat(row["created_at"]) > cutoff:
+            if datetime.fromisoformat(row["created_at"]) > cutoff:
                 continue
-            conversation, escalation = await self.db(self._redelivery_state, row)
-            outbound = Outbound(row["text"], kind=row.get("kind") or "notice", author=row.get("author") or "",
-                                message_id=row["id"], reply_to=row.get("reply_to"),
-                                reason=escalation["reason"] if escalation else None,
-                                confidence=escalation["confidence"] if escalation else None)
-            if await self._deliver(_target(conversation), row["id"], outbound):
-                redelivered += 1
-                self._emit("delivered", conversation_id=conversation["id"], message_id=row["id"])
+            async with self._send_locks(row["conversation_id"]):
+                if await self._redeliver_one(row):
+                    redelivered += 1
         return redelivered
+
+    async def _redeliver_one(self, row: dict) -> bool:
+        """Send one stored reply again, unless it was delivered or withheld meanwhile."""
+        conversation, escalation = await self.db(self._redelivery_state, row)
+        outbound = Outbound(row["text"], kind=row.get("kind") or "notice",
+                            author=row.get("author_name") or row.get("author") or "",
+                            message_id=row["id"], reply_to=row.get("reply_to"),
+                            reason=escalation["reason"] if escalation else None,
+                            confidence=escalation["confidence"] if escalation else None,
+                            status=row.get("status_change"))
+        if not await self._deliver(_target(conversation), row["id"], outbound, claimed=False):
+            return False
+        self._emit("delivered", conversation_id=conversation["id"], message_id=row["id"])
+        return True
 
     def _redelivery_state(self, row: dict) -> tuple[dict, dict | None]:
         """The reply's conversation and, for a hand-over notice, the hand-over it announces."""
@@ -592,7 +688,7 @@ class ConversationManager:
         cutoff = utcnow() - timedelta(seconds=min_age_s)
         retried = 0
         for row in await self.db(self.store.pending_inbound):
-            if row["conversation_id"] in self._lock_users or datetime.fromisoformat(row["created_at"]) > cutoff:
+            if self._turn_locks.busy(row["conversation_id"]) or datetime.fromisoformat(row["created_at"]) > cutoff:
                 continue
             try:
                 await self.process(row["id"], row["conversation_id"])
@@ -601,66 +697,176 @@ class ConversationManager:
                 log.warning("message %d is still pending (%s)", row["id"], type(exc).__name__)
         return retried
 
+    async def maintenance_round(self, min_age_s: float) -> None:
+        """Retry turns left pending, events left unfinished and replies left undelivered;
+        a failure in one never stops the others."""
+        for step in (self.retry_pending, self.replay_events, self.redeliver):
+            try:
+                await step(min_age_s=min_age_s)
+            except Exception as exc:  # the next round tries again
+                log.warning("maintenance (%s) failed: %s", step.__name__, type(exc).__name__)
+
     async def maintain_forever(self, interval_s: float) -> None:
-        """Every `interval_s`: retry turns left pending and send replies left undelivered."""
+        """Every `interval_s`, whatever start-up recovery is doing: one maintenance round."""
         while True:
             await asyncio.sleep(interval_s)
-            try:
-                await self.retry_pending(min_age_s=interval_s)
-                await self.redeliver(min_age_s=interval_s)
-            except Exception as exc:  # the next round tries again
-                log.warning("maintenance round failed: %s", type(exc).__name__)
+            await self.maintenance_round(interval_s)
 
     # Human side ---------------------------------------------------------------------
-    async def request_human(self, conversation_id: int, reason: str = "user_request") -> None:
-        """Put a conversation in the agents' queue (e.g. the user pressed 'talk to a person')."""
-        def apply() -> None:
-            with self.store.transaction():
-                self.store.add_escalation(conversation_id, 0, reason, "requested", None, "")
-                self.store.update_conversation(conversation_id, status=WAITING)
-        await self.db(apply)
+    # Every change of owner is one compare-and-set transaction on the database thread:
+    # it reads the conversation, checks who may make the change, moves `owner_seq` on and
+    # stores the status line the user will see; the line is delivered after the commit.
+
+    def _status_message(self, conversation: dict, status: str, agent: str | None) -> tuple[int, Outbound]:
+        if status == CLAIMED and conversation["status"] != CLAIMED:
+            # The bot's replies not yet delivered (a platform that was down) would now arrive
+            # after the person joined: they stay in the thread for the agent, unsent.
+            self.store.withhold_bot_replies(conversation["id"])
+        shown = self.store.display_name(agent) if agent else ""
+        text = status_line(status, conversation["language"] or "en", shown)
+        message_id = self.store.add_message(conversation["id"], "system", text, kind="status", author=agent,
+                                            author_name=shown, status_change=status, **self._sending())
+        return message_id, Outbound(text, kind="status", author=shown, message_id=message_id, status=status)
+
+    def _check_holder(self, conversation: dict | None, actor: str, admin: bool) -> dict:
+        if conversation is None:
+            raise NoSuchConversation()
+        holder = conversation["assigned_agent"]
+        if conversation["status"] == CLAIMED and holder != actor and not admin:
+            raise NotOwner(holder, self.store.display_name(holder))
+        return conversation
+
+    async def _transition(self, conversation_id: int,
+                          apply: Callable[[], tuple[int, list[tuple[int, Outbound]]] | None]) -> bool:
+        """Run one ownership change; deliver its status line and tell everyone who owns it now."""
+        async with self._send_locks(conversation_id):
+            result = await self.db(apply)
+            if result is None:
+                return False
+            _, out = result
+            if out:
+                conversation = await self.db(self.store.conversation, conversation_id)
+                await self._deliver_all(conversation, out)
+            for message_id, _ in out:
+                self._emit("message", conversation_id=conversation_id, message_id=message_id)
         await self.announce(conversation_id)
+        return True
+
+    async def request_human(self, conversation_id: int, reason: str = "user_request") -> bool:
+        """The user asked for a person without writing (a "talk to a person" button, /human):
+        the thread goes to the agents' queue with the template's hand-over message.
+        False when a person already has it."""
+        conversation = await self.db(self.store.conversation, conversation_id)
+        if conversation is None:
+            raise NoSuchConversation()
+        try:
+            rendered = await self.db(self.templates.render_for, conversation["channel"],
+                                     conversation["language"] or "en", conversation["user_name"] or "")
+        except TemplateError:
+            rendered = None
+        text = self._handover_text(rendered, conversation["language"] or "en")
+
+        def apply():
+            with self.store.transaction():
+                current = self.store.conversation(conversation_id)
+                if current["status"] in HUMAN_OWNED:
+                    return None
+                if current["status"] == RESOLVED:  # asking again after a resolve opens a new episode
+                    self.store.update_conversation(conversation_id, episode=current["episode"] + 1)
+                last = self.store._one("select id from messages where conversation_id = ? and role = 'user' "
+                                       "order by id desc limit 1", [conversation_id])
+                self.store.set_owner(conversation_id, WAITING, None)
+                self.store.add_escalation(conversation_id, last["id"] if last else 0, reason,
+                                          "user asked for a person", None, "")
+                notice_id = self.store.add_message(conversation_id, "system", text, kind="handover",
+                                                   **self._sending())
+                return conversation_id, [(notice_id, Outbound(text, kind="handover", message_id=notice_id,
+                                                              reason=reason))]
+        if not await self._transition(conversation_id, apply):
+            return False
+        self._emit("handover", conversation_id=conversation_id, message_id=None, channel=conversation["channel"],
+                   reason=reason, generation=None)
+        return True
+
+    async def ask_for_person(self, channel: str, conversation_key: str) -> bool:
+        """`request_human` by the conversation's key on its channel (False: a person has it already)."""
+        conversation = await self.db(self.store.conversation_by_key, channel, conversation_key)
+        if conversation is None:
+            raise NoSuchConversation()
+        return await self.request_human(conversation["id"])
 
     async def claim(self, conversation_id: int, agent: str) -> bool:
         """Assign a waiting conversation to an agent; False if someone else has it."""
-        def apply() -> bool:
+        def apply():
             with self.store.transaction():
                 conversation = self.store.conversation(conversation_id)
-                if conversation is None or conversation["status"] != WAITING:
-                    return False
-                self.store.update_conversation(conversation_id, status=CLAIMED, assigned_agent=agent)
+                if conversation is None:
+                    raise NoSuchConversation()
+                if conversation["status"] != WAITING:
+                    return None
+                self.store.set_owner(conversation_id, CLAIMED, agent)
                 escalation = self.store.open_escalation(conversation_id)
                 if escalation:
                     self.store.update_escalation(escalation["id"], status="claimed", claimed_by=agent, claimed_at=iso())
                 self.store.audit(agent, "claim", f"conversation:{conversation_id}")
-                return True
-        claimed = await self.db(apply)
-        if claimed:
-            await self.announce(conversation_id)
-        return claimed
+                return conversation_id, [self._status_message(conversation, CLAIMED, agent)]
+        return await self._transition(conversation_id, apply)
 
-    async def agent_reply(self, conversation_id: int, agent: str, text: str) -> int:
-        """Store an agent's reply and deliver it on the user's channel."""
-        def apply() -> tuple[int, dict, bool]:
+    async def transfer(self, conversation_id: int, actor: str, to_agent: str, admin: bool = False) -> None:
+        """Give a conversation to another agent (the holder or an admin may)."""
+        def apply():
             with self.store.transaction():
-                conversation = self.store.conversation(conversation_id)
-                joined = conversation["status"] != CLAIMED or conversation["assigned_agent"] != agent
-                if joined:
-                    self.store.update_conversation(conversation_id, status=CLAIMED, assigned_agent=agent)
-                message_id = self.store.add_message(conversation_id, "agent", text, author=agent, kind="agent")
-                self.store.audit(agent, "reply", f"conversation:{conversation_id}")
-                return message_id, self.store.conversation(conversation_id), joined
-        message_id, conversation, joined = await self.db(apply)
-        if joined:
-            await self.announce(conversation_id)
-        self._emit("message", conversation_id=conversation_id, message_id=message_id)
-        await self._deliver_all(conversation, [(message_id, Outbound(text, kind="agent", author=agent, message_id=message_id))])
-        return message_id
+                conversation = self._check_holder(self.store.conversation(conversation_id), actor, admin)
+                if conversation["status"] not in HUMAN_OWNED:
+                    raise NotHandedOver()
+                if conversation["status"] == CLAIMED and conversation["assigned_agent"] == to_agent:
+                    return None
+                self.store.set_owner(conversation_id, CLAIMED, to_agent)
+                escalation = self.store.open_escalation(conversation_id)
+                if escalation:
+                    self.store.update_escalation(escalation["id"], status="claimed", claimed_by=to_agent,
+                                                 claimed_at=iso())
+                self.store.audit(actor, "transfer", f"conversation:{conversation_id}", to=to_agent)
+                return conversation_id, [self._status_message(conversation, CLAIMED, to_agent)]
+        await self._transition(conversation_id, apply)
 
-    async def add_note(self, conversation_id: int, agent: str, text: str) -> int:
+    async def agent_reply(self, conversation_id: int, agent: str, text: str, admin: bool = False) -> int:
+        """Store an agent's reply and deliver it on the user's channel.
+
+        An agent who does not hold the conversation takes it first (unless someone else
+        holds it: NotOwner; an admin may answer in another agent's conversation)."""
+        def apply():
+            with self.store.transaction():
+                conversation = self._check_holder(self.store.conversation(conversation_id), agent, admin)
+                out = []
+                if conversation["status"] != CLAIMED:
+                    self.store.set_owner(conversation_id, CLAIMED, agent)
+                    escalation = self.store.open_escalation(conversation_id)
+                    if escalation:
+                        self.store.update_escalation(escalation["id"], status="claimed", claimed_by=agent,
+                                                     claimed_at=iso())
+                    out.append(self._status_message(conversation, CLAIMED, agent))
+                shown = self.store.display_name(agent)
+                message_id = self.store.add_message(conversation_id, "agent", text, author=agent, author_name=shown,
+                                                    kind="agent", **self._sending())
+                self.store.audit(agent, "reply", f"conversation:{conversation_id}")
+                out.append((message_id, Outbound(text, kind="agent", author=shown, message_id=message_id)))
+                return conversation_id, out
+        async with self._send_locks(conversation_id):
+            _, out = await self.db(apply)
+            conversation = await self.db(self.store.conversation, conversation_id)
+            await self._deliver_all(conversation, out)
+        for message_id, _ in out:
+            self._emit("message", conversation_id=conversation_id, message_id=message_id)
+        if len(out) > 1:
+            await self.announce(conversation_id)
+        return out[-1][0]
+
+    async def add_note(self, conversation_id: int, agent: str, text: str, admin: bool = False) -> int:
         """An internal note: visible to agents only, never delivered to the user."""
         def apply() -> int:
             with self.store.transaction():
+                self._check_holder(self.store.conversation(conversation_id), agent, admin)
                 note_id = self.store.add_message(conversation_id, "note", text, author=agent, kind="note", delivered=1)
                 self.store.audit(agent, "note", f"conversation:{conversation_id}")
                 return note_id
@@ -668,33 +874,142 @@ class ConversationManager:
         self._emit("note", conversation_id=conversation_id, message_id=note_id)
         return note_id
 
-    async def _finish_human(self, conversation_id: int, agent: str, status: str, action: str) -> None:
-        def apply() -> None:
-            with self.store.transaction():
-                self.store.update_conversation(conversation_id, status=status, assigned_agent=None)
-                escalation = self.store.open_escalation(conversation_id)
-                if escalation:
-                    self.store.update_escalation(
-                        escalation["id"], status="resolved" if status == RESOLVED else "returned",
-                        resolved_by=agent, resolved_at=iso(),
-                    )
-                self.store.audit(agent, action, f"conversation:{conversation_id}")
-        await self.db(apply)
-        await self.announce(conversation_id)
+    def _finish_human(self, conversation_id: int, actor: str, status: str, action: str, admin: bool,
+                      line: bool = True):
+        """The shared part of resolve, hand back and restart, inside the caller's transaction."""
+        conversation = self._check_holder(self.store.conversation(conversation_id), actor, admin)
+        if conversation["status"] == status:
+            return None
+        self.store.set_owner(conversation_id, status, None)
+        escalation = self.store.open_escalation(conversation_id)
+        if escalation:
+            self.store.update_escalation(
+                escalation["id"], status="resolved" if status == RESOLVED else "returned",
+                resolved_by=actor, resolved_at=iso(),
+            )
+        self.store.audit(actor, action, f"conversation:{conversation_id}")
+        return conversation_id, [self._status_message(conversation, status, None)] if line else []
 
     async def restart(self, channel: str, conversation_key: str) -> bool:
         """The user starts over (e.g. /reset): the next message opens a fresh bot episode."""
         conversation = await self.db(self.store.conversation_by_key, channel, conversation_key)
         if conversation is None:
             return False
-        await self._finish_human(conversation["id"], "user", RESOLVED, "restart")
+
+        def apply():
+            with self.store.transaction():
+                return self._finish_human(conversation["id"], "user", RESOLVED, "restart", admin=True, line=False)
+        await self._transition(conversation["id"], apply)
         return True
 
-    async def resolve(self, conversation_id: int, agent: str) -> None:
-        await self._finish_human(conversation_id, agent, RESOLVED, "resolve")
+    async def resolve(self, conversation_id: int, agent: str, admin: bool = False) -> None:
+        def apply():
+            with self.store.transaction():
+                return self._finish_human(conversation_id, agent, RESOLVED, "resolve", admin)
+        await self._transition(conversation_id, apply)
 
-    async def hand_back(self, conversation_id: int, agent: str) -> None:
-        await self._finish_human(conversation_id, agent, BOT, "hand_back")
+    async def hand_back(self, conversation_id: int, agent: str, admin: bool = False) -> None:
+        """The bot owns the conversation again; it tells the user so and answers the
+        questions the user asked after the agent's last reply."""
+        waiting: list[int] = []
+
+        def apply():
+            with self.store.transaction():
+                conversation = self.store.conversation(conversation_id)
+                if conversation is not None and conversation["status"] not in HUMAN_OWNED:
+                    raise NotHandedOver()
+                result = self._finish_human(conversation_id, agent, BOT, "hand_back", admin)
+                waiting.extend(self.store.reopen_waiting_questions(conversation_id))
+                return result
+        await self._transition(conversation_id, apply)
+        if waiting:
+            self._spawn(self._answer_waiting(conversation_id, waiting[-1]))
+
+    async def _answer_waiting(self, conversation_id: int, message_id: int) -> None:
+        try:
+            await self.process(message_id, conversation_id)
+        except Exception as exc:  # it stays pending: the periodic round tries again
+            log.warning("message %d is still pending after hand back (%s)", message_id, type(exc).__name__)
+
+    async def release_claims(self, agent: str) -> list[int]:
+        """A disabled account's conversations go back to the queue, and the consoles see it."""
+        released = await self.db(self.store.release_claims, agent)
+        for conversation_id in released:
+            await self.announce(conversation_id)
+        return released
+
+    async def record_feedback(self, channel: str, conversation_key: str, helpful: bool, comment: str) -> bool:
+        """The user's verdict after a resolve; False when there is nothing to rate (or it was rated)."""
+        def apply() -> int | None:
+            conversation = self.store.conversation_by_key(channel, conversation_key)
+            if conversation is None or conversation["status"] != RESOLVED:
+                return None
+            if not self.store.add_feedback(conversation["id"], conversation["episode"], helpful, comment):
+                return None
+            return conversation["id"]
+        conversation_id = await self.db(apply)
+        if conversation_id is None:
+            return False
+        self._emit("feedback", conversation_id=conversation_id, helpful=helpful)
+        return True
+
+
+class KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._users: dict[int, int] = {}
+
+    def busy(self, key: int) -> bool:
+        return key in self._users
+
+    @asynccontextmanager
+    async def __call__(self, key: int):
+        self._users[key] = self._users.get(key, 0) + 1
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                del self._users[key], self._locks[key]
+
+
+class NoSuchConversation(LookupError):
+    pass
+
+
+class NotOwner(Exception):
+    """Another agent holds the conversation; only they (or an admin) may change it."""
+
+    def __init__(self, holder: str, shown: str) -> None:
+        self.holder = holder
+        super().__init__(f"{shown} has this conversation.")
+
+
+class NotHandedOver(Exception):
+    """The bot owns the conversation: there is nothing for a person to hand back or transfer."""
+
+
+def _figures(generation: Generation | None, stats, rendered) -> dict[str, Any]:
+    """What a bot message keeps of its turn, for agents and operators."""
+    figures: dict[str, Any] = {}
+    if generation is not None:
+        figures = {
+            "confidence": generation.confidence,
+            "min_token_prob": generation.min_token_prob,
+            "latency_ms": generation.timings.total_ms,
+            "first_token_ms": generation.timings.first_token_ms,
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+        }
+    if stats is not None:
+        figures["image_tokens"] = stats.image_tokens
+    if rendered is not None:
+        figures.update(template_name=rendered.template.name, template_version=rendered.version)
+    return figures
 
 
 async def _no_more():

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal, Protocol, runtime_checkable
 
-OutboundKind = Literal["answer", "handover", "notice", "agent"]
+OutboundKind = Literal["answer", "handover", "notice", "agent", "status"]
 
 
 def utcnow() -> datetime:
@@ -50,6 +50,7 @@ class Outbound:
     reply_to: int | None = None  # the user message this answers
     reason: str | None = None  # for kind "handover": why the thread goes to a person
     confidence: float | None = None  # the bot's confidence in its draft, when there was one
+    status: str | None = None  # for kind "status": the new owner ("claimed", "bot", "resolved")
 
 
 @runtime_checkable
@@ -60,6 +61,9 @@ class Channel(Protocol):
     - `async send_status(conversation, status, agent)`: show who owns the conversation
       (`bot`, `waiting`, `claimed` by `agent`, `resolved`);
     - `async send_typing(conversation, reply_to)`: show that an answer is being prepared.
+
+    A status change reaches `send` as an `Outbound` of kind "status" with a ready line in
+    the user's language; `send_status` only updates what shows the owner (a header).
     """
 
     name: str

@@ -415,6 +415,55 @@ class Store:
         fields["updated_at"] = iso()
         self._update("conversations", conversation_id, fields)
 
+    # Ownership ------------------------------------------------------------------
+    def set_owner(self, conversation_id: int, status: str, agent: str | None, **fields: Any) -> None:
+        """One ownership transition: the new owner, and `owner_seq` moves on.
+
+        Callers compare the conversation's status and `owner_seq` with what they expect
+        inside the same transaction first; a bot turn that started under an older
+        `owner_seq` can then never store an answer over a person's head.
+        """
+        with self.transaction():
+            self.db.conn.execute(
+                "update conversations set status = ?, assigned_agent = ?, owner_seq = owner_seq + 1, updated_at = ?"
+                + "".join(f", {name} = ?" for name in fields) + " where id = ?",
+                [status, agent, iso(), *fields.values(), conversation_id],
+            )
+
+    def claimed_by(self, agent: str) -> list[int]:
+        rows = self._all("select id from conversations where status = ? and assigned_agent = ?", [CLAIMED, agent])
+        return [row["id"] for row in rows]
+
+    def release_claims(self, agent: str) -> list[int]:
+        """An agent who can no longer work (a disabled account): their claims go back to the queue."""
+        with self.transaction():
+            released = self.claimed_by(agent)
+            for conversation_id in released:
+                self.set_owner(conversation_id, WAITING, None)
+                escalation = self.open_escalation(conversation_id)
+                if escalation:
+                    self.update_escalation(escalation["id"], status="open", claimed_by=None, claimed_at=None)
+                self.audit("system", "release_claim", f"conversation:{conversation_id}", agent=agent)
+            return released
+
+    def display_name(self, login: str) -> str:
+        """What users see of an agent: the display name an admin set, else the login name."""
+        row = self._one("select display_name from users where name = ?", [login])
+        return (row or {}).get("display_name") or login
+
+    def add_feedback(self, conversation_id: int, episode: int, helpful: bool, comment: str) -> bool:
+        """The user's verdict on a resolved episode, once; False when it was already given."""
+        with self.transaction():
+            if self._one("select id from feedback where conversation_id = ? and episode = ?", [conversation_id, episode]):
+                return False
+            self._insert("feedback", {"conversation_id": conversation_id, "episode": episode, "helpful": int(helpful),
+                                      "comment": comment, "created_at": iso()})
+            return True
+
+    def feedback_given(self, conversation_id: int, episode: int) -> bool:
+        return self._one("select id from feedback where conversation_id = ? and episode = ?",
+                         [conversation_id, episode]) is not None
+
     # Attachments ----------------------------------------------------------------
     def save_attachment(self, sha256: str, data: bytes, mime: str, width: int, height: int) -> int:
         """Store re-encoded image bytes under their hash (once); return the attachment id."""
@@ -494,7 +543,8 @@ class Store:
             if status == RESOLVED:  # a new message after resolution starts a fresh bot episode
                 episode += 1
                 status = BOT
-                updates.update(status=BOT, episode=episode, assigned_agent=None)
+                updates.update(episode=episode)
+                self.set_owner(conversation["id"], BOT, None)
             self.update_conversation(conversation["id"], **updates)
             message_id = self._insert(
                 "messages",
@@ -526,6 +576,50 @@ class Store:
     def mark_delivered(self, message_id: int) -> None:
         self._update("messages", message_id, {"delivered": 1})
 
+    # Deliveries: a reply is sent by one sender at a time, and marked delivered together
+    # with the end of that sender's claim, so a redelivery round never sends it again.
+    def claim_delivery(self, message_id: int, sender: str, stale_after_s: float) -> bool:
+        """Take the right to send a stored reply; False when it is delivered or someone else is sending it."""
+        stale = iso(utcnow() - timedelta(seconds=stale_after_s))
+        with self.transaction():
+            cursor = self.db.conn.execute(
+                "update messages set delivering_by = ?, delivering_at = ? where id = ? and delivered = 0 "
+                "and (delivering_by is null or delivering_at < ?)",
+                [sender, iso(), message_id, stale],
+            )
+            return cursor.rowcount == 1
+
+    def finish_delivery(self, message_id: int, sender: str) -> None:
+        with self.transaction():
+            self.db.conn.execute(
+                "update messages set delivered = 1, delivering_by = null where id = ? and delivering_by = ?",
+                [message_id, sender],
+            )
+
+    def release_delivery(self, message_id: int, sender: str) -> None:
+        with self.transaction():
+            self.db.conn.execute(
+                "update messages set delivering_by = null where id = ? and delivering_by = ? and delivered = 0",
+                [message_id, sender],
+            )
+
+    def withhold_bot_replies(self, conversation_id: int) -> int:
+        """Mark the bot's undelivered answers and hand-over notices as never to be sent
+        (`delivered = -1`): a person has the conversation now."""
+        with self.transaction():
+            return self.db.conn.execute(
+                "update messages set delivered = -1, delivering_by = null where conversation_id = ? and delivered = 0 "
+                "and kind in ('answer', 'handover')", [conversation_id],
+            ).rowcount
+
+    def release_foreign_deliveries(self, sender: str) -> int:
+        """At start: sends claimed by an earlier process (cut off by a crash) may be tried again."""
+        with self.transaction():
+            return self.db.conn.execute(
+                "update messages set delivering_by = null where delivered = 0 and delivering_by is not null "
+                "and delivering_by != ?", [sender],
+            ).rowcount
+
     def undelivered(self) -> list[dict]:
         """Replies stored but not yet confirmed delivered (e.g. a crash in between)."""
         return list(
@@ -544,9 +638,25 @@ class Store:
             [conversation_id, PENDING, message_id],
         )
 
+    def reopen_waiting_questions(self, conversation_id: int) -> list[int]:
+        """User messages a person never answered (sent after the last agent reply): pending
+        again, for the bot. Returns their ids, oldest first."""
+        last_agent = self._one(
+            "select coalesce(max(id), 0) as id from messages where conversation_id = ? and role = 'agent'",
+            [conversation_id],
+        )["id"]
+        rows = self._all(
+            "select id from messages where conversation_id = ? and role = 'user' and status = ? and id > ? order by id",
+            [conversation_id, FOR_AGENT, last_agent],
+        )
+        with self.transaction():
+            for row in rows:
+                self.set_message_status(row["id"], PENDING)
+        return [row["id"] for row in rows]
+
     def history(self, conversation_id: int, episode: int, before_id: int | None = None) -> list[dict]:
-        """Messages of one bot episode, oldest first (notes excluded)."""
-        where = "conversation_id = ? and episode = ? and role != 'note'"
+        """Messages of one bot episode, oldest first (notes and unsent drafts excluded)."""
+        where = "conversation_id = ? and episode = ? and role not in ('note', 'draft')"
         params: list[Any] = [conversation_id, episode]
         if before_id is not None:
             where += " and id < ?"

@@ -128,7 +128,7 @@ async def test_a_crash_between_storing_and_answering_is_recovered_with_one_answe
     assert report["reprocessed"] == 1
     assert [kind for _, kind, _ in channel.sent] == ["answer"]
     again = await manager.recover()  # a second restart answers nothing twice
-    assert again == {"reprocessed": 0, "redelivered": 0}
+    assert again == {"reprocessed": 0, "failed": 0, "redelivered": 0}
     duplicate = await manager.handle(inbound("Why was I charged?", mid="evt-crash"))
     assert duplicate.kind == "duplicate" and len(channel.sent) == 1
 
@@ -261,7 +261,7 @@ async def test_an_unreadable_image_with_a_question_still_gets_an_answer(tmp_path
 
 
 async def test_old_screenshots_become_numbered_stand_ins_and_the_budget_holds(tmp_path):
-    manager, _, engine = make(tmp_path, budget_tokens=4096, recent_images=2)
+    manager, _, engine = make(tmp_path, budget_tokens=4096, recent_images=1)  # the new one + one earlier
     colours = ["red", "green", "blue", "yellow", "purple", "orange"]
     for i, colour in enumerate(colours):
         await manager.handle(inbound(f"What does screenshot {i + 1} show?", images=(png(colour=colour),)))

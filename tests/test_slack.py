@@ -521,7 +521,9 @@ def test_handover_in_the_thread_announced_to_agents_and_agent_reply_delivered(en
     root = mention["ts"]
     [notice] = answer_in(env.fake, channel, root, what="the hand-over notice")
     conversation = env.conversation(f"{TEAM}:{channel}:{root}")
-    assert conversation["status"] == "waiting" and notice["edited"]
+    # A request for a person needs no model: the notice goes out at once, with no placeholder first.
+    assert conversation["status"] == "waiting" and not notice.get("edited")
+    assert not env.engine.requests or all("talk to a human" not in str(r) for r in env.engine.requests)
     [announcement] = wait_for(lambda: env.fake.channel_messages("CAGENTS") and [
         m for m in env.fake.channel_messages("CAGENTS") if f"#{conversation['id']}" in m["text"]],
         what="the announcement")

@@ -7,6 +7,8 @@ does is read back from the calls the fake Bot API recorded.
 
 from __future__ import annotations
 
+import json
+
 import asyncio
 import io
 import itertools
@@ -286,21 +288,24 @@ def test_an_image_sent_as_a_document_is_sniffed_and_a_pdf_gets_a_clear_reply(ser
     assert "not this kind of message" in fake.wait_for_texts(chat)[0]
 
 
-def test_an_album_of_three_photos_is_one_turn_with_three_images(served, fake):
+def test_an_album_of_four_different_photos_is_one_turn_with_four_images(served, fake):
     chat = new_chat()
     album = "13579246801357924"
+    sizes = [(800, 600), (640, 480), (1024, 768), (720, 540)]  # four different screenshots
     updates = [
-        make_update(chat, photo=photo_sizes(fake, [(90, 67, None), (800, 600, None)]), media_group_id=album,
-                    caption="ALBUM-3 compare these three screens" if i == 0 else None)
-        for i in range(3)
+        make_update(chat, photo=photo_sizes(fake, [(90, 67, None), (width, height, None)]), media_group_id=album,
+                    caption="ALBUM-4 compare these four screens" if i == 0 else None)
+        for i, (width, height) in enumerate(sizes)
     ]
     for update in updates:
         assert post(served.base, update).status_code == 200
     assert fake.wait_for_texts(chat) == [DEFAULT_REPLY]
-    [request] = requests_with(served.engine, "ALBUM-3")
-    assert images_in(request) == 3
+    [request] = requests_with(served.engine, "ALBUM-4")
+    assert images_in(request) == 4, "every screenshot of the new message reaches the model"
+    assert not [p for m in request.messages for p in m.parts if getattr(p, "text", "").startswith("[screenshot #")]
     [row] = user_messages(served.data_dir, chat)
-    assert row["text"] == "ALBUM-3 compare these three screens"
+    assert row["text"] == "ALBUM-4 compare these four screens"
+    assert len(json.loads(row["attachment_ids"])) == 4
     for update in updates:
         assert event_rows(served.data_dir, update["update_id"])[0]["processed_at"]
 

@@ -169,12 +169,16 @@ def test_events_stream_delivers_the_answer_and_status(server):
     send(base, headers, "events-002", text="Can I talk to a human?")
     listener.join(timeout=10)
     kinds = [(event, data.get("kind")) for event, data in seen]
-    assert ("delta", None) in kinds, "the answer should stream"
-    assert ("message", "answer") in kinds and ("message", "handover") in kinds
-    assert seen[-1] == ("status", {"status": "waiting", "agent": None})
-    streamed = "".join(d["text"] for e, d in seen if e == "delta")
+    # Decide before showing: the page learns that the bot is working, then gets the decided answer.
+    assert ("delta", None) not in kinds, "no shipped template streams text that a hand-over could withdraw"
+    assert kinds.index(("typing", None)) < kinds.index(("message", "answer"))
+    typing = next(d for e, d in seen if e == "typing")
     answer = next(d for e, d in seen if e == "message" and d["kind"] == "answer")
-    assert streamed == answer["text"]
+    assert typing["reply_to"] == answer["reply_to"]
+    # A request for a person needs no model: no typing for it, the hand-over comes at once.
+    assert kinds[kinds.index(("message", "answer")) + 1:] == [("message", "user"), ("message", "handover"),
+                                                               ("status", None)]
+    assert seen[-1] == ("status", {"status": "waiting", "agent": None})
 
 
 def test_demo_page_and_widget_script_are_served_with_a_strict_policy(server):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from ..accounts import Session
 from ..context import attachment_ids
-from ..store import CLAIMED, HUMAN_OWNED, WAITING, Store
+from ..store import CLAIMED, WAITING, Store
 from ..text import clean_user_text
 from .auth import console_page, current_session, require
 from .runtime import RuntimeDep
@@ -24,6 +24,8 @@ from .runtime import RuntimeDep
 AgentSession = Annotated[Session, Depends(require("agent"))]
 router = APIRouter(tags=["agent console"])
 QUEUE_LIMIT = 200
+# What each bot turn cost and how sure it was, shown under the bot's messages.
+TURN_FIGURES = ("confidence", "prompt_tokens", "image_tokens", "completion_tokens", "latency_ms")
 PREVIEW_CHARS = 140
 
 
@@ -95,10 +97,12 @@ def thread(store: Store, conversation_id: int) -> dict | None:
     rows = store.messages(conversation_id)
     attachments = store.attachments({i for row in rows for i in attachment_ids(row)})
     escalation = store.open_escalation(conversation_id) or next(reversed(store.escalations(conversation_id)), None)
+    agent = conversation["assigned_agent"]
     return {
         "id": conversation["id"], "channel": conversation["channel"], "user_name": conversation["user_name"] or "",
         "user_id": conversation["user_id"] or "", "status": conversation["status"],
-        "assigned_agent": conversation["assigned_agent"], "language": conversation["language"],
+        "assigned_agent": agent, "assigned_agent_name": store.display_name(agent) if agent else None,
+        "language": conversation["language"],
         "escalation": None if escalation is None else {
             "reason": escalation["reason"], "detail": escalation["detail"] or "",
             "confidence": escalation["confidence"], "draft_answer": escalation["draft_answer"] or "",
@@ -107,10 +111,13 @@ def thread(store: Store, conversation_id: int) -> dict | None:
         "messages": [
             {
                 "id": row["id"], "role": row["role"], "text": row["text"] or "", "author": row["author"] or "",
+                "author_name": row["author_name"] or row["author"] or "",
                 "kind": "user" if row["role"] == "user" else (row["kind"] or ("note" if row["role"] == "note" else "notice")),
                 "images": _image_urls(row, attachments), "created_at": row["created_at"],
-                "confidence": row["confidence"],
-                "delivered": bool(row["delivered"]) if row["role"] in ("bot", "agent", "system") else None,
+                "reply_to": row["reply_to"], "status_change": row["status_change"],
+                **{figure: row[figure] for figure in TURN_FIGURES},
+                "delivered": row["delivered"] == 1 if row["role"] in ("bot", "agent", "system") else None,
+                "withheld": row["delivered"] == -1,  # never sent: a person took over first
             }
             for row in rows
         ],
@@ -186,42 +193,64 @@ async def _existing(runtime, conversation_id: int) -> dict:
     return found
 
 
+def _is_admin(session: Session) -> bool:
+    return session.user.role == "admin"
+
+
+class TransferIn(BaseModel):
+    agent: str = Field(min_length=1, max_length=200)
+
+
 @router.post("/agent/api/conversations/{conversation_id}/claim", summary="Take a waiting conversation")
 async def claim(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
-    await _existing(runtime, conversation_id)
     if not await runtime.manager.claim(conversation_id, session.user.name):
-        raise HTTPException(409, detail={"error": "claimed", "message": "Someone else has this conversation."})
+        found = await _existing(runtime, conversation_id)
+        if found["status"] == CLAIMED and found["assigned_agent"] == session.user.name:
+            return {"ok": True}  # a second click
+        raise HTTPException(409, detail={"error": "claimed", "message": "Someone else has this conversation."}
+                            if found["status"] == CLAIMED else
+                            {"error": "not_waiting", "message": "This conversation is not waiting for a person."})
     return {"ok": True}
 
 
 @router.post("/agent/api/conversations/{conversation_id}/reply", summary="Reply to the user on their channel")
 async def reply(conversation_id: int, body: TextIn, runtime: RuntimeDep, session: AgentSession) -> dict:
-    found = await _existing(runtime, conversation_id)
-    if found["status"] == CLAIMED and found["assigned_agent"] not in (None, session.user.name):
-        raise HTTPException(409, detail={"error": "claimed", "message": "Someone else has this conversation."})
-    return {"message_id": await runtime.manager.agent_reply(conversation_id, session.user.name, body.text)}
+    message_id = await runtime.manager.agent_reply(conversation_id, session.user.name, body.text, _is_admin(session))
+    return {"message_id": message_id}
 
 
 @router.post("/agent/api/conversations/{conversation_id}/note", summary="An internal note (agents only)")
 async def note(conversation_id: int, body: TextIn, runtime: RuntimeDep, session: AgentSession) -> dict:
-    await _existing(runtime, conversation_id)
-    return {"message_id": await runtime.manager.add_note(conversation_id, session.user.name, body.text)}
+    return {"message_id": await runtime.manager.add_note(conversation_id, session.user.name, body.text,
+                                                          _is_admin(session))}
 
 
 @router.post("/agent/api/conversations/{conversation_id}/resolve", summary="Close the conversation")
 async def resolve(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
-    await _existing(runtime, conversation_id)
-    await runtime.manager.resolve(conversation_id, session.user.name)
+    await runtime.manager.resolve(conversation_id, session.user.name, _is_admin(session))
     return {"ok": True}
 
 
 @router.post("/agent/api/conversations/{conversation_id}/hand-back", summary="Let the bot answer again")
 async def hand_back(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
-    found = await _existing(runtime, conversation_id)
-    if found["status"] not in HUMAN_OWNED:
-        raise HTTPException(409, detail={"error": "not_handed_over", "message": "The bot already has it."})
-    await runtime.manager.hand_back(conversation_id, session.user.name)
+    await runtime.manager.hand_back(conversation_id, session.user.name, _is_admin(session))
     return {"ok": True}
+
+
+@router.post("/agent/api/conversations/{conversation_id}/transfer", summary="Give the conversation to another agent")
+async def transfer(conversation_id: int, body: TransferIn, runtime: RuntimeDep, session: AgentSession) -> dict:
+    target = await runtime.manager.db(runtime.accounts.user, body.agent)
+    if target is None or not target.can("agent"):
+        raise HTTPException(400, detail={"error": "no_such_agent", "message": "There is no active agent of that name."})
+    await runtime.manager.transfer(conversation_id, session.user.name, target.name, _is_admin(session))
+    return {"ok": True}
+
+
+@router.get("/agent/api/agents", summary="Active agents a conversation can be transferred to")
+async def agents(runtime: RuntimeDep, session: AgentSession) -> dict:
+    users = await runtime.manager.db(runtime.accounts.users)
+    return {"agents": [{"name": u.name, "display_name": u.display_name, "role": u.role}
+                       for u in users if u.can("agent")]}
 
 
 @router.get("/agent/api/search", summary="Search past conversations by text")

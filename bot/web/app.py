@@ -29,6 +29,7 @@ from engine.stub import StubEngine
 from engine.tiny import is_tiny_checkpoint
 
 from ..accounts import Accounts
+from ..conversation import NoSuchConversation, NotHandedOver, NotOwner
 from ..engine_setup import make_engine, make_manager
 from ..messages import ChannelRegistry
 from ..settings import Settings
@@ -92,10 +93,16 @@ async def _load_engine(runtime: Runtime) -> None:
         log.exception("the model failed its first answer")
     finally:
         runtime.ready.set()
-    report = await runtime.manager.recover()
-    if any(report.values()):
-        log.info("recovered after restart: %(reprocessed)d turns answered, %(redelivered)d replies re-sent", report)
-    await runtime.manager.maintain_forever(runtime.settings.retry_interval_s)
+    # The periodic round starts now, whatever recovery does (it may take long, or fail).
+    maintenance = asyncio.create_task(runtime.manager.maintain_forever(runtime.settings.retry_interval_s))
+    try:
+        report = await runtime.manager.recover()
+        if any(report.values()):
+            log.info("recovered after restart: %(reprocessed)d turns answered, %(failed)d still pending, "
+                     "%(redelivered)d replies re-sent", report)
+    except Exception as exc:  # the periodic round goes on and retries what is left
+        log.error("recovery after restart failed: %s", type(exc).__name__)
+    await maintenance  # cancelled with this task at shutdown
 
 
 async def _purge_daily(runtime: Runtime) -> None:
@@ -169,6 +176,15 @@ def store_busy_response(request: Request, exc: StoreBusy) -> JSONResponse:
     )
 
 
+def ownership_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """A change of owner that is not this person's to make, or has nothing to act on."""
+    if isinstance(exc, NoSuchConversation):
+        return JSONResponse({"error": "not_found", "message": "No such conversation."}, status_code=404)
+    if isinstance(exc, NotOwner):
+        return JSONResponse({"error": "not_owner", "message": str(exc)}, status_code=409)
+    return JSONResponse({"error": "not_handed_over", "message": "The bot already has it."}, status_code=409)
+
+
 def platform_adapters(settings: Settings, runtime: Runtime) -> list:
     """The Slack and Telegram channels whose settings are present (imported only then)."""
     adapters = []
@@ -235,6 +251,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     app.add_exception_handler(HTTPException, api_error_response)
     app.add_exception_handler(StoreBusy, store_busy_response)
+    for ownership_error in (NoSuchConversation, NotOwner, NotHandedOver):
+        app.add_exception_handler(ownership_error, ownership_error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.include_router(widget_router)
     app.include_router(auth_router)
