@@ -34,6 +34,9 @@ def script(request):
     return ANSWER, 0.9
 
 
+ENGINE = StubEngine(script=script, first_token_ms=1500)  # slow enough to see the typing indicator
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("handover")
@@ -41,8 +44,7 @@ def server(tmp_path_factory):
     accounts.add_user("mei", "agent", PASSWORD, display_name="Mei Zhang")
     accounts.add_user("li", "agent", PASSWORD, display_name="Li Wei")
     accounts.add_user("boss", "admin", PASSWORD)
-    engine = StubEngine(script=script, first_token_ms=1500)  # slow enough to see the typing indicator
-    with live_server(data, engine=engine, login_rate_per_ip=1000, widget_rate_per_ip=10_000) as (base, app):
+    with live_server(data, engine=ENGINE, login_rate_per_ip=1000, widget_rate_per_ip=10_000) as (base, app):
         yield base, app
 
 
@@ -88,6 +90,7 @@ def test_a_hand_over_from_the_widget_to_two_agents_and_back(browser, server):
     #    answer is kept as the agent's draft, never shown to the visitor.
     widget_send(visitor, "Can you check the second charge?")
     visitor.wait_for_selector("[data-testid=typing]", state="visible", timeout=5_000)
+    wait_for(lambda: any("second charge" in last_user_text(r) for r in ENGINE.requests), what="the generation")
     visitor.click("[data-testid=menu]")
     visitor.click("[data-testid=talk-to-person]")
     visitor.wait_for_selector("[data-testid=message][data-kind=handover]", timeout=10_000)
