@@ -209,6 +209,9 @@ class SlackAdapter:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         await self._identify()
+        # Events acknowledged but not finished later on (a failure after the acknowledgement)
+        # are taken in again by the periodic round.
+        self.runtime.manager.on_pending_events(CHANNEL, self._recover)
         pending = await self.runtime.manager.pending_events(CHANNEL)
         if pending:
             log.info("Slack: %d stored events were not finished; processing them now", len(pending))
@@ -238,7 +241,13 @@ class SlackAdapter:
     async def _recover(self, pending: list[dict]) -> None:
         """Take the events in, in their order, then answer them (turns of one thread run in order)."""
         for row in pending:
-            accepted = await self._intake(row["event_key"], row["payload"])
+            try:
+                accepted = await self._intake(row["event_key"], row["payload"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next round tries it again; the others go on
+                log.warning("Slack: stored event %s failed again (%s)", row["event_key"], type(exc).__name__)
+                continue
             if accepted is not None:
                 self.runtime.spawn(self._answer(accepted))
 

@@ -205,6 +205,8 @@ class TelegramAdapter:
     # Lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        # Updates acknowledged but not finished later on are taken in again by the periodic round.
+        self.manager.on_pending_events(CHANNEL, self._recover)
         pending = await self.manager.pending_events(CHANNEL)
         self._main = asyncio.create_task(self._run(pending))
         self._main.add_done_callback(self._main_ended)
@@ -281,7 +283,7 @@ class TelegramAdapter:
         """Handle updates stored before a crash or stop but never finished, oldest first."""
         if not pending:
             return
-        log.info("telegram: handling %d stored update(s) from before the start", len(pending))
+        log.info("telegram: handling %d stored update(s) that were not finished", len(pending))
         for row in pending:
             try:
                 accepted = await self._route(row["event_key"], row["payload"])
