@@ -50,6 +50,15 @@ def stub_text_tokens(text: str) -> int:
     return len(text.encode("utf-8")) // 3 + 1
 
 
+def stub_prompt_tokens(request: GenerationRequest) -> int:
+    """The prompt's size as a scripted engine counts it: text by bytes, images by visual tokens."""
+    return sum(
+        stub_text_tokens(p.text) if isinstance(p, TextPart) else visual_tokens(*p.image.size)
+        for m in request.messages
+        for p in m.parts
+    )
+
+
 def scripted_generation(text: str, confidence: float, prompt_tokens: int, timings: Timings) -> Generation:
     """A `Generation` of `text` whose token log-probs make `.confidence` come out as `confidence`.
 
@@ -122,11 +131,7 @@ class StubEngine:
         return visual_tokens(width, height)
 
     def _prompt_tokens(self, request: GenerationRequest) -> int:
-        return sum(
-            self.count_text_tokens(p.text) if isinstance(p, TextPart) else self.count_image_tokens(*p.image.size)
-            for m in request.messages
-            for p in m.parts
-        )
+        return stub_prompt_tokens(request)
 
     def _answer(self, request: GenerationRequest) -> Generation:
         started = time.perf_counter()

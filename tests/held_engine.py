@@ -28,12 +28,11 @@ from engine.base import (
     Generation,
     GenerationRequest,
     GenerationStream,
-    TextPart,
     Timings,
     generate_from_stream,
 )
 from engine.loading import visual_tokens
-from engine.stub import last_user_text, scripted_generation, stub_text_tokens
+from engine.stub import last_user_text, scripted_generation, stub_prompt_tokens, stub_text_tokens
 
 DEFAULT_TEXT = "An answer."
 
@@ -121,11 +120,7 @@ class HeldEngine:
         return visual_tokens(width, height)
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
-        return sum(
-            self.count_text_tokens(p.text) if isinstance(p, TextPart) else self.count_image_tokens(*p.image.size)
-            for m in request.messages
-            for p in m.parts
-        )
+        return stub_prompt_tokens(request)
 
     def stream(self, request: GenerationRequest, timeout: float | None = None) -> GenerationStream:
         if not self._ready:

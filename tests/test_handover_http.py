@@ -107,6 +107,14 @@ def request_for(engine: HeldEngine, marker: str):
                     what=f"the engine request for {marker!r}")
 
 
+def handed_over(base: str, data: Path, text: str = "human please") -> tuple[Visitor, int]:
+    """A new visitor whose first message asks for a person: (visitor, conversation id)."""
+    visitor = Visitor(base)
+    cid = conversation_id(data, visitor.send(text))
+    visitor.wait_message("handover")
+    return visitor, cid
+
+
 def conversation_id(data: Path, message_id: int) -> int:
     return Store(data).message(message_id)["conversation_id"]
 
@@ -233,10 +241,7 @@ def test_a_first_message_about_a_failed_fix_is_answered(served):
 # 8. What people see around a hand-over --------------------------------------------------------
 def test_hand_back_tells_the_user_and_answers_the_waiting_question(served):
     base, _, data = served
-    visitor = Visitor(base)
-    first = visitor.send("human please")
-    visitor.wait_message("handover")
-    cid = conversation_id(data, first)
+    visitor, cid = handed_over(base, data)
     mei = signed_in(base, "mei")
     assert mei.post(f"/agent/api/conversations/{cid}/claim").status_code == 200
     [joined] = visitor.wait_message("status", status="claimed")
@@ -258,9 +263,7 @@ def test_hand_back_tells_the_user_and_answers_the_waiting_question(served):
 
 def test_resolve_then_feedback_then_a_new_message_returns_to_the_bot(served):
     base, _, data = served
-    visitor = Visitor(base)
-    cid = conversation_id(data, visitor.send("agent please"))
-    visitor.wait_message("handover")
+    visitor, cid = handed_over(base, data, "agent please")
     mei = signed_in(base, "mei")
     mei.post(f"/agent/api/conversations/{cid}/reply", json={"text": "Fixed it for you."})
     assert mei.post(f"/agent/api/conversations/{cid}/resolve").status_code == 200
@@ -281,9 +284,7 @@ def test_resolve_then_feedback_then_a_new_message_returns_to_the_bot(served):
 
 def test_only_the_holder_or_an_admin_changes_a_claimed_conversation(served):
     base, _, data = served
-    visitor = Visitor(base)
-    cid = conversation_id(data, visitor.send("human please"))
-    visitor.wait_message("handover")
+    visitor, cid = handed_over(base, data)
     mei, tom, boss = signed_in(base, "mei"), signed_in(base, "tom"), signed_in(base, "boss")
     assert mei.post(f"/agent/api/conversations/{cid}/claim").status_code == 200
     for action, body in (("reply", {"text": "me too"}), ("note", {"text": "n"}), ("resolve", None),
