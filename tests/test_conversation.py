@@ -543,3 +543,48 @@ async def test_screenshots_are_decoded_a_bounded_number_at_a_time(tmp_path):
     ))
     assert peak[0] == 2
     assert all(o.kind == "answered" for o in outcomes) and len(channel.sent) == 6
+
+
+class StreamingChannel(RecordingChannel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.deltas: list[str] = []
+
+    async def send_delta(self, conversation, reply_to, text) -> None:
+        self.deltas.append(text)
+
+
+def publish_general(manager: ConversationManager, **changes) -> None:
+    """A new published version of the default template with `changes` made to it."""
+    import yaml
+
+    data = yaml.safe_load(TemplateLibrary().get("general").to_yaml())
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            data.setdefault(key, {}).update(value)
+        else:
+            data[key] = value
+    manager.store.add_template_version("general", yaml.safe_dump(data, allow_unicode=True), publish=True)
+
+
+async def test_answers_are_shown_only_once_decided_unless_the_template_streams(tmp_path):
+    engine = StubEngine(reply="Your renewal of 88 was automatic.")
+    engine.start()
+    manager, _, _ = make(tmp_path, engine)
+    channel = StreamingChannel()
+    manager.channels.register(channel)
+    await manager.handle(inbound("Why was I charged?"))
+    assert channel.deltas == [] and [kind for _, kind, _ in channel.sent] == ["answer"]
+    publish_general(manager, stream=True)
+    await manager.handle(inbound("And the other charge?"))
+    assert "".join(channel.deltas) == "Your renewal of 88 was automatic."
+
+
+async def test_the_templates_sensitive_topics_replace_the_defaults(tmp_path):
+    manager, channel, engine = make(tmp_path)
+    publish_general(manager, escalation={"sensitive_topics": ["warranty", "保修"]})
+    warranty = await manager.handle(inbound("Is my warranty claim accepted?", key="w"))
+    assert warranty.kind == "handed_over" and warranty.reason == "sensitive_topic"
+    assert not engine.requests, "a sensitive topic needs no model"
+    refund = await manager.handle(inbound("I want a refund", key="r"))
+    assert refund.kind == "answered", "the template's list replaced the defaults"
