@@ -439,9 +439,8 @@ def test_hostile_text_is_shown_as_text_in_the_widget_and_both_consoles(server):
         shown = agent.locator("[data-testid=thread-message] [data-testid=thread-message-text]").all_inner_texts()
         assert HOSTILE in shown and answer in shown and handover in shown
         agent.click("[data-testid=claim]")
-        agent.wait_for_function(  # the bot's draft fills the composer first; write over it
-            "() => document.querySelector('[data-testid=composer]').value.includes('Answer to: I want')",
-            timeout=10_000)
+        agent.wait_for_selector("[data-testid=thread-message][data-kind=status]", timeout=10_000)  # joined
+        assert agent.input_value("[data-testid=composer]") == "", "a draft is never put in the reply box"
         agent.fill("[data-testid=composer]", f"Mei here. {HOSTILE}")
         agent.click("[data-testid=send-reply]")
         reply = page.wait_for_selector("[data-testid=message][data-role=agent]", timeout=10_000)
