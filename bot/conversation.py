@@ -356,10 +356,7 @@ class ConversationManager:
     def _store_notices(self, conversation_id: int, message_id: int, notices: list[str]) -> list[tuple[int, Outbound]]:
         """The refused-image notices of a message, stored once (a retried turn finds them)."""
         with self.store.transaction():
-            existing = self.store._one(
-                "select id from messages where reply_to = ? and kind = 'notice' limit 1", [message_id]
-            )
-            if existing is not None:
+            if self.store.has_reply(message_id, "notice"):
                 return []
             out = []
             for notice in notices:
@@ -773,10 +770,8 @@ class ConversationManager:
                     return None
                 if current["status"] == RESOLVED:  # asking again after a resolve opens a new episode
                     self.store.update_conversation(conversation_id, episode=current["episode"] + 1)
-                last = self.store._one("select id from messages where conversation_id = ? and role = 'user' "
-                                       "order by id desc limit 1", [conversation_id])
                 self.store.set_owner(conversation_id, WAITING, None)
-                self.store.add_escalation(conversation_id, last["id"] if last else 0, reason,
+                self.store.add_escalation(conversation_id, self.store.last_user_message_id(conversation_id), reason,
                                           "user asked for a person", None, "")
                 notice_id = self.store.add_message(conversation_id, "system", text, kind="handover",
                                                    **self._sending())

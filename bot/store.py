@@ -638,6 +638,15 @@ class Store:
             [conversation_id, PENDING, message_id],
         )
 
+    def has_reply(self, message_id: int, kind: str) -> bool:
+        return self._one("select id from messages where reply_to = ? and kind = ? limit 1", [message_id, kind]) is not None
+
+    def last_user_message_id(self, conversation_id: int) -> int:
+        """The newest user message of a conversation (0 when there is none)."""
+        row = self._one("select coalesce(max(id), 0) as id from messages where conversation_id = ? and role = 'user'",
+                        [conversation_id])
+        return row["id"]
+
     def reopen_waiting_questions(self, conversation_id: int) -> list[int]:
         """User messages a person never answered (sent after the last agent reply): pending
         again, for the bot. Returns their ids, oldest first."""
