@@ -55,6 +55,7 @@ TURN_RETRY_PAUSES_S = (0.5, 2.0, 5.0)
 # Pauses between tries while the engine queue is full (doubling up to the maximum).
 BUSY_FIRST_PAUSE_S = 0.25
 BUSY_MAX_PAUSE_S = 2.0
+SENT, SKIPPED, FAILED = "sent", "skipped", "failed"  # what one delivery attempt did
 OutcomeKind = Literal["answered", "handed_over", "for_agent", "duplicate", "already_done"]
 
 
@@ -267,7 +268,8 @@ class ConversationManager:
         attachments = attachment_ids(message)
         notices = [ImageRejected(reason, self.options.image_limits).message(language) for reason in refused]
         if notices:  # the user learns at once that a screenshot could not be read
-            await self._deliver_all(conversation, await self.db(self._store_notices, cid, message_id, notices))
+            async with self._send_locks(cid):
+                await self._deliver_all(conversation, await self.db(self._store_notices, cid, message_id, notices))
         has_content = bool(message["text"].strip() or attachments)
 
         generation: Generation | None = None
@@ -527,35 +529,56 @@ class ConversationManager:
         return out, True
 
     async def _deliver_all(self, conversation: dict, items: list[tuple[int, Outbound]]) -> None:
+        """Send new replies in order, after the conversation's older ones still undelivered.
+
+        The user never gets a reply before an earlier one (an agent's line "joined" must not
+        arrive after the bot's next answer): the first send that fails stops the rest, which
+        wait, claims released, for the next redelivery round to send them in order.
+        """
+        if not items:
+            return
         target = _target(conversation)
-        for message_id, outbound in items:
-            await self._deliver(target, message_id, outbound)
+        backlog = await self.db(self.store.undelivered, conversation["id"], items[0][0])
+        for row in backlog:
+            if await self._redeliver_one(row) == FAILED:
+                break
+        else:
+            for position, (message_id, outbound) in enumerate(items):
+                if await self._deliver(target, message_id, outbound) == FAILED:
+                    items = items[position + 1:]
+                    break
+            else:
+                return
+        for message_id, _ in items:  # left for the next round
+            await self.db(self.store.release_delivery, message_id, self._sender)
 
     async def _deliver(self, target: Conversation, message_id: int, outbound: Outbound,
-                       claimed: bool = True) -> bool:
+                       claimed: bool = True) -> str:
         """Send one stored reply; at most one sender at a time, marked delivered with its claim.
 
         A reply stored by this manager is claimed in the transaction that stored it
         (`claimed`); a redelivery round first takes the claim, so a reply that is being
         sent is never sent again beside it, and one that was sent is never sent again.
+        Returns SENT, SKIPPED (delivered or withheld meanwhile, or another sender has it)
+        or FAILED (still to be sent).
         """
         channel = self.channels.get(target.channel)
         if channel is None:
             log.warning("no channel %r registered; message %d stays undelivered", target.channel, message_id)
             if claimed:
                 await self.db(self.store.release_delivery, message_id, self._sender)
-            return False
+            return FAILED
         if not claimed and not await self.db(self.store.claim_delivery, message_id, self._sender,
                                              self.options.delivery_lease_s):
-            return False
+            return SKIPPED
         try:
             await channel.send(target, outbound)
         except Exception as exc:
             log.warning("delivery of message %d on %s failed: %s", message_id, target.channel, type(exc).__name__)
             await self.db(self.store.release_delivery, message_id, self._sender)
-            return False
+            return FAILED
         await self.db(self.store.finish_delivery, message_id, self._sender)
-        return True
+        return SENT
 
     async def announce(self, conversation_id: int) -> None:
         """Tell the consoles and what shows the owner on the user's side (a header) who owns it now."""
@@ -647,15 +670,20 @@ class ConversationManager:
         """
         redelivered = 0
         cutoff = utcnow() - timedelta(seconds=min_age_s)
+        stopped: set[int] = set()  # conversations whose next reply failed: the later ones wait, in order
         for row in await self.db(self.store.undelivered):
-            if datetime.fromisoformat(row["created_at"]) > cutoff:
+            if row["conversation_id"] in stopped or datetime.fromisoformat(row["created_at"]) > cutoff:
+                stopped.add(row["conversation_id"])
                 continue
             async with self._send_locks(row["conversation_id"]):
-                if await self._redeliver_one(row):
-                    redelivered += 1
+                outcome = await self._redeliver_one(row)
+            if outcome == SENT:
+                redelivered += 1
+            elif outcome == FAILED:
+                stopped.add(row["conversation_id"])
         return redelivered
 
-    async def _redeliver_one(self, row: dict) -> bool:
+    async def _redeliver_one(self, row: dict) -> str:
         """Send one stored reply again, unless it was delivered or withheld meanwhile."""
         conversation, escalation = await self.db(self._redelivery_state, row)
         outbound = Outbound(row["text"], kind=row.get("kind") or "notice",
@@ -664,10 +692,10 @@ class ConversationManager:
                             reason=escalation["reason"] if escalation else None,
                             confidence=escalation["confidence"] if escalation else None,
                             status=row.get("status_change"))
-        if not await self._deliver(_target(conversation), row["id"], outbound, claimed=False):
-            return False
-        self._emit("delivered", conversation_id=conversation["id"], message_id=row["id"])
-        return True
+        outcome = await self._deliver(_target(conversation), row["id"], outbound, claimed=False)
+        if outcome == SENT:
+            self._emit("delivered", conversation_id=conversation["id"], message_id=row["id"])
+        return outcome
 
     def _redelivery_state(self, row: dict) -> tuple[dict, dict | None]:
         """The reply's conversation and, for a hand-over notice, the hand-over it announces."""

@@ -620,13 +620,14 @@ class Store:
                 "and delivering_by != ?", [sender],
             ).rowcount
 
-    def undelivered(self) -> list[dict]:
-        """Replies stored but not yet confirmed delivered (e.g. a crash in between)."""
-        return list(
-            self.db["messages"].rows_where(
-                "delivered = 0 and role in ('bot', 'agent', 'system')", order_by="id"
-            )
-        )
+    def undelivered(self, conversation_id: int | None = None, before_id: int | None = None) -> list[dict]:
+        """Replies stored but not yet confirmed delivered (e.g. a crash in between), oldest
+        first: all of them, or one conversation's older than `before_id`."""
+        where, params = "delivered = 0 and role in ('bot', 'agent', 'system')", []
+        if conversation_id is not None:
+            where += " and conversation_id = ? and id < ?"
+            params += [conversation_id, before_id if before_id is not None else 2**62]
+        return self._all(f"select * from messages where {where} order by id", params)
 
     def pending_inbound(self) -> list[dict]:
         return self._all("select * from messages where role = 'user' and status = ? order by id", [PENDING])
