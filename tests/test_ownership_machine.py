@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from PIL import Image
 
 from bot.conversation import ConversationManager, ManagerOptions, NotHandedOver, NotOwner
@@ -151,17 +151,21 @@ class OwnershipMachine(RuleBasedStateMachine):
         self.settle()
 
     # The engine ---------------------------------------------------------------------
-    @precondition(lambda self: self.engine.pending())
+    # No preconditions on the engine: whether a turn reached it yet depends on timing, and
+    # the rules chosen must not (a rule with nothing to release does nothing).
     @rule(which=st.integers(0, 3), confidence=st.sampled_from((0.95, 0.2)))
     def engine_answers(self, which, confidence):
         pending = self.engine.pending()
+        if not pending:
+            return
         pending[which % len(pending)].release("Your card 4111 1111 1111 1111 renewed for 88.", confidence)
         self.settle()
 
-    @precondition(lambda self: self.engine.pending())
     @rule(which=st.integers(0, 3))
     def engine_fails(self, which):
         pending = self.engine.pending()
+        if not pending:
+            return
         pending[which % len(pending)].fail(EngineError("boom"))
         self.settle()
 
