@@ -7,11 +7,10 @@ does is read back from the calls the fake Bot API recorded.
 
 from __future__ import annotations
 
-import json
-
 import asyncio
 import io
 import itertools
+import json
 import logging
 import sqlite3
 import time
@@ -641,3 +640,30 @@ def test_the_token_never_appears_in_logs_or_in_the_data_directory(tmp_path, capl
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_an_update_acknowledged_but_not_finished_is_taken_in_by_the_periodic_round(tmp_path, fake):
+    """A failure after the 200 (here: the first handling of the update raises) loses nothing:
+    the stored update is handled again by the periodic round, without a restart."""
+    engine = StubEngine(script=script)
+    with live_server(tmp_path, engine=engine, telegram_token=TOKEN, telegram_webhook_secret=SECRET,
+                     telegram_webhook_url=WEBHOOK_URL, telegram_api_url=fake.base_url,
+                     retry_interval_s=0.5) as (base, app):
+        adapter = the_adapter(app)
+        tune(adapter)
+        wait_until(adapter.ready.is_set, what="getMe")
+        original, failures = adapter._route, []
+
+        async def fails_once(key, payload):
+            if not failures:
+                failures.append(key)
+                raise OSError("disk hiccup after the acknowledgement")
+            return await original(key, payload)
+
+        adapter._route = fails_once
+        chat = new_chat()
+        update = make_update(chat, text="REPLAY why was I charged?")
+        assert post(base, update).status_code == 200
+        assert fake.wait_for_texts(chat) == [DEFAULT_REPLY]
+        assert failures and [r["text"] for r in user_messages(tmp_path, chat)] == ["REPLAY why was I charged?"]
+        wait_until(lambda: event_rows(tmp_path, update["update_id"])[0]["processed_at"], what="the event finished")
