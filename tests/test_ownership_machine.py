@@ -94,6 +94,7 @@ class OwnershipMachine(RuleBasedStateMachine):
         self._cancel_tasks()
         self.manager.close()
         self.manager.store.close()
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())  # streams abandoned by restarts
         self.loop.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
