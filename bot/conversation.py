@@ -125,6 +125,9 @@ class ConversationManager:
         self._policies: dict[tuple[str, ...], EscalationPolicy] = {}
         self._background: set[asyncio.Task] = set()
         self._event_replayers: dict[str, Callable[[list[dict]], Awaitable[Any]]] = {}
+        # Conversations with a reply still undelivered (a failed send, or found by a redelivery
+        # round): their next replies wait for those, so the user gets them in order.
+        self._behind: set[int] = set()
         self._slots = asyncio.Semaphore(options.engine_slots) if options.engine_slots else None
         self.image_decoding = asyncio.Semaphore(max(1, options.image_decodes))
 
@@ -537,8 +540,9 @@ class ConversationManager:
         """
         if not items:
             return
+        cid = conversation["id"]
         target = _target(conversation)
-        backlog = await self.db(self.store.undelivered, conversation["id"], items[0][0])
+        backlog = await self.db(self.store.undelivered, cid, items[0][0]) if cid in self._behind else []
         for row in backlog:
             if await self._redeliver_one(row) == FAILED:
                 break
@@ -548,7 +552,9 @@ class ConversationManager:
                     items = items[position + 1:]
                     break
             else:
+                self._behind.discard(cid)
                 return
+        self._behind.add(cid)
         for message_id, _ in items:  # left for the next round
             await self.db(self.store.release_delivery, message_id, self._sender)
 
@@ -672,6 +678,7 @@ class ConversationManager:
         cutoff = utcnow() - timedelta(seconds=min_age_s)
         stopped: set[int] = set()  # conversations whose next reply failed: the later ones wait, in order
         for row in await self.db(self.store.undelivered):
+            self._behind.add(row["conversation_id"])
             if row["conversation_id"] in stopped or datetime.fromisoformat(row["created_at"]) > cutoff:
                 stopped.add(row["conversation_id"])
                 continue
