@@ -71,10 +71,13 @@ def _figures(suffix: str, what: str, result, rss: float) -> list[Figure]:
         Figure(f"load_p99_ms{suffix}", cuts[98], "", f"99th percentile time from sending to the reply, {what}"),
         Figure(f"load_errors{suffix}", result.errors, "<= 0", f"requests refused or replies not arriving, {what}"),
         Figure(f"load_lost_messages{suffix}", result.lost, "<= 0",
-               f"acknowledged messages without a stored answer or hand-over, {what}"),
+               f"acknowledged messages without a stored answer or hand-over (or kept for the person who has "
+               f"the conversation), {what}"),
         Figure(f"load_peak_rss_mb{suffix}", rss, "", f"server's peak resident memory, {what}"),
         Figure(f"load_busy_handovers{suffix}", result.busy_handovers, "",
                f"turns handed over because the engine queue (default size) stayed full, {what}"),
+        Figure(f"load_for_person{suffix}", result.for_person, "",
+               f"messages sent after their conversation was handed over (a person answers them), {what}"),
     ]
 
 

@@ -32,6 +32,7 @@ class LoadResult:
     lost: int = 0
     peak_rss_mb: float = 0.0
     busy_handovers: float = 0.0
+    for_person: int = 0  # sent after a hand-over: a person answers them, not the bot
 
 
 def start_server(data_dir: str, port: int, env: dict[str, str], ready_timeout: float = 120.0) -> subprocess.Popen:
@@ -84,6 +85,7 @@ async def _visitor(client: httpx.AsyncClient, messages: int, image: bytes | None
     headers = {"Authorization": f"Bearer {token}"}
     answers: asyncio.Queue[int] = asyncio.Queue()
     connected = asyncio.Event()
+    handed_over = False
 
     async def listen() -> None:
         async with client.stream("GET", "/widget/api/events", params={"token": token}, timeout=None) as stream:
@@ -93,9 +95,11 @@ async def _visitor(client: httpx.AsyncClient, messages: int, image: bytes | None
                 if line.startswith("event: "):
                     event = line[7:]
                 elif line.startswith("data: ") and event == "message":
-                    reply_to = json.loads(line[6:]).get("reply_to")
-                    if reply_to:
-                        answers.put_nowait(reply_to)
+                    nonlocal handed_over
+                    data = json.loads(line[6:])
+                    handed_over = handed_over or data.get("kind") == "handover"
+                    if data.get("reply_to"):
+                        answers.put_nowait(data["reply_to"])
 
     listener = asyncio.create_task(listen())
     try:
@@ -113,6 +117,9 @@ async def _visitor(client: httpx.AsyncClient, messages: int, image: bytes | None
                 continue
             message_id = response.json()["message_id"]
             acked.append((token, message_id))
+            if handed_over:  # the conversation is a person's now: the bot rightly stays silent
+                result.for_person += 1
+                continue
             try:
                 while await asyncio.wait_for(answers.get(), ANSWER_WAIT_S) != message_id:
                     pass
@@ -135,6 +142,9 @@ async def _missing(client: httpx.AsyncClient, acked: list[tuple[str, int]], sett
             conversation = (await client.get("/widget/api/conversation",
                                              headers={"Authorization": f"Bearer {token}"})).json()
             answered = {m["reply_to"] for m in conversation["messages"] if m["role"] != "user" and m["reply_to"]}
+            handovers = [m["id"] for m in conversation["messages"] if m["kind"] == "handover"]
+            if conversation["status"] in ("waiting", "claimed") and handovers:
+                answered |= {i for i in ids if i > max(handovers)}  # kept for the person who has it
             missing += len(ids - answered)
         if missing == 0 or time.monotonic() > deadline:
             return missing

@@ -322,6 +322,7 @@ class ConversationManager:
                 answerable_text=has_content,
                 previous_turn_low_confidence=previous_low,
                 earlier_answer=earlier_answer,
+                text_checked=True,  # before_model found neither a request for a person nor a sensitive topic
                 threshold=rendered.template.escalation.confidence_threshold if rendered else 0.55,
                 decline_marker=rendered.template.escalation.decline_marker if rendered else "[[HANDOVER]]",
                 unknown_confidence_hands_over=self.options.unknown_confidence_hands_over,

@@ -610,8 +610,13 @@ class EscalationPolicy:
         decline_marker: str = "[[HANDOVER]]",
         unknown_confidence_hands_over: bool = True,
         earlier_answer: bool = False,
+        text_checked: bool = False,
     ) -> Decision:
-        """Answer or hand over, with one named reason; see the module docstring for the order."""
+        """Answer or hand over, with one named reason; see the module docstring for the order.
+
+        `text_checked`: `before_model` already found no request for a person and no
+        sensitive topic in `user_text` (the conversation core asks it first), so rules 1 and 2
+        are not run again."""
         user_text = user_text or ""
         draft, declined_because = ("", None)
         if generation is not None:
@@ -621,7 +626,7 @@ class EscalationPolicy:
             return Decision(True, reason, detail, draft)
 
         # 1. / 2. the user asked for a person; a topic that always goes to a person
-        early = self._text_handover(user_text)
+        early = None if text_checked else self._text_handover(user_text)
         if early is not None:
             return handover(*early)
 
