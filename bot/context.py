@@ -141,7 +141,7 @@ class ContextBuilder:
 
         system_tokens = self._text_tokens(system_prompt) + MESSAGE_OVERHEAD_TOKENS
         new_parts, new_tokens = parts_of(new_message)
-        used = system_tokens + new_tokens
+        used = system_tokens + new_tokens + MESSAGE_OVERHEAD_TOKENS  # the answer's own opening counts too
         chosen: list[ChatMessage] = []
         for row in reversed(history):
             if row["role"] not in ("user", "bot", "agent") or not (row.get("text") or attachment_ids(row)):
