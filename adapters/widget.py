@@ -347,17 +347,15 @@ async def _read_images(form: Any, runtime: Runtime) -> list[bytes]:
                          "`text`, and one `images` file per screenshot. The message is stored before this answers; "
                          "the reply arrives on the event stream.")
 async def post_message(request: Request, runtime: RuntimeDep, visitor: Visitor) -> AcceptedOut:
-    settings = runtime.settings
-    body_limit = settings.widget_max_images * (settings.image_max_bytes + 4096) + 4 * settings.widget_max_text_chars + 65536
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > body_limit:
-        raise ApiError(413, "too_large", "That message is too large. Please send smaller screenshots.")
+    settings = runtime.settings  # the body's size is bounded while it streams (bot.web.body_limits)
     retry = request.app.state.widget_limits.visitor.check(visitor)
     if retry is not None:
         raise _too_many(retry)
     try:
         form = await request.form(max_files=settings.widget_max_images + 1, max_fields=20,
                                   max_part_size=settings.image_max_bytes + 1)
+    except HTTPException:
+        raise
     except Exception as exc:
         if re.search(r"maximum|too many", str(exc), re.IGNORECASE):
             raise ApiError(413, "too_large", "That message is too large. Please send smaller screenshots.") from None

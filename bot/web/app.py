@@ -38,6 +38,7 @@ from .admin_console import router as admin_router
 from .agent_console import router as agent_router
 from .operator_console import router as operator_router
 from .auth import router as auth_router
+from .body_limits import BodyLimitMiddleware, BodyLimits
 from .console_events import ConsoleHub
 from .metrics import Metrics
 from .openai_api import router as openai_router
@@ -240,6 +241,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.login_limiter = RateLimiter(settings.login_rate_per_ip)
     app.state.console_hub = ConsoleHub()
     runtime.manager.listeners.append(app.state.console_hub.on_event)
+    # Inside CORS, so that a 413 still carries the headers a cross-origin widget needs to read it.
+    app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(settings))
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins,
