@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from bot.context import attachment_ids
 from bot.messages import Conversation, Inbound, Outbound, utcnow
 from bot.text import clean_user_text
+from bot.web.client_address import client_key
 from bot.web.ratelimit import RateLimiter
 from bot.web.runtime import Runtime, RuntimeDep
 
@@ -186,10 +187,6 @@ class Limits:
         self.visitor = RateLimiter(per_visitor)
 
 
-def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def _too_many(retry_after: float) -> ApiError:
     seconds = max(1, int(retry_after + 0.999))
     return ApiError(
@@ -206,7 +203,7 @@ async def check_origin_and_rate(request: Request, runtime: RuntimeDep) -> None:
         allowed = set(runtime.settings.allowed_origins) | {own}
         if origin.rstrip("/") not in allowed:
             raise ApiError(403, "origin_not_allowed", "This site may not use the support chat.")
-    retry = request.app.state.widget_limits.ip.check(_client_ip(request))
+    retry = request.app.state.widget_limits.ip.check(client_key(request))
     if retry is not None:
         raise _too_many(retry)
 

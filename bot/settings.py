@@ -91,6 +91,20 @@ class Settings(BaseSettings):
     console_session_hours: int = Field(12, ge=1, description="console sessions end this long after sign-in")
     api_rate_per_key: int = Field(600, ge=1, description="/v1 requests per API key per minute")
     login_rate_per_ip: int = Field(10, ge=1, description="console sign-in attempts per IP address per minute")
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (default: none; the connecting address is the client)",
+    )
+    widget_streams_per_visitor: int = Field(3, ge=1, description="open widget event streams per visitor")
+    widget_streams_per_ip: int = Field(30, ge=1, description="open widget event streams per IP address (/64 for IPv6)")
+    console_streams_per_session: int = Field(4, ge=1, description="open console event streams per signed-in session")
+    event_streams_total: int = Field(400, ge=1, description="open event streams in all, widget and consoles together")
+    password_hash_workers: int = Field(
+        2, ge=1, description="password checks at the same time (each takes ~20 MiB and tens of milliseconds)"
+    )
+    metrics_token: str = Field("", description="bearer token /metrics requires (empty: /metrics is open)")
+    api_docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
 
     # Slack
     slack_bot_token: str = ""
@@ -135,6 +149,10 @@ class Settings(BaseSettings):
         from .store import Store
 
         return Store(self.data_dir, lock_wait_s=self.db_lock_wait_s)
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
 
     @property
     def allowed_origins(self) -> list[str]:

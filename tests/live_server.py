@@ -13,7 +13,7 @@ import httpx
 import uvicorn
 
 from bot.settings import Settings
-from bot.web.app import create_app
+from bot.web.app import create_app, server_config
 
 
 def sse_events(lines):
@@ -49,8 +49,7 @@ def live_server(data_dir: Path, engine=None, **settings):
     port = free_port()
     config = Settings(data_dir=data_dir, host="127.0.0.1", port=port, **settings)
     app = create_app(config, engine=engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=1))
+    server = uvicorn.Server(server_config(app, config, log_level="warning", lifespan="on", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

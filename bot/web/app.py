@@ -320,6 +320,17 @@ class HideQueryStrings(logging.Filter):
         return True
 
 
+def server_config(app: FastAPI, settings: Settings, **uvicorn_options: Any):
+    """uvicorn's settings for Snapdesk: forwarded headers are believed only from the trusted
+    proxies (uvicorn would otherwise believe them from any loopback peer)."""
+    import uvicorn
+
+    trusted = settings.trusted_proxy_list
+    options: dict[str, Any] = {"log_level": "info", "timeout_graceful_shutdown": 5, **uvicorn_options}
+    return uvicorn.Config(app, host=settings.host, port=settings.port, proxy_headers=bool(trusted),
+                          forwarded_allow_ips=trusted or None, **options)
+
+
 def serve(settings: Settings, **uvicorn_options: Any) -> None:
     import uvicorn
 
@@ -334,5 +345,4 @@ def serve(settings: Settings, **uvicorn_options: Any) -> None:
     gc.freeze()
     log.info("Snapdesk on http://%s:%d (data in %s)", settings.host, settings.port, settings.data_dir)
     # Open event streams never end by themselves: give them a few seconds at shutdown, then close.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5,
-                **uvicorn_options)
+    uvicorn.Server(server_config(app, settings, **uvicorn_options)).run()

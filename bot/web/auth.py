@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from ..accounts import Role, Session, same_token
+from .client_address import client_key
 from .ratelimit import RateLimiter
 from .runtime import RuntimeDep
 
@@ -139,7 +140,7 @@ async def login(
     if not same_token(request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf_token):
         return _page(_login_page("The sign-in form expired. Please try again.", next, fresh), request, 403, fresh)
     limiter: RateLimiter = request.app.state.login_limiter
-    if limiter.check(request.client.host if request.client else "unknown") is not None:
+    if limiter.check(client_key(request)) is not None:
         return _page(_login_page("Too many sign-in attempts. Please wait a minute.", next, fresh), request, 429, fresh)
     user = await runtime.manager.db(runtime.accounts.authenticate, name, password)
     if user is None:
