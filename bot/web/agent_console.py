@@ -18,7 +18,7 @@ from ..accounts import Session
 from ..context import attachment_ids
 from ..store import CLAIMED, WAITING, Store
 from ..text import clean_user_text
-from .auth import console_page, current_session, require
+from .auth import SESSION_COOKIE, console_page, current_session, require
 from .runtime import RuntimeDep
 
 AgentSession = Annotated[Session, Depends(require("agent"))]
@@ -264,7 +264,8 @@ async def search_route(runtime: RuntimeDep, session: AgentSession, q: str = "") 
 @router.get("/agent/api/events", summary="Live updates (server-sent events)", response_class=StreamingResponse)
 async def events(request: Request, session: AgentSession) -> StreamingResponse:
     hub = request.app.state.console_hub
-    return StreamingResponse(hub.stream(request), media_type="text/event-stream",
+    token = request.cookies.get(SESSION_COOKIE, "")
+    return StreamingResponse(hub.stream(request, session.user.name, token), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 

@@ -2,13 +2,18 @@
 
 Pages only learn *that* something changed (which conversation, what kind of change) and
 fetch what they show through the same role-checked API as everything else.
+
+Each open stream remembers whose session it serves, so signing out, a disabled account or a
+password reset can end that user's streams at once (`end_sessions`) instead of leaving a page
+that still receives updates for a session that no longer exists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import Request
 
@@ -16,9 +21,25 @@ KEEPALIVE_S = 15.0
 FORWARDED = {"handover", "answer", "message", "note", "status", "inbound", "delivered"}
 
 
+@dataclass(eq=False)
+class _Subscriber:
+    user_name: str
+    session_token: str
+    queue: asyncio.Queue
+    closed: bool = field(default=False)
+
+    def close(self) -> None:
+        """Wake the stream so it ends; a full queue wakes it anyway."""
+        self.closed = True
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            pass
+
+
 class ConsoleHub:
     def __init__(self, max_buffered: int = 500) -> None:
-        self._queues: set[asyncio.Queue] = set()
+        self._subscribers: set[_Subscriber] = set()
         self._max_buffered = max_buffered
 
     def on_event(self, event: str, data: dict) -> None:
@@ -26,25 +47,52 @@ class ConsoleHub:
         if event not in FORWARDED or "conversation_id" not in data:
             return
         update = {"type": "message" if event == "inbound" else event, "conversation_id": data["conversation_id"]}
-        for queue in list(self._queues):
+        for subscriber in list(self._subscribers):
             try:
-                queue.put_nowait(update)
-            except asyncio.QueueFull:  # a stalled page re-fetches everything when it reconnects
-                self._queues.discard(queue)
+                subscriber.queue.put_nowait(update)
+            except asyncio.QueueFull:  # a stalled page is ended; it re-fetches everything when it reconnects
+                self._subscribers.discard(subscriber)
+                subscriber.closed = True
 
-    async def stream(self, request: Request) -> AsyncIterator[str]:
-        queue: asyncio.Queue = asyncio.Queue(self._max_buffered)
-        self._queues.add(queue)
+    def end_sessions(self, user_name: str | None = None, session_token: str | None = None) -> int:
+        """Close the open streams of `user_name` (all their sessions) or of one `session_token`;
+        returns how many were closed. Call it with neither and nothing is closed."""
+        if user_name is None and session_token is None:
+            return 0
+        ended = 0
+        for subscriber in list(self._subscribers):
+            if user_name is not None and subscriber.user_name != user_name:
+                continue
+            if session_token is not None and subscriber.session_token != session_token:
+                continue
+            self._subscribers.discard(subscriber)
+            subscriber.close()
+            ended += 1
+        return ended
+
+    def open_streams(self, user_name: str | None = None) -> int:
+        return sum(1 for s in self._subscribers if user_name is None or s.user_name == user_name)
+
+    async def stream(self, request: Request, user_name: str, session_token: str,
+                     still_valid: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str]:
+        """The event stream of one console page. `still_valid` is asked at each keep-alive tick,
+        a backstop for a session that ended without `end_sessions` being called."""
+        subscriber = _Subscriber(user_name, session_token, asyncio.Queue(self._max_buffered))
+        self._subscribers.add(subscriber)
         try:
             yield "retry: 2000\n\n"
-            while True:
+            while not subscriber.closed:
                 try:
-                    update = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    update = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_S)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
                         return
+                    if still_valid is not None and not await still_valid():
+                        return
                     yield ": keep-alive\n\n"
                     continue
+                if update is None or subscriber.closed:
+                    return
                 yield f"event: update\ndata: {json.dumps(update)}\n\n"
         finally:
-            self._queues.discard(queue)
+            self._subscribers.discard(subscriber)
