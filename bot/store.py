@@ -79,6 +79,9 @@ def is_busy(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
 def check_data_dir(data_dir: str | Path) -> None:
     """Create the data directory (and attachments/) if needed and prove they are writable.
 
@@ -110,7 +113,8 @@ def check_data_dir(data_dir: str | Path) -> None:
         raise unwritable(exc.strerror or str(exc)) from None
     for directory in (data_dir, data_dir / "attachments"):
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+            _keep_private(directory, PRIVATE_DIR)
             probe = directory / f".write-test.{os.getpid()}"
             probe.write_bytes(b"ok")
             probe.unlink()
@@ -128,6 +132,24 @@ def check_data_dir(data_dir: str | Path) -> None:
                 f"The database file {path} is not readable and writable by the user running Snapdesk "
                 f"({_user_name()}): give that user access to it, or run Snapdesk as the file's owner."
             )
+        if path.exists():
+            _keep_private(path, PRIVATE_FILE)
+    try:  # SQLite gives its -wal and -shm files the database file's mode: create it owner-only
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
+    except OSError as exc:
+        raise unwritable(exc.strerror or str(exc)) from None
+
+
+def _keep_private(path: Path, mode: int) -> None:
+    """Conversations, screenshots and password hashes are nobody else's business: take group
+    and world access away from what Snapdesk owns (a directory the user shares on purpose
+    but does not own is left as it is)."""
+    try:
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(path, info.st_mode & 0o7700 | mode)
+    except OSError:
+        pass
 
 
 def _user_name() -> str:
@@ -293,9 +315,14 @@ def _m8_ownership(db: sqlite_utils.Database) -> None:
     db["feedback"].create_index(["conversation_id", "episode"], unique=True)
 
 
+def _m9_password_change(db: sqlite_utils.Database) -> None:
+    """An admin's password reset makes the user choose their own at the next sign-in."""
+    db["users"].add_column("must_change_password", int, not_null_default=0)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
-    _m6_api_keys, _m7_undelivered_index, _m8_ownership,
+    _m6_api_keys, _m7_undelivered_index, _m8_ownership, _m9_password_change,
 ]
 
 
@@ -470,9 +497,10 @@ class Store:
         relative = Path(sha256[:2]) / f"{sha256}.png"
         target = self.attachments_dir / relative
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
             temporary = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            with open(temporary, "wb") as handle:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+            with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

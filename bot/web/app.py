@@ -28,7 +28,7 @@ from engine.base import ChatMessage, Engine, GenerationRequest, ModelLoadError
 from engine.stub import StubEngine
 from engine.tiny import is_tiny_checkpoint
 
-from ..accounts import Accounts
+from ..accounts import Accounts, same_token
 from ..conversation import NoSuchConversation, NotHandedOver, NotOwner
 from ..engine_setup import make_engine, make_manager
 from ..messages import ChannelRegistry
@@ -42,6 +42,7 @@ from .body_limits import BodyLimitMiddleware, BodyLimits
 from .console_events import ConsoleHub
 from .metrics import Metrics
 from .openai_api import router as openai_router
+from .private_responses import NoStoreMiddleware
 from .ratelimit import RateLimiter
 from .runtime import Runtime
 from .secret_key import load_secret_key
@@ -229,11 +230,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             runtime.manager.close()
             runtime.store.close()
 
+    docs = settings.api_docs  # SNAPDESK_API_DOCS=false: no /docs, /redoc or /openapi.json
     app = FastAPI(
         title="Snapdesk",
         version="0.1.0",
         summary="Self-hosted customer-support bot that understands screenshots.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.runtime = runtime
     app.state.widget_channel = runtime.widget_channel
@@ -243,6 +248,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     runtime.manager.listeners.append(app.state.console_hub.on_event)
     # Inside CORS, so that a 413 still carries the headers a cross-origin widget needs to read it.
     app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(settings))
+    app.add_middleware(NoStoreMiddleware)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.allowed_origins,
@@ -296,17 +302,29 @@ def _add_pages(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/readyz", summary="The model is loaded and answering")
     async def readyz() -> JSONResponse:
+        # Open to anyone: it says how the model is, never where it lives (the log has the details).
         if runtime.load_error:
-            return JSONResponse({"status": "failed", "error": runtime.load_error}, status_code=503)
+            return JSONResponse({"status": "failed", "error": "The model could not be loaded: the server log says why."},
+                                status_code=503)
         if not runtime.ready.is_set():
             return JSONResponse({"status": "loading"}, status_code=503)
         if getattr(runtime.engine, "stalled", False):
-            return JSONResponse({"status": "stalled", "model": runtime.engine.model_name}, status_code=503)
-        return JSONResponse({"status": "ready", "model": runtime.engine.model_name})
+            return JSONResponse({"status": "stalled"}, status_code=503)
+        return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
-    async def metrics() -> Response:
+    @app.get("/metrics", summary="Prometheus metrics (a bearer token when SNAPDESK_METRICS_TOKEN is set)")
+    async def metrics(request: Request) -> Response:
+        token = runtime.settings.metrics_token
+        if token and not same_token(token, _bearer(request.headers.get("authorization"))):
+            return JSONResponse({"error": "unauthorized", "message": "/metrics needs the metrics bearer token."},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
 
 
 class HideQueryStrings(logging.Filter):
