@@ -29,12 +29,14 @@ from bot.messages import Conversation, Inbound, Outbound, utcnow
 from bot.text import clean_user_text
 from bot.web.client_address import client_key
 from bot.web.ratelimit import RateLimiter
+from bot.web.stream_caps import CappedStreamingResponse, check_caps
 from bot.web.runtime import Runtime, RuntimeDep
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "widget"
 TOKEN_MAX_AGE_S = 180 * 24 * 3600
+TOKEN_MAX_CHARS = 200  # "v1." + 32 hex + a timestamp + 43 of signature: about 90
 KEEPALIVE_S = 15.0
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,100}$")
 KIND_ROLE = {"answer": "bot", "handover": "system", "notice": "system", "agent": "agent", "status": "system"}
@@ -383,16 +385,23 @@ def _sse(event: str, data: dict) -> str:
 
 
 @router.get("/events", summary="Server-sent events: message, delta and status",
-            response_class=StreamingResponse)
-async def events(request: Request, runtime: RuntimeDep, token: Annotated[str, Query()]) -> StreamingResponse:
+            response_class=StreamingResponse,
+            description="Open streams are capped per visitor, per address and in total: beyond a cap the answer is "
+                        "429 `too_many_streams` with Retry-After, before the stream starts.")
+async def events(request: Request, runtime: RuntimeDep,
+                 token: Annotated[str, Query(max_length=TOKEN_MAX_CHARS)]) -> StreamingResponse:
     visitor = verify_token(runtime.secret_key, token)
     if visitor is None:
         raise ApiError(401, "bad_token", "Your chat session has expired. Please reload the page.")
+    settings = runtime.settings
+    caps = {("visitor", visitor): settings.widget_streams_per_visitor,
+            ("ip", client_key(request)): settings.widget_streams_per_ip}
+    check_caps(request, caps)
     channel: WidgetChannel = request.app.state.widget_channel
-    queue = channel.subscribe(visitor)
     found = await runtime.manager.db(_visitor_conversation, runtime, visitor)
 
     async def stream() -> AsyncIterator[str]:
+        queue = channel.subscribe(visitor)  # only once the stream runs: an unsent response holds nothing
         try:
             yield "retry: 2000\n\n"
             if found is not None:
@@ -409,8 +418,8 @@ async def events(request: Request, runtime: RuntimeDep, token: Annotated[str, Qu
         finally:
             channel.unsubscribe(visitor, queue)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return CappedStreamingResponse(request, caps, stream(), media_type="text/event-stream",
+                                   headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def _attachment_for(runtime: Runtime, visitor: str, sha256: str):

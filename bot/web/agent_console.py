@@ -7,6 +7,7 @@ through the same manager that answers for the bot.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated
 
@@ -19,7 +20,9 @@ from ..context import attachment_ids
 from ..store import CLAIMED, WAITING, Store
 from ..text import clean_user_text
 from .auth import SESSION_COOKIE, console_page, current_session, require
+from .console_events import session_is_open
 from .runtime import RuntimeDep
+from .stream_caps import CappedStreamingResponse, check_caps
 
 AgentSession = Annotated[Session, Depends(require("agent"))]
 router = APIRouter(tags=["agent console"])
@@ -261,12 +264,21 @@ async def search_route(runtime: RuntimeDep, session: AgentSession, q: str = "") 
     return {"results": await runtime.manager.db(search, runtime.store, q)}
 
 
-@router.get("/agent/api/events", summary="Live updates (server-sent events)", response_class=StreamingResponse)
-async def events(request: Request, session: AgentSession) -> StreamingResponse:
+@router.get("/agent/api/events", summary="Live updates (server-sent events)", response_class=StreamingResponse,
+            description="Open streams are capped per session and in total: beyond a cap the answer is 429 "
+                        "`too_many_streams` with Retry-After. The stream ends when its session does.")
+async def events(request: Request, runtime: RuntimeDep, session: AgentSession) -> StreamingResponse:
     hub = request.app.state.console_hub
     token = request.cookies.get(SESSION_COOKIE, "")
-    return StreamingResponse(hub.stream(request, session.user.name, token), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    caps = {("session", hashlib.sha256(token.encode()).hexdigest()): runtime.settings.console_streams_per_session}
+    check_caps(request, caps)
+
+    async def still_valid() -> bool:
+        return await runtime.manager.db(session_is_open, runtime.accounts, token)
+
+    return CappedStreamingResponse(request, caps, hub.stream(request, session.user.name, token, still_valid),
+                                   media_type="text/event-stream",
+                                   headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 @router.get("/agent/api/attachments/{sha256}", summary="A screenshot", response_class=FileResponse)

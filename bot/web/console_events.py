@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import Request
 
+from ..accounts import Accounts, _digest
+from ..messages import utcnow
+from ..store import iso
+
 KEEPALIVE_S = 15.0
+KEEPALIVE = object()
 FORWARDED = {"handover", "answer", "message", "note", "status", "inbound", "delivered"}
 
 
@@ -35,6 +42,21 @@ class _Subscriber:
             self.queue.put_nowait(None)
         except asyncio.QueueFull:
             pass
+
+
+def session_is_open(accounts: Accounts, token: str) -> bool:
+    """Whether a console session is still signed in, its account enabled, without refreshing its
+    idle timer (an open page alone does not keep a session alive)."""
+    if not token:
+        return False
+    row = accounts.store._one(
+        "select s.expires_at, s.last_seen_at, u.disabled from sessions s join users u on u.id = s.user_id "
+        "where s.id = ?", [_digest(token)])
+    if row is None or row["disabled"]:
+        return False
+    now = iso(utcnow())
+    idle_deadline = iso(datetime.fromisoformat(row["last_seen_at"]) + accounts.idle_timeout)
+    return row["expires_at"] > now and idle_deadline > now
 
 
 class ConsoleHub:
@@ -75,24 +97,29 @@ class ConsoleHub:
 
     async def stream(self, request: Request, user_name: str, session_token: str,
                      still_valid: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str]:
-        """The event stream of one console page. `still_valid` is asked at each keep-alive tick,
-        a backstop for a session that ended without `end_sessions` being called."""
+        """The event stream of one console page. `still_valid` is asked about every keep-alive
+        interval, a backstop for a session that ended without `end_sessions` being called."""
         subscriber = _Subscriber(user_name, session_token, asyncio.Queue(self._max_buffered))
         self._subscribers.add(subscriber)
+        checked = time.monotonic()
         try:
             yield "retry: 2000\n\n"
             while not subscriber.closed:
                 try:
                     update = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_S)
                 except asyncio.TimeoutError:
+                    update = KEEPALIVE
+                if update is None or subscriber.closed:
+                    return
+                if time.monotonic() - checked >= KEEPALIVE_S:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         return
                     if still_valid is not None and not await still_valid():
                         return
+                if update is KEEPALIVE:
                     yield ": keep-alive\n\n"
-                    continue
-                if update is None or subscriber.closed:
-                    return
-                yield f"event: update\ndata: {json.dumps(update)}\n\n"
+                else:
+                    yield f"event: update\ndata: {json.dumps(update)}\n\n"
         finally:
             self._subscribers.discard(subscriber)
