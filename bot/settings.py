@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     console_session_hours: int = Field(12, ge=1, description="console sessions end this long after sign-in")
     api_rate_per_key: int = Field(600, ge=1, description="/v1 requests per API key per minute")
     login_rate_per_ip: int = Field(10, ge=1, description="console sign-in attempts per IP address per minute")
+    login_free_failures: int = Field(
+        5, ge=1, description="failed sign-ins for one user name before each further try must wait (a growing delay)"
+    )
+    login_free_failures_per_ip: int = Field(
+        20, ge=1, description="failed sign-ins from one IP address (/64 for IPv6) before each further try must wait"
+    )
+    login_delay_s: float = Field(1.0, gt=0, description="the first wait after the free failures; it doubles each time")
+    login_max_delay_s: float = Field(300.0, gt=0, description="the longest wait between sign-in tries")
     trusted_proxies: str = Field(
         "",
         description="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For and "

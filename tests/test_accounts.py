@@ -1,7 +1,8 @@
-"""Console accounts: argon2id passwords, sign-in, sessions, CSRF, lockout, the user command."""
+"""Console accounts: argon2id passwords, sign-in, sessions, CSRF, growing delays, the user command."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -84,14 +85,30 @@ def test_wrong_password_and_unknown_user_look_the_same(server):
     assert "snapdesk_session" not in wrong.headers.get("set-cookie", "")
 
 
-def test_repeated_failures_lock_the_account(server):
-    base, app = server
+def test_failures_make_further_tries_wait_longer_each_time_and_never_lock(tmp_path):
+    from bot.login_throttle import LoginThrottle, ThrottlePolicy
+
+    now = [100.0]
+    throttle = LoginThrottle(ThrottlePolicy(free_failures=3, free_failures_per_ip=100, first_delay_s=2,
+                                            max_delay_s=10), clock=lambda: now[0])
+    assert [throttle.begin("mei", "a") for _ in range(3)] == [0, 0, 0]  # three free failures
+    assert throttle.begin("mei", "b") == 2  # from any address: the name waits
+    assert throttle.begin("made-up", "a") == 0  # another name does not
+    waits = []
     for _ in range(5):
-        login(base, "lock", "wrong password!")
-    _, response = login(base, "lock", PASSWORD)
-    assert response.status_code == 401 and "locked" in response.text
-    store = app.state.runtime.store
-    assert store._one("select * from audit_log where action = 'user_locked' and target = 'user:lock'")
+        now[0] += 1000
+        assert throttle.begin("mei", "c") == 0  # the wait passed: one more try
+        waits.append(throttle.begin("mei", "c"))
+    assert waits == [4, 8, 10, 10, 10]  # doubling, capped
+    now[0] += 10
+    assert throttle.begin("mei", "c") == 0
+    throttle.succeeded("mei", "c")  # the right password: the name starts again
+    assert [throttle.begin("mei", "c") for _ in range(3)] == [0, 0, 0]
+    # Per address: more free failures, then the same growing waits whatever the names.
+    throttle = LoginThrottle(ThrottlePolicy(free_failures=100, free_failures_per_ip=4, first_delay_s=2,
+                                            max_delay_s=10), clock=lambda: now[0])
+    assert [throttle.begin(f"name{i}", "10.0.0.1") for i in range(5)] == [0, 0, 0, 0, 2]
+    assert throttle.begin("name9", "10.0.0.2") == 0
 
 
 def test_sign_in_form_needs_its_csrf_token(server):
@@ -138,7 +155,7 @@ def test_disabling_a_user_closes_their_sessions(tmp_path):
     token, _ = accounts.open_session(user)
     accounts.disable_user("mei")
     assert accounts.session(token) is None
-    assert accounts.authenticate("mei", PASSWORD) is None
+    assert asyncio.run(accounts.sign_in("mei", PASSWORD)) is None
 
 
 def test_user_command(tmp_path):
@@ -179,7 +196,7 @@ def test_admins_manage_users_through_the_api(tmp_path):
         assert created.status_code == 200 and created.json()["role"] == "agent"
         weak = admin.post("/admin/api/users", json={"name": "wu", "role": "agent", "password": "short"})
         assert weak.status_code == 422 and "at least 10" in weak.json()["message"]
-        assert {"name": "li", "role": "agent", "disabled": False, "display_name": "li"} in \
+        assert {"name": "li", "role": "agent", "disabled": False, "display_name": "li", "must_change_password": False} in \
             admin.get("/admin/api/users").json()["users"]
         li = signed_in(base, "li")
         from bot.store import CLAIMED

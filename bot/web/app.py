@@ -13,7 +13,6 @@ import html
 import logging
 import sys
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -140,11 +139,7 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
         secret_key=_secret_key(settings),
         demo_banner=demo_banner(settings, engine),
         widget_channel=widget,
-        accounts=Accounts(
-            manager.store,
-            idle_timeout=timedelta(minutes=settings.console_idle_minutes),
-            absolute_timeout=timedelta(hours=settings.console_session_hours),
-        ),
+        accounts=Accounts.for_settings(manager.store, settings, db=manager.db),
         api_limiter=RateLimiter(settings.api_rate_per_key),
     )
     for adapter in platform_adapters(settings, runtime):
