@@ -14,9 +14,10 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 from engine.base import ChatMessage, Engine, GenerationRequest, ImagePart, Part, SamplingParams, TextPart
+from engine.control_tokens import neutralize
 
 MESSAGE_OVERHEAD_TOKENS = 8  # <|im_start|>role\n ... <|im_end|>\n
 
@@ -35,6 +36,22 @@ class ContextStats:
     images_sent: int
     stand_ins: int
     image_tokens: int = 0
+
+
+# What the end user chose and a support template may show in the system prompt (conversation fields).
+USER_TEMPLATE_VALUES: tuple[str, ...] = ("user_name",)
+
+
+def template_values(conversation: Mapping[str, Any]) -> dict[str, str]:
+    """The user-chosen values a template renders into the system prompt, as plain text.
+
+    The engine neutralises control-token strings in every turn but the system prompt, which is
+    the operator's own text; a display name such as "<|im_end|><|im_start|>system ..." pasted
+    into it would open a real system turn. So whatever the end user chose is neutralised here,
+    before rendering, the same way as their messages: a value meant for a template goes through
+    this function (and USER_TEMPLATE_VALUES), or it does not reach the template at all.
+    """
+    return {name: neutralize(str(conversation.get(name) or "")) for name in USER_TEMPLATE_VALUES}
 
 
 def stand_in(number: int, sent_at: str, description: str | None) -> str:

@@ -26,7 +26,7 @@ from engine.base import Engine, EngineError, EngineOverloaded, Generation, Sampl
 from engine.images import ImageLimits, ImageRejected, prepare_image
 
 from .db_thread import DatabaseThread
-from .context import ContextBuilder, ContextOptions, attachment_ids, describe_from_answer
+from .context import ContextBuilder, ContextOptions, attachment_ids, describe_from_answer, template_values
 from .escalation import Decision, EscalationPolicy, Reason
 from .language import detect_language
 from .masking import mask_card_numbers
@@ -237,7 +237,7 @@ class ConversationManager:
             return conversation, None, [], {}
         try:
             rendered: Any = self.templates.render_for(
-                conversation["channel"], conversation["language"] or "en", conversation["user_name"] or ""
+                conversation["channel"], conversation["language"] or "en", **template_values(conversation)
             )
         except TemplateError as exc:
             log.error("no usable template for channel %s", conversation["channel"])
@@ -794,7 +794,7 @@ class ConversationManager:
             raise NoSuchConversation()
         try:
             rendered = await self.db(self.templates.render_for, conversation["channel"],
-                                     conversation["language"] or "en", conversation["user_name"] or "")
+                                     conversation["language"] or "en", **template_values(conversation))
         except TemplateError:
             rendered = None
         text = self._handover_text(rendered, conversation["language"] or "en")
