@@ -12,8 +12,13 @@ Templates are data written by operators, so rendering is sandboxed:
   access, function calls, loops, macros, ``set`` or includes: a prompt needs variables, filters and
   ``{% if %}``, nothing more. Every template is checked statically before it is compiled, so a problem
   is reported with its line before anything runs; the sandbox itself stays as a second wall;
-* repetition (``*``), powers and ``%`` formatting are bounded, and so is the rendered length;
-* every failure becomes a :class:`TemplateError` with a message fit for an operator, never a traceback.
+* only plain data (text, numbers, true/false, lists of them) can become text, and what reading and
+  rendering may cost is bounded while the work is done (:mod:`bot.template_limits`): YAML and
+  Jinja nesting, source and output sizes, every value built with ``~``, ``+``, ``*`` or a filter,
+  and the time one render takes;
+* every failure becomes a :class:`TemplateError` with a message fit for an operator, never a traceback;
+  one caused by a limit is marked as such (``TemplateIssue.limit``), so a server can refuse it as
+  bad input rather than as an invalid draft.
 
 Compiled templates are cached by source text, so rendering on every chat turn is cheap.
 """
@@ -27,7 +32,7 @@ import keyword
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -35,13 +40,35 @@ from typing import Any, Literal
 import jinja2
 import yaml
 from jinja2 import StrictUndefined, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.filters import FILTERS as _JINJA_FILTERS
+from jinja2.runtime import Undefined
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bot.escalation import DEFAULT_SENSITIVE_TOPICS
 from bot.language import SUPPORTED, detect_language
+from bot.template_limits import (
+    MAX_EXAMPLES,
+    MAX_OUTPUT_CHARS,
+    MAX_REPEAT_CHARS,
+    MAX_SOURCE_CHARS,
+    MAX_VALUE_CHARS,
+    MAX_YAML_CHARS,
+    BoundedLoader,
+    LimitExceeded,
+    YamlTooBig,
+    check_value,
+    is_data,
+    nesting_problem,
+    not_plain,
+    start_clock,
+    stop_clock,
+    text_size,
+    tick,
+    tree_problem,
+)
 
 __all__ = [
     "BUILTIN_VARIABLES",
@@ -65,10 +92,6 @@ REQUIRED_LANGUAGES: tuple[str, ...] = tuple(SUPPORTED)
 #: Names Snapdesk provides at render time; a template may use them without declaring them.
 BUILTIN_VARIABLES: tuple[str, ...] = ("language", "channel", "now", "user_name", "decline_marker")
 
-MAX_YAML_CHARS = 256 * 1024
-MAX_SOURCE_CHARS = 50_000  # one system prompt or hand-over message, as written
-MAX_OUTPUT_CHARS = 100_000  # one rendered text
-MAX_REPEAT_CHARS = 10_000  # "-" * 40 is fine, "a" * 10**9 is not
 MAX_USER_NAME_CHARS = 64
 MAX_NEW_TOKENS_LIMIT = 32_768
 MAX_SENSITIVE_TOPICS = 500
@@ -91,12 +114,14 @@ class TemplateIssue:
     ``field`` is a path such as ``system_prompt.en``, ``escalation.confidence_threshold`` or
     ``examples[2].text``. ``line`` is 1-based: from :meth:`Template.validate` it counts within the
     field's own text (a Jinja system prompt, say); from :meth:`Template.from_yaml` it counts within
-    the YAML document, so an editor can point at it.
+    the YAML document, so an editor can point at it. ``limit`` marks a problem of size or
+    complexity (nesting, length, time) rather than of content.
     """
 
     field: str
     message: str
     line: int | None = None
+    limit: bool = False
 
     def __str__(self) -> str:
         where = self.field
@@ -117,6 +142,11 @@ class TemplateError(Exception):
         self.name = name
         super().__init__(self._summary())
 
+    @property
+    def limits(self) -> list[TemplateIssue]:
+        """The problems that are limits hit (too big, too deep, too slow), not mistakes in content."""
+        return [issue for issue in self.errors if issue.limit]
+
     def _summary(self) -> str:
         subject = f"template '{self.name}'" if self.name else "the template"
         if len(self.errors) == 1:
@@ -133,24 +163,99 @@ class TemplateError(Exception):
 # The sandbox
 
 
-class _PromptSandbox(SandboxedEnvironment):
-    """The sandbox, with repetition, powers and ``%`` formatting bounded."""
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b ~ c`` to a call of :meth:`_PromptSandbox.concat`, which measures before joining."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _PromptSandbox(SandboxedEnvironment):
+    """The sandbox, where a template handles plain data only and every value it builds is bounded.
+
+    The places where a value comes into a template or turns into text are all intercepted: item
+    and attribute lookups (the only way to reach a method), ``~``, ``+``, ``*``, ``**``, ``%``,
+    every filter (see :func:`_guard_filter`) and the output (``finalize``). Each checks the time
+    budget, refuses anything but plain data, and measures a result before it is made.
+    """
+
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset({"+", "*", "**", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        tick()
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
-                    if len(seq) * max(times, 0) > MAX_REPEAT_CHARS:
-                        raise SecurityError(f"repeating text beyond {MAX_REPEAT_CHARS} characters is not allowed")
+                    if max(times, 0) and text_size(seq, MAX_REPEAT_CHARS) * max(times, 0) > MAX_REPEAT_CHARS:
+                        raise LimitExceeded(f"repeating text beyond {MAX_REPEAT_CHARS} characters is not allowed")
+        elif operator == "+":
+            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+                if text_size(left, MAX_VALUE_CHARS) + text_size(right, MAX_VALUE_CHARS) > MAX_VALUE_CHARS:
+                    raise LimitExceeded(f"joining text with + beyond {MAX_VALUE_CHARS} characters is not allowed")
         elif operator == "**":
             if isinstance(right, (int, float)) and isinstance(left, (int, float)):
                 if abs(right) > 64 or abs(left) > 2**64:
-                    raise SecurityError("powers above 64, or of numbers above 2**64, are not allowed")
+                    raise LimitExceeded("powers above 64, or of numbers above 2**64, are not allowed")
         elif operator == "%" and isinstance(left, str):
             raise SecurityError("'%' text formatting is not allowed; join text with ~ instead")
         return super().call_binop(context, operator, left, right)
+
+    def concat(self, parts: tuple[Any, ...]) -> str:
+        """``a ~ b ~ ...``: every part measured (and refused unless plain) before anything is joined."""
+        tick()
+        total = 0
+        for part in parts:
+            total += text_size(part, MAX_VALUE_CHARS - total)
+            if total > MAX_VALUE_CHARS:
+                raise LimitExceeded(f"joining text with ~ beyond {MAX_VALUE_CHARS} characters is not allowed")
+        return "".join([str(part) for part in parts])
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        tick()
+        value = super().getitem(obj, argument)
+        if not is_data(value):  # `text['upper']` falls back to the attribute: a method
+            raise not_plain(value)
+        return value
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        tick()
+        value = super().getattr(obj, attribute)
+        if not is_data(value):
+            raise not_plain(value)
+        return value
+
+
+def _finalize(value: Any) -> Any:
+    """Every ``{{ ... }}`` passes here before it becomes text: plain data of bounded size only."""
+    tick()
+    return check_value(value, MAX_OUTPUT_CHARS, f"the rendered text is longer than {MAX_OUTPUT_CHARS} characters")
+
+
+def _guard_filter(name: str, function: Any) -> Any:
+    """`function` (a Jinja filter) taking and giving plain data of bounded size only.
+
+    A string argument is let through whatever its length (it exists already, and ``truncate``
+    exists to shorten it); anything else is measured first, because a filter may turn it into text.
+    """
+    skip = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0  # the environment or context
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        tick()
+        for arg in (*args[skip:], *kwargs.values()):
+            if not isinstance(arg, (str, Undefined)):
+                check_value(arg, MAX_VALUE_CHARS,
+                            f"the value given to the '{name}' filter is longer than {MAX_VALUE_CHARS} characters")
+        result = function(*args, **kwargs)
+        return check_value(result, MAX_VALUE_CHARS,
+                           f"the result of the '{name}' filter is longer than {MAX_VALUE_CHARS} characters")
+
+    return guarded
 
 
 #: Filters a template may use: text in, text (or a number) out, never much longer than the input.
@@ -167,9 +272,10 @@ ENVIRONMENT = _PromptSandbox(
     lstrip_blocks=True,
     keep_trailing_newline=False,
     auto_reload=False,
+    finalize=_finalize,
 )
 ENVIRONMENT.globals.clear()
-ENVIRONMENT.filters = {name: _JINJA_FILTERS[name] for name in ALLOWED_FILTERS}
+ENVIRONMENT.filters = {name: _guard_filter(name, _JINJA_FILTERS[name]) for name in ALLOWED_FILTERS}
 
 _STATEMENT_TAGS: dict[type[nodes.Node], str] = {
     nodes.For: "for",
@@ -191,6 +297,7 @@ _STATEMENT_TAGS: dict[type[nodes.Node], str] = {
 class _Compiled:
     template: jinja2.Template | None
     problems: tuple[tuple[str, int | None], ...]  # (message, line within the source)
+    limits: tuple[tuple[str, int | None], ...] = ()  # the same, for limits hit (too long, too deep)
 
 
 def _closest(name: str, known: tuple[str, ...]) -> str:
@@ -261,29 +368,46 @@ def _check_tree(tree: nodes.Template) -> list[tuple[str, int | None]]:
 
 @functools.lru_cache(maxsize=512)
 def _compile(source: str) -> _Compiled:
-    """Parse, check and compile one source text; cached, since the same prompt renders every turn."""
+    """Parse, check and compile one source text; cached, since the same prompt renders every turn.
+
+    Size and nesting are checked before the parser (which recurses once per bracket) and before
+    the compiler (which recurses once per level of the tree) get to see the text.
+    """
     if len(source) > MAX_SOURCE_CHARS:
-        return _Compiled(None, ((f"the text is longer than {MAX_SOURCE_CHARS} characters", None),))
+        return _Compiled(None, (), ((f"the text is longer than {MAX_SOURCE_CHARS} characters", None),))
+    too_deep = nesting_problem(ENVIRONMENT.lex(source))
+    if too_deep is not None:
+        return _Compiled(None, (), (too_deep,))
     try:
         tree = ENVIRONMENT.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         return _Compiled(None, ((f"syntax error: {exc.message or 'invalid syntax'}", exc.lineno),))
+    except RecursionError:  # a wall behind the nesting check
+        return _Compiled(None, (), (("the text is nested too deeply to read", None),))
+    too_deep = tree_problem(tree)
+    if too_deep is not None:
+        return _Compiled(None, (), (too_deep,))
     problems = _check_tree(tree)
     if any(not message.startswith("\0") for message, _ in problems):
         return _Compiled(None, tuple(problems))
     try:
-        compiled = ENVIRONMENT.from_string(source)
+        compiled = ENVIRONMENT.from_string(tree)
     except jinja2.TemplateError as exc:  # an unknown test (`is foo`) and the like
         message = (exc.message or "invalid template").rstrip(".")
         return _Compiled(None, ((f"syntax error: {message}", getattr(exc, "lineno", None)),))
+    except RecursionError:
+        return _Compiled(None, (), (("the text is nested too deeply to compile", None),))
     return _Compiled(compiled, tuple(problems))
 
 
-def _source_problems(source: str, known: tuple[str, ...]) -> list[tuple[str, int | None]]:
+def _source_problems(source: str, known: tuple[str, ...], field: str) -> list[TemplateIssue]:
     """Every static problem of `source`, unknown variables included, given the names it may use."""
+    compiled = _compile(source)
+    if compiled.limits:
+        return [TemplateIssue(field, message, line, limit=True) for message, line in compiled.limits]
     found: list[tuple[str, int | None]] = []
     seen: set[tuple[str, int | None]] = set()
-    for message, line in _compile(source).problems:
+    for message, line in compiled.problems:
         if message.startswith("\0"):
             name = message[1:]
             if name in known:
@@ -292,7 +416,7 @@ def _source_problems(source: str, known: tuple[str, ...]) -> list[tuple[str, int
         if (message, line) not in seen:
             seen.add((message, line))
             found.append((message, line))
-    return found
+    return [TemplateIssue(field, message, line) for message, line in found]
 
 
 _UNSAFE_RE = re.compile(r"access to attribute '([^']*)' of '[^']*' object is unsafe")
@@ -336,11 +460,14 @@ class _TooLong(Exception):
 
 
 def _run(compiled: _Compiled, context: dict[str, str], field: str) -> str:
-    """Render a checked template, bounded in length; every failure becomes a TemplateError."""
+    """Render a checked template, bounded in length and time; every failure becomes a TemplateError."""
     if compiled.template is None:  # callers check first; kept as a wall
-        raise TemplateError([TemplateIssue(field, message, line) for message, line in compiled.problems])
+        issues = [TemplateIssue(field, message, line, limit=True) for message, line in compiled.limits]
+        issues += [TemplateIssue(field, message, line) for message, line in compiled.problems]
+        raise TemplateError(issues)
     parts: list[str] = []
     size = 0
+    start_clock()
     try:
         for chunk in compiled.template.generate(context):
             size += len(chunk)
@@ -348,10 +475,14 @@ def _run(compiled: _Compiled, context: dict[str, str], field: str) -> str:
                 raise _TooLong
             parts.append(chunk)
     except _TooLong:
-        issue = TemplateIssue(field, f"the rendered text is longer than {MAX_OUTPUT_CHARS} characters")
+        issue = TemplateIssue(field, f"the rendered text is longer than {MAX_OUTPUT_CHARS} characters", limit=True)
         raise TemplateError(issue) from None
+    except (LimitExceeded, RecursionError, MemoryError) as exc:
+        raise TemplateError(TemplateIssue(field, _describe(exc), _template_line(exc), limit=True)) from None
     except Exception as exc:  # noqa: BLE001 - every failure is the operator's to see, as a sentence
         raise TemplateError(TemplateIssue(field, _describe(exc), _template_line(exc))) from None
+    finally:
+        stop_clock()
     return "".join(parts).strip()
 
 
@@ -469,7 +600,9 @@ class Template(_Model):
         if not isinstance(text, str):
             raise TemplateError(TemplateIssue("yaml", "a template must be YAML text"))
         if len(text) > MAX_YAML_CHARS:
-            raise TemplateError(TemplateIssue("yaml", f"the template is longer than {MAX_YAML_CHARS} characters"))
+            raise TemplateError(
+                TemplateIssue("yaml", f"the template is longer than {MAX_YAML_CHARS} characters", limit=True)
+            )
         root, document_issues = _parse_yaml(text)
         if root is None:
             raise TemplateError(document_issues)
@@ -645,10 +778,9 @@ class Template(_Model):
         source = texts.get(lang)
         if source is None:
             raise TemplateError(TemplateIssue(field, "missing"), name=self.name)
-        problems = _source_problems(source, self._known_names())
+        problems = _source_problems(source, self._known_names(), field)
         if problems:
-            issues = [TemplateIssue(field, message, line) for message, line in problems]
-            raise TemplateError(issues, name=self.name)
+            raise TemplateError(problems, name=self.name)
         context = self.context(lang, channel=channel, user_name=user_name, now=now, overrides=overrides)
         try:
             return _run(_compile(source), context, field)
@@ -719,6 +851,9 @@ class Template(_Model):
                 ))
 
         issues += self._text_issues(bool(marker.strip()))
+        if len(self.examples) > MAX_EXAMPLES:
+            add(TemplateIssue("examples", f"at most {MAX_EXAMPLES} examples (this template has {len(self.examples)})",
+                              limit=True))
         issues += self._example_issues()
         if overrides:
             issues += self._override_issues(overrides)
@@ -731,8 +866,8 @@ class Template(_Model):
         for key, texts in (("system_prompt", self.system_prompt), ("handover_messages", self.handover_messages)):
             for code, source in texts.items():
                 field = f"{key}.{code}"
-                problems = _source_problems(source, known)
-                issues += [TemplateIssue(field, message, line) for message, line in problems]
+                problems = _source_problems(source, known, field)
+                issues += problems
                 if problems or not source.strip():
                     continue
                 try:  # a trial render with the defaults finds what only shows when it runs
@@ -854,14 +989,35 @@ def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_str)
 
 
+class _AnchorRefused(yaml.MarkedYAMLError):
+    pass
+
+
+class _TemplateLoader(BoundedLoader):
+    """Reads a template in one pass: depth bounded, anchors and aliases (``&a``, ``*a``) refused."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _AnchorRefused(None, None, "anchors and aliases (& and *) are not supported", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def _parse_yaml(text: str) -> tuple[yaml.Node | None, list[TemplateIssue]]:
-    """The node tree (for positions) and the document's own problems: syntax, aliases, duplicate keys."""
+    """The node tree (for positions) and the document's own problems: syntax, aliases, duplicate keys.
+
+    Read with a :class:`BoundedLoader`, which stops at the first level of nesting too many.
+    """
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                mark = event.start_mark
-                return None, [TemplateIssue("yaml", "anchors and aliases (& and *) are not supported", mark.line + 1)]
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_TemplateLoader)
+    except _AnchorRefused as exc:
+        return None, [TemplateIssue("yaml", str(exc.problem), exc.problem_mark.line + 1)]
+    except YamlTooBig as exc:
+        mark = exc.problem_mark
+        return None, [TemplateIssue("yaml", str(exc.problem), mark.line + 1 if mark else None,
+                                    limit=True)]
+    except RecursionError:  # a wall behind the depth limit
+        return None, [TemplateIssue("yaml", "the document is nested too deeply to read", None, limit=True)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -940,7 +1096,7 @@ def _locate(root: yaml.Node, issue: TemplateIssue, *, relative: bool) -> Templat
             target = node.value[int(index)]
             line = target.start_mark.line + 1
         if target is None:
-            return TemplateIssue(issue.field, issue.message, line)
+            return replace(issue, line=line)
         node = target
     if relative and issue.line is not None and isinstance(node, yaml.ScalarNode):
         if node.style in ("|", ">"):
@@ -949,7 +1105,7 @@ def _locate(root: yaml.Node, issue: TemplateIssue, *, relative: bool) -> Templat
             line = node.start_mark.line + issue.line
     elif isinstance(node, yaml.ScalarNode):
         line = node.start_mark.line + 1
-    return TemplateIssue(issue.field, issue.message, line)
+    return replace(issue, line=line)
 
 
 _STRUCTURE_MESSAGES = {

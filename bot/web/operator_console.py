@@ -3,6 +3,12 @@ restore), the active template per channel, and statistics.
 
 "Try it" and the example runs use the unsaved draft and the real engine, so an operator
 sees what users would get before publishing. Every change is audited with its author.
+
+A draft is read and rendered off the event loop with a time limit (bot.template_work), and a
+draft that passes a size or complexity limit is bad input: 400, naming the limit and where.
+The engine is shared with the bot under the budget of the /v1 API (openai_api.ApiShare): "try
+it" and the examples hold places in the engine's queue only from that share, the examples a
+few at a time, so an operator can never push customers into "busy" hand-overs.
 """
 
 from __future__ import annotations
@@ -25,17 +31,22 @@ from ..escalation import Decision
 from ..language import detect_language
 from ..messages import utcnow
 from ..store import Store, iso
+from ..template_work import off_loop
 from ..templates import Template, TemplateError
 from .auth import console_page, current_session, require
+from .openai_api import ApiError, Ticket, api_share
 from .runtime import Runtime, RuntimeDep
 
 OperatorSession = Annotated[Session, Depends(require("operator"))]
 router = APIRouter(tags=["operator console"])
 MAX_TRY_IMAGES = 4
+EXAMPLES_AT_ONCE = 2  # examples of one run in the engine at the same time
+PLACE_WAIT_S = 10.0  # how long a run waits for a place in the engine's queue before answering 429
+PLACE_POLL_S = 0.05
 
 
 class YamlIn(BaseModel):
-    yaml: str = Field(max_length=256 * 1024)
+    yaml: str  # bounded by the request's body limit, then by the template's own size limit (400)
 
 
 class RestoreIn(BaseModel):
@@ -56,11 +67,47 @@ def _invalid(error: TemplateError) -> HTTPException:
                                       "issues": _issues(error)})
 
 
-def _parse(yaml_text: str) -> Template:
+def _refusal(error: TemplateError) -> HTTPException:
+    """400 for a draft past a size or complexity limit (it names which, and where), else 422."""
+    if not error.limits:
+        return _invalid(error)
+    where = "; ".join(str(issue) for issue in error.limits)
+    return HTTPException(400, detail={"error": "template_too_complex",
+                                      "message": f"The template is too big or too complex: {where}.",
+                                      "issues": _issues(error)})
+
+
+async def _parse(yaml_text: str) -> Template:
     try:
-        return Template.from_yaml(yaml_text)
+        return await off_loop(Template.from_yaml, yaml_text)
     except TemplateError as exc:
-        raise _invalid(exc) from None
+        raise _refusal(exc) from None
+
+
+async def _system_prompt(template: Template, language: str) -> str:
+    try:
+        return await off_loop(template.render_system_prompt, language, channel="widget")
+    except TemplateError as exc:
+        raise _refusal(exc) from None
+
+
+async def engine_place(request: Request, runtime: Runtime) -> Ticket:
+    """A place in the engine's queue out of the /v1 API's share, waiting a while for one to free."""
+    share = api_share(request, runtime)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PLACE_WAIT_S
+    while True:
+        try:
+            return share.acquire()
+        except ApiError:
+            if loop.time() >= deadline:
+                raise HTTPException(429, headers={"Retry-After": "1"}, detail={
+                    "error": "busy",
+                    "message": f"The model is busy: \"try it\", the examples and the API may hold {share.limit} "
+                               "places in its queue and all are taken (the rest is kept for customers). Try again "
+                               "in a moment.",
+                }) from None
+            await asyncio.sleep(PLACE_POLL_S)
 
 
 def _channels(runtime: Runtime) -> list[str]:
@@ -99,23 +146,29 @@ def _decide(runtime: Runtime, template: Template, text: str, generation, error) 
     )
 
 
-async def _run(runtime: Runtime, template: Template, text: str, language: str, images: list) -> dict:
-    """One turn against a draft template, through the real engine and escalation policy."""
+async def _run(runtime: Runtime, template: Template, text: str, language: str, images: list,
+               place: Request, system: str | None = None) -> dict:
+    """One turn against a draft template, through the real engine and escalation policy.
+
+    The engine is used only with a place from the API's share (see `engine_place`); `system`
+    is the rendered system prompt when the caller has it already.
+    """
     language = detect_language(text) if language not in ("en", "zh") else language
-    try:
-        system = template.render_system_prompt(language, channel="widget")
-    except TemplateError as exc:
-        raise _invalid(exc) from None
+    if system is None:
+        system = await _system_prompt(template, language)
     request = GenerationRequest(
         (ChatMessage.of("system", system), ChatMessage.of("user", *images, text)),
         max_new_tokens=min(template.generation.max_new_tokens, runtime.settings.max_new_tokens),
         sampling=SamplingParams(temperature=template.generation.temperature, top_p=template.generation.top_p),
     )
     generation, error = None, None
+    ticket = await engine_place(place, runtime)
     try:
         generation = await runtime.engine.generate(request, timeout=runtime.settings.request_timeout_s)
     except EngineError as exc:
         error = exc
+    finally:
+        ticket.release()
     decision = _decide(runtime, template, text, generation, error)
     return {
         "reply": generation.text if generation else "",
@@ -220,15 +273,18 @@ async def get_template(name: str, runtime: RuntimeDep, session: OperatorSession)
     return {"name": name, "published_version": live[0]["version"], "yaml": live[0]["body"]}
 
 
+def _preview(yaml_text: str) -> dict[str, str]:
+    template = Template.from_yaml(yaml_text)
+    return {lang: template.render_system_prompt(lang) for lang in ("en", "zh")}
+
+
 @router.post("/operator/api/validate", summary="Check a draft and preview its system prompts")
 async def validate(body: YamlIn, session: OperatorSession) -> dict:
     try:
-        template = Template.from_yaml(body.yaml)
+        preview = await off_loop(_preview, body.yaml)
     except TemplateError as exc:
-        return {"ok": False, "issues": _issues(exc), "preview": None}
-    try:
-        preview = {lang: template.render_system_prompt(lang) for lang in ("en", "zh")}
-    except TemplateError as exc:
+        if exc.limits:
+            raise _refusal(exc) from None
         return {"ok": False, "issues": _issues(exc), "preview": None}
     return {"ok": True, "issues": [], "preview": preview}
 
@@ -236,7 +292,7 @@ async def validate(body: YamlIn, session: OperatorSession) -> dict:
 @router.post("/operator/api/try", summary="Run a question (and screenshots) against an unsaved draft")
 async def try_it(request: Request, runtime: RuntimeDep, session: OperatorSession) -> dict:
     form = await request.form(max_files=MAX_TRY_IMAGES + 1, max_part_size=runtime.settings.image_max_bytes + 1)
-    template = _parse(str(form.get("yaml") or ""))
+    template = await _parse(str(form.get("yaml") or ""))
     text = str(form.get("text") or "")[: runtime.settings.widget_max_text_chars]
     uploads = [v for k, v in form.multi_items() if k == "images" and hasattr(v, "read")]
     if len(uploads) > MAX_TRY_IMAGES:
@@ -250,29 +306,42 @@ async def try_it(request: Request, runtime: RuntimeDep, session: OperatorSession
         images.append(prepared.image)
     if not text.strip() and not images:
         raise HTTPException(400, detail={"error": "empty", "message": "Type a question or add a screenshot."})
-    return await _run(runtime, template, text, str(form.get("language") or "auto"), images)
+    return await _run(runtime, template, text, str(form.get("language") or "auto"), images, request)
 
 
 @router.post("/operator/api/examples", summary="Run every example of a draft; pass/fail by expected hand-over")
-async def run_examples(body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
-    template = _parse(body.yaml)
-
-    async def one(example) -> dict:
+async def run_examples(request: Request, body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    template = await _parse(body.yaml)
+    turns = []
+    for example in template.examples:
         text = example.text if not example.screenshot else f"{example.text}\n[screenshot: {example.screenshot}]"
-        result = await _run(runtime, template, text, example.language, [])
+        turns.append((example, text, example.language if example.language in ("en", "zh") else detect_language(text)))
+    systems = {language: await _system_prompt(template, language) for language in sorted({t[2] for t in turns})}
+    at_once = asyncio.Semaphore(EXAMPLES_AT_ONCE)
+
+    async def one(example, text: str, language: str) -> dict:
+        async with at_once:
+            result = await _run(runtime, template, text, language, [], request, systems[language])
         outcome = "handover" if result["decision"]["handover"] else "answer"
         return {"text": example.text, "language": example.language, "screenshot": example.screenshot,
                 "expect": example.expect, "outcome": outcome, "reason": result["decision"]["reason"],
                 "confidence": result["confidence"], "reply": result["reply"], "passed": outcome == example.expect}
 
-    results = await asyncio.gather(*(one(example) for example in template.examples))
+    runs = [asyncio.ensure_future(one(*turn)) for turn in turns]
+    try:
+        results = await asyncio.gather(*runs)
+    except BaseException:  # one found no place in time (429), or the request went away: stop the rest
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        raise
     passed = sum(r["passed"] for r in results)
     return {"results": results, "passed": passed, "failed": len(results) - passed}
 
 
 @router.post("/operator/api/templates/{name}/publish", summary="Publish a draft as a new version")
 async def publish(name: str, body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
-    template = _parse(body.yaml)
+    template = await _parse(body.yaml)
     if template.name != name:
         raise HTTPException(422, detail={"error": "invalid_template", "message": "The name in the YAML must stay "
                                          f"'{name}'.", "issues": [{"field": "name", "message": "must not change",
@@ -296,6 +365,11 @@ async def list_versions(name: str, runtime: RuntimeDep, session: OperatorSession
 
 @router.post("/operator/api/templates/{name}/restore", summary="Publish an old version again, as a new version")
 async def restore(name: str, body: RestoreIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    old = await runtime.manager.db(runtime.store._one, "select body from template_versions where name = ? and "
+                                   "version = ?", [name, body.version])
+    if old is not None:
+        await _parse(old["body"])  # a version stored before today's limits may be past them
+
     def apply() -> int | None:
         row = runtime.store._one("select body from template_versions where name = ? and version = ?",
                                  [name, body.version])
