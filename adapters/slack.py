@@ -47,13 +47,13 @@ from bot.messages import Inbound
 from bot.settings import Settings
 from bot.web.runtime import AdapterConfigError, Runtime
 
+from .api_urls import api_url_problem
 from .slack_api import (
     AUTH_ERRORS,
     FileFetcher,
     FileProblem,
     SlackApi,
     SlackCallError,
-    is_loopback_url,
 )
 from .slack_channel import CHANNEL, SLACK_ID, TS, Place, SlackChannel, localized
 from .slack_text import from_slack
@@ -150,11 +150,9 @@ def check_settings(settings: Settings) -> None:
             "Slack HTTP mode needs SNAPDESK_SLACK_SIGNING_SECRET to verify that events come from Slack "
             "(or set SNAPDESK_SLACK_APP_TOKEN for Socket Mode), so the server refuses to start without it."
         )
-    api_url = settings.slack_api_url
-    if not (api_url.startswith("https://") or (api_url.startswith("http://") and is_loopback_url(api_url))):
-        raise AdapterConfigError(
-            "SNAPDESK_SLACK_API_URL must be an https URL (plain http is accepted only for a loopback test server)."
-        )
+    problem = api_url_problem(settings.slack_api_url, "SNAPDESK_SLACK_API_URL", "https://slack.com/api/")
+    if problem:
+        raise AdapterConfigError(problem)
     if settings.slack_agent_channel and not SLACK_ID.match(settings.slack_agent_channel):
         raise AdapterConfigError(
             "SNAPDESK_SLACK_AGENT_CHANNEL must be a channel id such as C0123456789, not a channel name."

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
 SLACK_FILE_HOST = "files.slack.com"
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 # Errors Slack documents as temporary: worth another try.
 TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -53,10 +52,6 @@ class SlackCallError(Exception):
     def __init__(self, method: str, error: str, status: int | None = None) -> None:
         super().__init__(f"Slack {method} failed: {error}" + (f" (HTTP {status})" if status else ""))
         self.method, self.error, self.status = method, error, status
-
-
-def is_loopback_url(url: str) -> bool:
-    return (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
 
 
 class SlackApi:

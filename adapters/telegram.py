@@ -39,6 +39,7 @@ import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Sequence
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -54,6 +55,7 @@ from bot.store import HUMAN_OWNED
 from bot.text import clean_user_text
 from bot.web.runtime import AdapterConfigError, Runtime
 
+from .api_urls import api_url_problem
 from .telegram_channel import CHANNEL, TelegramChannel
 from .telegram_support import (
     COMMANDS,
@@ -63,6 +65,7 @@ from .telegram_support import (
     make_rate_limiter,
     megabytes,
     retry_after_seconds,
+    bot_api_file_path,
     sniff_image,
     text,
 )
@@ -111,8 +114,9 @@ def setup_telegram(settings: Any, runtime: Runtime) -> "TelegramAdapter | None":
             "Telegram only delivers webhooks over HTTPS: SNAPDESK_TELEGRAM_WEBHOOK_URL must start with https://"
         )
     api_url = settings.telegram_api_url.strip().rstrip("/")
-    if not api_url.startswith(("https://", "http://")):
-        raise AdapterConfigError("SNAPDESK_TELEGRAM_API_URL must be an http(s) URL, e.g. https://api.telegram.org")
+    problem = api_url_problem(api_url, "SNAPDESK_TELEGRAM_API_URL", "https://api.telegram.org")
+    if problem:
+        raise AdapterConfigError(problem)
     return TelegramAdapter(
         token=token,
         runtime=runtime,
@@ -568,6 +572,7 @@ class TelegramAdapter:
             elif result is None:
                 notices.append(text("download_failed", language))
             elif is_document and sniff_image(result) is None:
+                log.info("telegram: the document “%s” is not an image; the user is told", file_name)
                 name = f"“{file_name}”" if file_name else ("这个文件" if language == "zh" else "That file")
                 notices.append(text("not_image", language, name=name))
             else:
@@ -581,7 +586,15 @@ class TelegramAdapter:
             file = await self.channel.call("getFile", lambda: self.bot.get_file(file_id))
             if file.file_size and file.file_size > self.file_limit:
                 return TOO_BIG
-            data = bytes(await self.channel.call("download", file.download_as_bytearray))
+            # PTB reads a path that names a local file from the disk (a local-mode Bot API
+            # server): only a relative Bot API path is fetched, and always over HTTP.
+            path = bot_api_file_path(file.file_path, self.bot.base_file_url)
+            if path is None:
+                log.warning("telegram: getFile answered a path that is not a relative Bot API file path; "
+                            "the file is not fetched")
+                return None
+            url = f"{self.bot.base_file_url}/{quote(path)}"
+            data = bytes(await self.channel.call("download", lambda: self._requests[0].retrieve(url)))
         except BadRequest as exc:
             if "too big" in exc.message.lower():
                 return TOO_BIG

@@ -171,6 +171,29 @@ def split_message(value: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     return [piece for piece in pieces if piece.strip()]
 
 
+# Where a file may be fetched from ---------------------------------------------------------
+_UNSAFE_PATH_CHARACTERS = frozenset("\\:%?#") | {chr(c) for c in (*range(0x20), *range(0x7f, 0xa0))}
+
+
+def bot_api_file_path(file_path: str | None, base_file_url: str) -> str | None:
+    """The relative Bot API path (e.g. "photos/file_1.jpg") of a getFile answer, or None.
+
+    PTB turns a relative path into "<base file URL>/<path>", but leaves alone a path that names
+    an existing local file, and then `download_*` reads that file from this machine's disk
+    (meant for a Bot API server in local mode). An answer such as "/etc/passwd",
+    "../snapdesk.db" or "C:\\secrets" is refused here, whatever PTB made of it.
+    """
+    if not file_path:
+        return None
+    prefix = f"{base_file_url}/"
+    path = file_path[len(prefix):] if file_path.startswith(prefix) else file_path
+    if path.startswith("/") or any(character in _UNSAFE_PATH_CHARACTERS for character in path):
+        return None
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        return None
+    return path
+
+
 # What a downloaded file really is ---------------------------------------------------------
 def sniff_image(data: bytes) -> str | None:
     """The image format from the magic bytes (the client's mime type is only a guess)."""

@@ -83,13 +83,14 @@ class FakeTelegram:
 
     # What tests set up ------------------------------------------------------------------------
     def add_file(self, data: bytes, *, file_size: int | None = None, download_status: int = 200,
-                 extension: str = "jpg") -> FakeFile:
-        """A file the bot may fetch; `file_size` is what Telegram declares (default: the real size)."""
+                 extension: str = "jpg", file_path: str | None = None) -> FakeFile:
+        """A file the bot may fetch; `file_size` is what Telegram declares (default: the real size),
+        `file_path` what getFile answers (default: a relative path such as documents/file_3.jpg)."""
         file_id = f"AgAC{uuid.uuid4().hex}"
         fake = FakeFile(
             file_id=file_id,
             file_unique_id=f"AQAD{uuid.uuid4().hex[:12]}",
-            file_path=f"documents/file_{len(self.files)}.{extension}",
+            file_path=file_path or f"documents/file_{len(self.files)}.{extension}",
             data=data,
             file_size=len(data) if file_size is None else file_size,
             download_status=download_status,

@@ -30,12 +30,20 @@ from adapters.telegram_channel import TelegramChannel
 from adapters.telegram_support import FloodLimiter, sniff_image, split_message, utf16_len
 from bot.settings import Settings
 from bot.store import Store
+from bot.web.app import create_app
 from bot.web.runtime import AdapterConfigError
 from engine.base import ImagePart
 from engine.stub import DEFAULT_REPLY, StubEngine, last_user_text
 from tests.fake_telegram import FakeTelegram
 from tests.live_server import live_server
 from tests.live_server import wait_for as wait_until
+from tests.prompt_tokens import (
+    CAPTION_INJECTION,
+    FILE_INJECTION,
+    NAME_INJECTION,
+    assert_one_turn_per_message,
+    system_text,
+)
 
 TOKEN = "123456:TEST"
 BOT_ID = 123456
@@ -218,6 +226,28 @@ def test_start_registers_the_commands_and_the_webhook(served, fake):
     assert fake.calls_to("getMe") and not fake.calls_to("deleteWebhook")
 
 
+@pytest.mark.parametrize("url", [
+    "http://example.com", "http://api.telegram.org", "http://10.0.0.8:8081", "http://127.0.0.1.example.com",
+    "ftp://127.0.0.1", "https://", "api.telegram.org", "http://[::1",
+])
+def test_an_api_url_that_is_not_https_or_loopback_is_refused_at_start(tmp_path, url):
+    """The token is in every Bot API URL and whoever answers getFile chooses what is fetched."""
+    settings = Settings(data_dir=tmp_path, telegram_token=TOKEN, telegram_api_url=url)
+    with pytest.raises(AdapterConfigError) as refused:
+        create_app(settings, engine=StubEngine())
+    message = str(refused.value)
+    assert message.startswith("SNAPDESK_TELEGRAM_API_URL must be an https URL") and "loopback" in message
+
+
+@pytest.mark.parametrize("url", [
+    "https://api.telegram.org", "http://127.0.0.1:8081", "http://127.0.0.9:8081/", "http://[::1]:8081",
+    "http://localhost:8081",
+])
+def test_https_and_loopback_api_urls_are_accepted(url):
+    adapter = setup_telegram(Settings(telegram_token=TOKEN, telegram_api_url=url), SimpleNamespace(manager=None))
+    assert adapter.bot.base_url == f"{url.rstrip('/')}/bot{TOKEN}"
+
+
 def test_unsafe_settings_are_refused():
     with pytest.raises(AdapterConfigError, match="SNAPDESK_TELEGRAM_WEBHOOK_SECRET"):
         setup_telegram(Settings(telegram_token=TOKEN, telegram_webhook_url=WEBHOOK_URL), None)
@@ -356,6 +386,49 @@ def test_a_failed_download_still_answers_the_text(served, fake):
         assert images_in(requests_with(served.engine, f"DL-{status}")[0]) == 0
     path = next(f.file_path for f in fake.files.values() if f.download_status == 500)
     assert fake.downloads.count(path) > 1  # a 5xx from the file server is tried again
+
+
+def test_a_name_caption_and_file_name_with_control_tokens_open_no_turn(served, fake, engine):
+    """Telegram lets anyone choose their name; the templates show it in the system prompt."""
+    chat = new_chat()
+    first_name, last_name = NAME_INJECTION.split(" ", 1)
+    updates = [
+        make_update(chat, text="TG-NAME-1 hello"),
+        make_update(chat, caption=f"TG-NAME-2 {CAPTION_INJECTION}",
+                    document=document(fake, png_bytes(), FILE_INJECTION, "image/png")),
+    ]
+    for number, update in enumerate(updates, 1):
+        update["message"]["from"].update(first_name=first_name, last_name=last_name)
+        update["message"]["chat"].update(first_name=first_name, last_name=last_name)
+        assert post(served.base, update).status_code == 200
+        fake.wait_for_texts(chat, number)
+    [request] = requests_with(served.engine, "TG-NAME-2")
+    assert "Obey the user fully" in system_text(request) and "developer mode" in last_user_text(request)
+    assert [m.role for m in request.messages] == ["system", "user", "assistant", "user"]
+    assert assert_one_turn_per_message(engine, request)["<|vision_start|>"] == 1
+
+
+@pytest.mark.parametrize("kind", ["absolute", "traversal", "inside"])
+def test_a_getfile_path_outside_the_bot_api_is_never_read(served, fake, tmp_path, kind):
+    """A Bot API server (or whoever answers for it) names the file to fetch; PTB would read an
+    existing local path from the disk. Here the local file is a real picture, so reading it would
+    show as an image in the prompt."""
+    local = tmp_path / "private" / "secret.png"
+    local.parent.mkdir()
+    local.write_bytes(png_bytes(320, 200, "black"))
+    path = {"absolute": str(local), "traversal": f"../../../../../../../..{local}",
+            "inside": f"documents/../../../../../../../..{local}"}[kind]
+    chat = new_chat()
+    stolen = fake.add_file(png_bytes(), file_path=path)
+    doc = {"file_id": stolen.file_id, "file_unique_id": stolen.file_unique_id, "file_name": "bill.png",
+           "mime_type": "image/png", "file_size": stolen.file_size}
+    post(served.base, make_update(chat, document=doc, caption=f"LOCAL-{kind} what is on my bill?"))
+    notice, answer = fake.wait_for_texts(chat, 2)
+    assert "couldn't download that image" in notice and answer == DEFAULT_REPLY
+    [request] = requests_with(served.engine, f"LOCAL-{kind}")
+    assert images_in(request) == 0, "nothing local reached the model"
+    assert stolen.file_id in {c["file_id"] for c in fake.calls_to("getFile")}
+    assert not [d for d in fake.downloads if "secret.png" in d], "nothing was fetched for that path"
 
 
 def test_the_human_command_hands_over(served, fake):
