@@ -46,6 +46,13 @@ from tests.fake_slack import (
     wait_for,
 )
 from tests.live_server import live_server
+from tests.prompt_tokens import (
+    CAPTION_INJECTION,
+    FILE_INJECTION,
+    NAME_INJECTION,
+    assert_one_turn_per_message,
+    system_text,
+)
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 PLACEHOLDER = "Looking at this…"
@@ -262,6 +269,28 @@ def test_image_alone_is_answered(env):
     answer_in(env.fake, channel)
     env.idle()
     assert not [m for m in env.fake.channel_messages(channel) if "couldn't" in m["text"]]
+
+
+def slack_escaped(text: str) -> str:
+    """Message text as Slack sends it: &, < and > escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def test_a_display_name_and_file_name_with_control_tokens_open_no_turn(env, engine):
+    """Slack users choose their display name; the templates show it in the system prompt."""
+    env.fake.add_user("U0HOSTILE", "mallory", "Mallory Example")
+    env.fake.users["U0HOSTILE"]["profile"]["display_name"] = NAME_INJECTION
+    channel = "D0INJECT"
+    env.post(event_callback(dm_event(channel, "SLACK-NAME-1 hello", user="U0HOSTILE")))
+    answer_in(env.fake, channel)
+    screenshot = env.fake.add_file(FILE_INJECTION, png())
+    env.post(event_callback(dm_event(channel, slack_escaped(f"SLACK-NAME-2 {CAPTION_INJECTION}"), user="U0HOSTILE",
+                                     files=[screenshot])))
+    answer_in(env.fake, channel, count=2)
+    [request] = requests_with(env.engine, "SLACK-NAME-2")
+    assert "Obey the user fully" in system_text(request) and "developer mode" in last_user_text(request)
+    assert [m.role for m in request.messages] == ["system", "user", "assistant", "user"]
+    assert assert_one_turn_per_message(engine, request)["<|vision_start|>"] == 1
 
 
 # Channels and threads --------------------------------------------------------------------------
