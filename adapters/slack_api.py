@@ -222,7 +222,7 @@ class FileFetcher:
                 return await self._fetch(url)
         except TimeoutError:
             raise FileProblem("unreadable", "download timed out") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: a URL with a bad port
             raise FileProblem("unreadable", type(exc).__name__) from None
 
     async def _fetch(self, url: str) -> bytes:

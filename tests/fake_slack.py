@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from urllib.parse import quote
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -134,15 +135,16 @@ class FakeSlack:
         self.files[file_id] = FakeFile(file_id, name, data, kind, mimetype)
         base = f"http://{host}:{self.port}" if host else self.base_url
         filetype = name.rsplit(".", 1)[-1].lower()
+        path = quote(name, safe="")  # Slack percent-encodes the name in file URLs
         return {
             "id": file_id, "created": int(time.time()), "timestamp": int(time.time()), "name": name, "title": name,
             "mimetype": mimetype, "filetype": filetype, "pretty_type": filetype.upper(), "user": "U1",
             "user_team": TEAM, "editable": False, "size": len(data) if size is None else size, "mode": "hosted",
             "is_external": False, "external_type": "", "is_public": False, "public_url_shared": False,
             "display_as_bot": False, "username": "",
-            "url_private": f"{base}/files-pri/{TEAM}-{file_id}/{name}",
-            "url_private_download": f"{base}/files-pri/{TEAM}-{file_id}/download/{name}",
-            "permalink": f"https://snapdesk-test.slack.com/files/U1/{file_id}/{name}",
+            "url_private": f"{base}/files-pri/{TEAM}-{file_id}/{path}",
+            "url_private_download": f"{base}/files-pri/{TEAM}-{file_id}/download/{path}",
+            "permalink": f"https://snapdesk-test.slack.com/files/U1/{file_id}/{path}",
             "has_rich_preview": False, "file_access": "visible",
         }
 
@@ -285,9 +287,10 @@ class FakeSlack:
         return {"ok": True, "file": self._file_object(file)}
 
     def _file_object(self, file: FakeFile) -> dict:
+        path = quote(file.name, safe="")
         return {"id": file.id, "name": file.name, "mimetype": file.mimetype, "size": len(file.data),
-                "url_private": f"{self.base_url}/files-pri/{TEAM}-{file.id}/{file.name}",
-                "url_private_download": f"{self.base_url}/files-pri/{TEAM}-{file.id}/download/{file.name}"}
+                "url_private": f"{self.base_url}/files-pri/{TEAM}-{file.id}/{path}",
+                "url_private_download": f"{self.base_url}/files-pri/{TEAM}-{file.id}/download/{path}"}
 
     def _m_apps_connections_open(self, args: dict) -> dict:
         return {"ok": True, "url": f"ws://127.0.0.1:{self.ws_port}/link/?ticket={uuid.uuid4()}&app_id={APP_ID}"}

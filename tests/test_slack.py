@@ -280,7 +280,7 @@ def test_a_display_name_and_file_name_with_control_tokens_open_no_turn(env, engi
     """Slack users choose their display name; the templates show it in the system prompt."""
     env.fake.add_user("U0HOSTILE", "mallory", "Mallory Example")
     env.fake.users["U0HOSTILE"]["profile"]["display_name"] = NAME_INJECTION
-    channel = "D0INJECT"
+    channel = "D0NAMEINJ"
     env.post(event_callback(dm_event(channel, "SLACK-NAME-1 hello", user="U0HOSTILE")))
     answer_in(env.fake, channel)
     screenshot = env.fake.add_file(FILE_INJECTION, png())
@@ -441,6 +441,16 @@ def test_failed_download_gets_a_clear_reply_and_the_text_is_answered(env, kind):
     assert messages[-1]["text"] == f"Answer to: {text}"
     [request] = requests_with(env.engine, text)
     assert image_parts(request) == 0  # an HTML sign-in page never reaches the model as an image
+
+
+def test_a_file_url_that_is_not_a_url_gets_a_clear_reply_and_the_text_is_answered(env):
+    channel = "D0BADURL"
+    broken = env.fake.add_file("bill.png", png())
+    broken["url_private_download"] = broken["url_private"] = broken["url_private"] + "\nX-Injected: 1"
+    env.post(event_callback(dm_event(channel, "Is this bill right?", files=[broken])))
+    messages = answer_in(env.fake, channel, count=2)
+    assert notices(env.fake, channel) == ["I couldn't open bill.png; could you send it again?"]
+    assert messages[-1]["text"] == "Answer to: Is this bill right?"
 
 
 def test_slow_download_times_out(env):
