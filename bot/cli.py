@@ -329,9 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: bool, command: str) -> None:
     server = command == "serve"
-    logging.basicConfig(
-        level=logging.INFO if verbose or server else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if server else "%(levelname)s %(name)s: %(message)s",
+    from .log_format import configure_logging  # user-chosen text is logged escaped, never as a new line
+
+    configure_logging(
+        logging.INFO if verbose or server else logging.WARNING,
+        "%(asctime)s %(levelname)s %(name)s: %(message)s" if server else "%(levelname)s %(name)s: %(message)s",
     )
     if server:
         return  # the server log shows model loading progress
