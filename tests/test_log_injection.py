@@ -112,7 +112,7 @@ def test_hostile_names_and_file_names_write_no_line_into_the_server_log(tmp_path
     assert not any(c in log for c in "\r\x1b\x07\u2028\x85\x7f\u202e"), "no control character reached the log"
 
 
-def test_the_formatter_escapes_the_message_and_keeps_the_traceback(caplog):
+def test_the_formatter_escapes_the_message_and_keeps_the_traceback():
     formatter = EscapingFormatter("%(levelname)s %(name)s: %(message)s")
     record = logging.LogRecord("adapters.slack", logging.INFO, __file__, 1, "file %s: %r", (HOSTILE, HOSTILE), None)
     line = formatter.format(record)
@@ -134,8 +134,8 @@ def test_uvicorn_lines_are_escaped_in_their_own_layout():
                               (FORGED, ValueError(FORGED)), None)
     for record in (access, error):
         assert ESCAPE_ARGUMENTS.filter(record)
-    access_line = uvicorn.logging.AccessFormatter('%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s',
-                                                  use_colors=True).format(access)
+    layout = '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'
+    access_line = uvicorn.logging.AccessFormatter(layout, use_colors=True).format(access)
     error_line = uvicorn.logging.DefaultFormatter("%(levelprefix)s %(message)s", use_colors=False).format(error)
     assert "\n" not in access_line and "/widget\\n2026-12-07 INFO forged line" in access_line
     assert "\x1b[" in access_line, "uvicorn's own colours stay"

@@ -163,3 +163,31 @@ def test_the_widget_keeps_control_tokens_in_text_and_file_names_as_text(tmp_path
     assert [m.role for m in request.messages] == ["system", "user", "assistant", "user"]
     counts = assert_one_turn_per_message(engine, request)
     assert counts["<|vision_start|>"] == 2
+
+
+def test_stand_ins_agent_names_and_earlier_answers_open_no_turn_whatever_they_say(tmp_path, engine):
+    """Everything the context builder puts around the user's words: screenshot stand-ins with
+    their descriptions, an agent's name on a reply, earlier answers."""
+    from bot.context import ContextBuilder, ContextOptions
+    from engine.base import SamplingParams
+
+    @dataclasses.dataclass
+    class Attachment:
+        path: object
+        width: int = 640
+        height: int = 480
+        description: str | None = None
+
+    at = "2026-12-07T09:00:00+00:00"
+    history = [
+        {"role": "user", "text": "first", "attachment_ids": "[1]", "created_at": at},
+        {"role": "bot", "text": f"It shows an error.{CAPTION_INJECTION}", "created_at": at},
+        {"role": "agent", "text": "Hello, I am here.", "author": NAME_INJECTION, "created_at": at},
+    ]
+    new = {"role": "user", "text": "second", "attachment_ids": "[]", "created_at": at}
+    attachments = {1: Attachment(tmp_path / "gone.png", description=f"{FILE_INJECTION} {NAME_INJECTION}")}
+    request, stats = ContextBuilder(engine, ContextOptions()).build(
+        "You are the support assistant.", history, new, attachments, max_new_tokens=8, sampling=SamplingParams())
+    assert stats.stand_ins == 1
+    assert [m.role for m in request.messages] == ["system", "user", "assistant", "assistant", "user"]
+    assert_one_turn_per_message(engine, request)
