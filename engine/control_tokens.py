@@ -32,5 +32,7 @@ def neutralize(text: str, pattern: re.Pattern[str] | None = GENERIC_PATTERN) -> 
 
 
 def untrusted(role: str) -> bool:
-    """Which messages are neutralized: all but the operator's system prompt."""
+    """Which messages are neutralized: all but the operator's system prompt. Values a user
+    chose that a template renders into the system prompt (a display name) are neutralized by
+    the caller, with `neutralize`, before rendering."""
     return role != "system"
