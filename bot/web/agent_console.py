@@ -21,6 +21,7 @@ from ..store import CLAIMED, WAITING, Store
 from ..text import clean_user_text
 from .auth import SESSION_COOKIE, console_page, current_session, require
 from .console_events import session_is_open
+from .params import FilterName, RowId
 from .runtime import RuntimeDep
 from .stream_caps import CappedStreamingResponse, check_caps
 
@@ -166,7 +167,7 @@ async def agent_page(session: Annotated[Session | None, Depends(current_session)
 
 
 @router.get("/agent/conversations/{conversation_id}", include_in_schema=False)
-async def conversation_link(conversation_id: int,
+async def conversation_link(conversation_id: RowId,
                             session: Annotated[Session | None, Depends(current_session)]) -> Response:
     """A shareable address for one conversation (the page itself keeps it after the #)."""
     page = console_page(session, "agent", "/agent", "agent.html")
@@ -176,13 +177,13 @@ async def conversation_link(conversation_id: int,
 
 
 @router.get("/agent/api/queue", summary="Conversations waiting for (or owned by) a person")
-async def queue(runtime: RuntimeDep, session: AgentSession, channel: str | None = None,
-                reason: str | None = None) -> dict:
+async def queue(runtime: RuntimeDep, session: AgentSession, channel: FilterName = None,
+                reason: FilterName = None) -> dict:
     return {"conversations": await runtime.manager.db(queue_rows, runtime.store, channel, reason)}
 
 
 @router.get("/agent/api/conversations/{conversation_id}", summary="One conversation with everything in it")
-async def conversation(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
+async def conversation(conversation_id: RowId, runtime: RuntimeDep, session: AgentSession) -> dict:
     found = await runtime.manager.db(thread, runtime.store, conversation_id)
     if found is None:
         raise _not_found()
@@ -205,7 +206,7 @@ class TransferIn(BaseModel):
 
 
 @router.post("/agent/api/conversations/{conversation_id}/claim", summary="Take a waiting conversation")
-async def claim(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
+async def claim(conversation_id: RowId, runtime: RuntimeDep, session: AgentSession) -> dict:
     if not await runtime.manager.claim(conversation_id, session.user.name):
         found = await _existing(runtime, conversation_id)
         if found["status"] == CLAIMED and found["assigned_agent"] == session.user.name:
@@ -217,31 +218,31 @@ async def claim(conversation_id: int, runtime: RuntimeDep, session: AgentSession
 
 
 @router.post("/agent/api/conversations/{conversation_id}/reply", summary="Reply to the user on their channel")
-async def reply(conversation_id: int, body: TextIn, runtime: RuntimeDep, session: AgentSession) -> dict:
+async def reply(conversation_id: RowId, body: TextIn, runtime: RuntimeDep, session: AgentSession) -> dict:
     message_id = await runtime.manager.agent_reply(conversation_id, session.user.name, body.text, _is_admin(session))
     return {"message_id": message_id}
 
 
 @router.post("/agent/api/conversations/{conversation_id}/note", summary="An internal note (agents only)")
-async def note(conversation_id: int, body: TextIn, runtime: RuntimeDep, session: AgentSession) -> dict:
+async def note(conversation_id: RowId, body: TextIn, runtime: RuntimeDep, session: AgentSession) -> dict:
     return {"message_id": await runtime.manager.add_note(conversation_id, session.user.name, body.text,
                                                           _is_admin(session))}
 
 
 @router.post("/agent/api/conversations/{conversation_id}/resolve", summary="Close the conversation")
-async def resolve(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
+async def resolve(conversation_id: RowId, runtime: RuntimeDep, session: AgentSession) -> dict:
     await runtime.manager.resolve(conversation_id, session.user.name, _is_admin(session))
     return {"ok": True}
 
 
 @router.post("/agent/api/conversations/{conversation_id}/hand-back", summary="Let the bot answer again")
-async def hand_back(conversation_id: int, runtime: RuntimeDep, session: AgentSession) -> dict:
+async def hand_back(conversation_id: RowId, runtime: RuntimeDep, session: AgentSession) -> dict:
     await runtime.manager.hand_back(conversation_id, session.user.name, _is_admin(session))
     return {"ok": True}
 
 
 @router.post("/agent/api/conversations/{conversation_id}/transfer", summary="Give the conversation to another agent")
-async def transfer(conversation_id: int, body: TransferIn, runtime: RuntimeDep, session: AgentSession) -> dict:
+async def transfer(conversation_id: RowId, body: TransferIn, runtime: RuntimeDep, session: AgentSession) -> dict:
     target = await runtime.manager.db(runtime.accounts.user, body.agent)
     if target is None or not target.can("agent"):
         raise HTTPException(400, detail={"error": "no_such_agent", "message": "There is no active agent of that name."})

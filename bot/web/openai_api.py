@@ -39,6 +39,7 @@ import binascii
 import json
 import logging
 import math
+import re
 import time
 import uuid
 import weakref
@@ -71,6 +72,7 @@ from .runtime import Runtime, RuntimeDep
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES = 1000
+MAX_JSON_DEPTH = 64  # a chat request needs 4 (body, messages, a message, its parts)
 MAX_IMAGES = 8  # images in one request
 API_QUEUE_SHARE = 0.5  # of the engine queue that API requests may hold at once
 RETRY_AFTER_BUSY_S = 1
@@ -152,7 +154,30 @@ def encoded_limit(max_bytes: int) -> int:
     return 4 * math.ceil(max_bytes / 3) + 1024
 
 
+# Strings (escapes included) are removed before brackets are counted: a "[" inside one is text.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def nesting_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether valid JSON nests arrays and objects more than `limit` deep. Each pass removes the
+    innermost pairs, so a document `limit` deep is gone after `limit` passes (in C, not per byte)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(_BRACKETS, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"()", b"")
+    return bool(brackets)
+
+
+def too_deep() -> ApiError:
+    return invalid(f"The JSON body is nested too deeply (at most {MAX_JSON_DEPTH} levels of arrays and objects).",
+                   code="json_too_deep")
+
+
 async def read_json(request: Request, limit: int) -> dict:
+    """The request's JSON object: at most `limit` bytes and `MAX_JSON_DEPTH` levels, else 413 or 400."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"The request body is larger than {limit // (1024 * 1024)} MB.", code="request_too_large")
@@ -163,10 +188,15 @@ async def read_json(request: Request, limit: int) -> dict:
             raise ApiError(413, f"The request body is larger than {limit // (1024 * 1024)} MB.",
                            code="request_too_large")
         chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
+    except RecursionError:
+        raise too_deep() from None
     except (ValueError, UnicodeDecodeError):
         raise invalid("We could not parse the JSON body of your request.") from None
+    if nesting_exceeds(raw, MAX_JSON_DEPTH):
+        raise too_deep()
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
     return body
