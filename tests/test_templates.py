@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from jinja2.exceptions import SecurityError
 
+from bot import template_limits as templates_limits
 from bot import templates
 from bot.templates import (
     BUILTIN_VARIABLES,
@@ -249,6 +251,138 @@ def test_runtime_errors_become_template_errors(billing):
     issue = caught.value.errors[0]
     assert issue.field == "handover_messages.en" and issue.line == 2
     assert "could not be rendered" in issue.message and "Traceback" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Only plain data becomes text
+
+LEAKS = [
+    "{{ company[k]|string }}",
+    "{{ company[k] }}",
+    "{{ company[k] ~ '' }}",
+    "{{ company[k]|upper }}",
+    "{{ company[k]|truncate(30) }}",
+    "{{ company[k]|wordcount }}",
+    "{{ company[k]|default('x') }}",
+    "{{ 'x'|default(company[k]) }}",
+    "{{ [company[k]]|first }}",
+    "{{ {'a': company}[d] }}",
+    "{{ [1, 2][j] }}",
+    "{% if company[k] %}yes{% endif %}",
+]
+
+
+@pytest.mark.parametrize("source", LEAKS)
+def test_no_object_representation_reaches_rendered_text(billing, source):
+    template = variant(billing, system_prompt={"en": source, "zh": billing.system_prompt["zh"]},
+                       variables={**billing.variables, "k": "upper", "d": "items", "j": "append"})
+    with pytest.raises(TemplateError) as caught:
+        template.render_system_prompt("en")
+    message = str(caught.value)
+    assert "a function or method" in message and "only show text, numbers" in message
+    for leak in ("0x", "built-in", "<", "object at"):
+        assert leak not in message
+    assert any("a function or method" in issue.message for issue in template.validate())
+
+
+def test_the_environment_refuses_objects_even_unchecked():
+    # below the static checks: attribute lookups, output and filters each refuse anything but plain data
+    for source in ("{{ x.upper }}", "{{ x['upper']|string }}", "{{ y }}", "{{ y|string }}", "{{ [y]|string }}",
+                   "{{ y ~ '' }}"):
+        unchecked = templates._Compiled(templates.ENVIRONMENT.from_string(source), ())
+        with pytest.raises(TemplateError) as caught:
+            templates._run(unchecked, {"x": "text", "y": object()}, "system_prompt.en")
+        assert "0x" not in str(caught.value) and "object at" not in str(caught.value), source
+
+
+def test_plain_data_still_renders(billing):
+    source = ("{{ ['a', 1, 2.5, none, true] }} {{ {'k': company} }} {{ company[0] }}{{ company[1:3] }} "
+              "{{ (company ~ ' ' ~ product)|upper }} {{ company|length * 2 }} {{ '-' * 3 }} {{ 2 ** 10 }}")
+    template = variant(billing, system_prompt={"en": source, "zh": billing.system_prompt["zh"]})
+    assert template.render_system_prompt("en") == (
+        "['a', 1, 2.5, None, True] {'k': 'Acme'} Acm ACME ACME CLOUD 8 --- 1024"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits: what reading and rendering may cost
+
+BIG = "a" * 60_000
+LIMIT_TRICKS = [
+    ("{{ " + "(" * 100 + "company" + ")" * 100 + " }}", "brackets nested more than 20 deep"),
+    ("{% if company %}" * 30 + "x" + "{% endif %}" * 30, "blocks nested more than 20 deep"),
+    ("{{ " + "not " * 30 + "company }}", "more than 20 operators in a row"),
+    ("{{ " + "-" * 30 + "1 }}", "more than 20 operators in a row"),
+    ("{{ " + " + ".join(["company"] * 50) + " }}", "an expression is too complex"),
+    ("{{ company" + "|trim" * 50 + " }}", "an expression is too complex"),
+    ("{{ big ~ big }}", "joining text with ~ beyond 100000 characters"),
+    ("{{ big + big }}", "joining text with + beyond 100000 characters"),
+    ("{{ [big] + [big] }}", "joining text with + beyond 100000 characters"),
+    ("{{ [big] * 2 }}", "repeating text beyond 10000 characters"),
+    ("{{ [[company] * 100] * 100 }}", "repeating text beyond 10000 characters"),
+    ("{{ [big, big]|string }}", "the value given to the 'string' filter is longer than 100000 characters"),
+    ("{{ [big, big] }}", "the rendered text is longer than 100000 characters"),
+    ("{{ 2 ** 100000 }}", "powers above 64"),
+    ("x" * 50_001, "the text is longer than 50000 characters"),
+]
+
+
+@pytest.mark.parametrize(("source", "problem"), LIMIT_TRICKS)
+def test_limits_are_refused_as_limits(billing, source, problem):
+    template = variant(billing, system_prompt={"en": source, "zh": billing.system_prompt["zh"]},
+                       variables={**billing.variables, "big": BIG})
+    with pytest.raises(TemplateError) as caught:
+        template.render_system_prompt("en")
+    assert problem in str(caught.value)
+    assert caught.value.limits and all(issue.field == "system_prompt.en" for issue in caught.value.limits)
+    assert any(problem in issue.message and issue.limit for issue in template.validate())
+
+
+def test_what_a_template_needs_stays_within_the_limits(billing):
+    source = ("{% if company %}" * 20 + "{{ " + "(" * 20 + "company" + ")" * 20 + " }}" + "{% endif %}" * 20
+              + "{{ " + " ~ ".join(["company"] * 500) + " }}{{ company" + "|trim" * 30 + " }}{{ big|length }}"
+              + "{{ big|truncate(20) }}")
+    template = variant(billing, system_prompt={"en": source, "zh": billing.system_prompt["zh"]},
+                       variables={**billing.variables, "big": "a" * 200_000})
+    assert template.render_system_prompt("en").startswith("Acme" * 502 + "200000aaa")
+
+
+def test_a_render_stops_at_its_time_budget(billing, monkeypatch):
+    monkeypatch.setattr(templates_limits, "MAX_RENDER_SECONDS", -1.0)
+    with pytest.raises(TemplateError) as caught:
+        billing.render_system_prompt("en")
+    assert "rendering took longer than" in str(caught.value) and caught.value.limits
+
+
+@pytest.mark.parametrize(
+    ("tail", "problem", "line"),
+    [
+        ("extra: " + "[" * 10_000 + "]" * 10_000 + "\n", "nested more than 24 levels deep", 0),
+        ("extra: " + "{a: " * 100 + "1" + "}" * 100 + "\n", "nested more than 24 levels deep", 0),
+        ("extra:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 40)) + " " * 40 + "v: 1\n",
+         "nested more than 24 levels deep", 24),
+        ("extra:\n" + "- " * 3_000 + "x\n", "nested more than 24 levels deep", 1),
+        ("extra: [" + ",".join(["1"] * 10_000) + "]\n", "the document holds more than 5000 values", 0),
+        ("extra: " + "x" * 140_000 + "\n", "the template is longer than 131072 characters", None),
+    ],
+)
+def test_yaml_is_read_within_limits(billing, tail, problem, line):
+    text = billing.to_yaml()
+    started = time.perf_counter()
+    with pytest.raises(TemplateError) as caught:
+        Template.from_yaml(text + tail)
+    assert time.perf_counter() - started < 1.0
+    issue, = caught.value.errors
+    assert issue.field == "yaml" and problem in issue.message and issue.limit
+    assert issue.line == (None if line is None else text.count("\n") + 1 + line)
+
+
+def test_at_most_200_examples(billing):
+    examples = [{"text": f"Why was I charged {i} times?", "expect": "answer"} for i in range(201)]
+    with pytest.raises(TemplateError) as caught:
+        Template.from_dict({**billing.to_dict(), "examples": examples})
+    assert [issue.message for issue in caught.value.limits] == ["at most 200 examples (this template has 201)"]
+    assert Template.from_dict({**billing.to_dict(), "examples": examples[:200]}).examples[199].text.endswith("199 times?")
 
 
 # ---------------------------------------------------------------------------------------------
