@@ -60,12 +60,12 @@ from .telegram_channel import CHANNEL, TelegramChannel
 from .telegram_support import (
     COMMANDS,
     DOWNLOAD_LIMIT,
+    bot_api_file_path,
     install_redaction,
     language_of,
     make_rate_limiter,
     megabytes,
     retry_after_seconds,
-    bot_api_file_path,
     sniff_image,
     text,
 )
