@@ -176,43 +176,74 @@ def _accounts(args: argparse.Namespace):
     return Accounts(_settings_for_data(args).open_store())
 
 
-def _read_password(args: argparse.Namespace) -> str:
+def _read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
     import getpass
 
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("Password: ")
+    first = getpass.getpass(prompt)
     if getpass.getpass("Repeat the password: ") != first:
         raise ValueError("the two passwords differ")
     return first
 
 
+def _released(ids: list[int]) -> str:
+    if not ids:
+        return ""
+    return f"; {len(ids)} claimed conversation{'s' if len(ids) != 1 else ''} went back to the queue"
+
+
 def cmd_user(args: argparse.Namespace) -> int:
-    from .accounts import AccountError
+    """Account changes straight in the database (a running server sees them at the next request;
+    its open console pages end within a keep-alive interval)."""
+    from .accounts import AccountError, hash_password
     from .store import StoreError
 
+    accounts = None
     try:
         accounts = _accounts(args)
-        if args.user_command == "add":
+        command = args.user_command
+        if command in ("add", "reset-password"):
             try:
-                password = _read_password(args)
+                password = _read_password(args, "Password: " if command == "add" else "Temporary password: ")
             except ValueError as exc:
                 return _fail(str(exc), EXIT_USAGE)
+        if command == "add":
             user = accounts.add_user(args.name, args.role, password, display_name=args.display_name)
             print(f"added {user.role} {user.name}" + (f" ({user.display_name})" if args.display_name else ""))
-        elif args.user_command == "list":
+        elif command == "list":
             users = accounts.users()
             if not users:
                 print("no users yet: add one with `snapdesk user add NAME --role admin`")
             for user in users:
-                print(f"{user.name}\t{user.role}\t{'disabled' if user.disabled else 'active'}")
+                flags = "\tmust change password" if user.must_change_password else ""
+                print(f"{user.name}\t{user.role}\t{'disabled' if user.disabled else 'active'}\t{user.display_name}{flags}")
+        elif command == "disable":
+            released = accounts.disable_user(args.name)
+            print(f"disabled {args.name}; their sessions are closed{_released(released)}")
+        elif command == "enable":
+            accounts.enable_user(args.name)
+            print(f"enabled {args.name}; they can sign in again")
+        elif command == "role":
+            user, released = accounts.set_role(args.name, args.role)
+            print(f"{user.name} is now an {user.role}{_released(released)}")  # agent, operator, admin
+        elif command == "display-name":
+            user = accounts.set_display_name(args.name, args.display_name)
+            print(f"users now see {user.name} as {user.display_name}")
+        elif command == "reset-password":
+            ended = accounts.set_password(args.name, hash_password(password), must_change=True, actor="cli")
+            print(f"set a temporary password for {args.name}; they must choose their own at the next sign-in "
+                  f"({ended} session{'s' if ended != 1 else ''} ended)")
         else:
-            accounts.disable_user(args.name)
-            print(f"disabled {args.name}; their sessions are closed")
+            ended = accounts.end_sessions(args.name)
+            print(f"signed {args.name} out everywhere ({ended} session{'s' if ended != 1 else ''} ended)")
     except AccountError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except StoreError as exc:
         return _fail(str(exc))
+    finally:
+        if accounts is not None:
+            accounts.store.close()
     return 0
 
 
@@ -294,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_option(chat)
     chat.set_defaults(func=cmd_chat)
 
-    user = commands.add_parser("user", help="console accounts: add, list, disable")
+    user = commands.add_parser(
+        "user", help="console accounts: add, list, disable, enable, role, display-name, reset-password, sign-out")
     user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     add = user_commands.add_parser("add", help="add a user (the password is asked for, or read from stdin)")
     add.add_argument("name")
@@ -302,10 +334,27 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     add.add_argument("--display-name", metavar="NAME",
                      help="the name users see on this agent's replies (default: the user name)")
-    listing = user_commands.add_parser("list", help="list users, their roles and whether they are active")
-    disable = user_commands.add_parser("disable", help="disable a user and close their sessions")
+    listing = user_commands.add_parser("list", help="list users, their roles, whether they are active, display names")
+    disable = user_commands.add_parser(
+        "disable", help="disable a user, close their sessions and put their claimed conversations back in the queue")
     disable.add_argument("name")
-    for sub in (add, listing, disable):
+    enable = user_commands.add_parser("enable", help="let a disabled user sign in again")
+    enable.add_argument("name")
+    role = user_commands.add_parser("role", help="change a user's role (an operator's claims go back to the queue)")
+    role.add_argument("name")
+    role.add_argument("role", choices=["agent", "operator", "admin"])
+    display = user_commands.add_parser("display-name", help="set the name users see on an agent's replies")
+    display.add_argument("name")
+    display.add_argument("display_name", metavar="DISPLAY_NAME")
+    reset = user_commands.add_parser(
+        "reset-password",
+        help="set a temporary password (asked for, or read from stdin): the user is signed out and must "
+             "choose their own at the next sign-in")
+    reset.add_argument("name")
+    reset.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    sign_out = user_commands.add_parser("sign-out", help="end every session of a user")
+    sign_out.add_argument("name")
+    for sub in (add, listing, disable, enable, role, display, reset, sign_out):
         _data_option(sub)
     user.set_defaults(func=cmd_user)
 
