@@ -35,6 +35,7 @@ from ..template_work import off_loop
 from ..templates import Template, TemplateError
 from .auth import console_page, current_session, require
 from .openai_api import ApiError, Ticket, api_share
+from .params import Days, RowIdField
 from .runtime import Runtime, RuntimeDep
 
 OperatorSession = Annotated[Session, Depends(require("operator"))]
@@ -50,7 +51,7 @@ class YamlIn(BaseModel):
 
 
 class RestoreIn(BaseModel):
-    version: int
+    version: RowIdField
 
 
 class ChannelIn(BaseModel):
@@ -402,5 +403,5 @@ async def set_channel(body: ChannelIn, runtime: RuntimeDep, session: OperatorSes
 
 @router.get("/operator/api/stats",
             summary="How the bot does: volume, hand-overs, latency, confidence, the users' feedback")
-async def get_stats(runtime: RuntimeDep, session: OperatorSession, days: int = 14) -> dict:
+async def get_stats(runtime: RuntimeDep, session: OperatorSession, days: Days = 14) -> dict:
     return await runtime.manager.db(stats, runtime.store, max(1, min(days, 365)))
