@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
 
 import httpx
 import pytest
+import yaml
 from PIL import Image
 
 from bot.accounts import Accounts
 from bot.store import Store
 from engine.base import ImagePart
+from engine.loading import LoadOptions
 from engine.stub import StubEngine
-from tests.live_server import live_server
+from engine.transformers_engine import TransformersEngine
+from tests.live_server import live_server, wait_for
 from tests.test_agent_console import PASSWORD, ROLES, signed_in
 
 ENGINE = StubEngine(reply="Your membership renewed automatically for 88.", confidence=0.83)
@@ -174,3 +178,78 @@ def test_statistics_count_the_widget_feedback_and_show_the_latest_comments(serve
     assert [c["comment"] for c in comments] == [f"comment {e} <b>as text</b>" for e in (11, 10, 9, 7, 6, 5, 3, 2, 1)]
     assert all(c["conversation_id"] == conversation["id"] for c in comments)
     assert [c["helpful"] for c in comments[:3]] == [False, False, True]
+
+
+def short_draft(base_yaml: str, examples: int, max_new_tokens: int) -> str:
+    """A valid draft with a short prompt (fast on the tiny model) and many examples."""
+    data = yaml.safe_load(base_yaml)
+    data["system_prompt"] = {"en": "You help users of {{ company }}. If unsure, write {{ decline_marker }}.",
+                             "zh": "你为 {{ company }} 的用户提供帮助。没有把握时，写 {{ decline_marker }}。"}
+    data["generation"]["max_new_tokens"] = max_new_tokens
+    data["examples"] = [{"text": f"Why was I charged {i + 1} times?", "expect": "answer", "language": "en"}
+                        for i in range(examples)]
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+def test_running_many_examples_leaves_the_engine_queue_to_customers(tmp_path, tiny_model_dir):
+    # The real engine with a queue of 4 waiting requests; a customer's turn waits at most 0.3 s for room
+    # in it before going to a person as "busy". Before, "run all examples" sent every example to the
+    # engine at once: the queue filled and the customers writing meanwhile were handed over as busy.
+    accounts = Accounts(Store(tmp_path))
+    accounts.add_user("operator", "operator", PASSWORD)
+    engine = TransformersEngine(LoadOptions(model=str(tiny_model_dir)), max_queue=4, max_batch_size=1,
+                                batch_window_ms=0.0)
+    with live_server(tmp_path, engine=engine, queue_size=4, busy_wait_s=0.3, max_new_tokens=48,
+                     login_rate_per_ip=1000, widget_rate_per_ip=10_000) as (base, app):
+        operator = signed_in(base, "operator")
+        draft = short_draft(operator.get("/operator/api/templates/billing").json()["yaml"], 8, 48)
+        run: dict = {}
+        runner = threading.Thread(target=lambda: run.update(
+            response=operator.post("/operator/api/examples", json={"yaml": draft}, timeout=120)))
+        runner.start()
+        wait_for(lambda: engine.worker.busy_for_s > 0, timeout=30, what="the first example to be generating")
+        visitors = []
+        for i in range(2):
+            token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            sent = httpx.post(f"{base}/widget/api/messages", headers=headers,
+                              data={"client_message_id": f"queue-{i:04d}", "text": "Why was I charged?"})
+            assert sent.status_code == 202
+            visitors.append(headers)
+
+        def answered(headers):
+            conversation = httpx.get(f"{base}/widget/api/conversation", headers=headers).json()
+            replies = [m for m in conversation["messages"] if m["role"] != "user"]
+            return not conversation["working"] and replies
+
+        for headers in visitors:
+            wait_for(lambda: answered(headers), timeout=60, what="the customer's turn")
+        runner.join(timeout=120)
+        reasons = [row["reason"] for row in app.state.runtime.store._all("select reason from escalations")]
+        assert "busy" not in reasons, reasons
+        assert run["response"].status_code == 200, run["response"].text
+        results = run["response"].json()["results"]
+        assert len(results) == 8 and all(r["reason"] != "busy" for r in results), [r["reason"] for r in results]
+        assert app.state.openai_api_share.active == 0, "every place taken for an example was given back"
+
+
+def test_examples_get_a_clear_429_when_the_api_holds_every_place(server, monkeypatch):
+    base, app = server
+    operator = signed_in(base, "operator")
+    draft = billing_yaml(operator)
+    operator.post("/operator/api/examples", json={"yaml": draft})  # the first run creates the shared budget
+    share = app.state.openai_api_share
+    monkeypatch.setattr("bot.web.operator_console.PLACE_WAIT_S", 0.2)
+    asked = len(ENGINE.requests)
+    taken = share.active
+    share.active = share.limit  # as if API clients held every place
+    try:
+        refused = operator.post("/operator/api/examples", json={"yaml": draft})
+        tried = operator.post("/operator/api/try", data={"yaml": draft, "text": "Why was I charged?"})
+    finally:
+        share.active = taken
+    for response in (refused, tried):
+        assert response.status_code == 429 and response.headers["retry-after"] == "1"
+        assert response.json()["error"] == "busy" and "kept for customers" in response.json()["message"]
+    assert len(ENGINE.requests) == asked
+    assert operator.post("/operator/api/examples", json={"yaml": draft}).status_code == 200
