@@ -125,3 +125,88 @@ def test_admin_sets_the_display_name_users_see(browser, server):
     assert accounts.user("wen").display_name == "Wen Li"
     admin.screenshot(path=str(SHOTS / "admin-display-names.png"))
     assert admin.evaluate("() => document.querySelectorAll('[data-testid=users] b').length") == 0
+
+
+def test_admin_manages_an_account_from_the_users_tab(browser, server):
+    from bot.store import CLAIMED, WAITING
+    from tests.browser import open_page
+
+    base, accounts = server
+    accounts.add_user("kai", "agent", PASSWORD)
+    store = accounts.store
+    kai = console_sign_in(browser, base, "kai", PASSWORD, "/agent")
+    kai.wait_for_selector("[data-testid=user-name]:text-is('kai')")
+    assert kai.locator("[data-testid=console-switch]").is_hidden()  # agents have one console
+    assert kai.get_attribute("[data-testid=change-password]", "href") == "/account/password"
+    # An agent who opens the operator console is shown the way back, in the sign-in page's look.
+    kai.goto(f"{base}/operator")
+    kai.wait_for_selector("[data-testid=forbidden]")
+    kai.screenshot(path=str(SHOTS / "forbidden-console.png"))
+    kai.click("[data-testid=console-link]")
+    kai.wait_for_url("**/agent")
+
+    admin = sign_in(browser, base, "admin")
+    switch = admin.locator("[data-testid=console-switch]")
+    assert switch.is_visible() and switch.get_attribute("href") == "/agent"
+    admin.click("[data-testid=nav-users]")
+    admin.wait_for_selector("[data-testid=user-row][data-name=kai]")
+    assert row(admin, "admin").locator("[data-testid=user-role]").count() == 0  # not your own role
+
+    # Sign out everywhere: kai's open console is signed out.
+    row(admin, "kai").locator("[data-testid=sign-out-user]").click()
+    admin.wait_for_selector("[data-testid=notice]:has-text('Signed kai out everywhere')")
+    assert any("Sign “kai” out everywhere" in message for message in admin.dialogs)
+    kai.goto(f"{base}/agent")
+    kai.wait_for_url("**/login**")
+
+    # Reset the password: the next sign-in goes to the change-password page first.
+    row(admin, "kai").locator("[data-testid=reset-password]").click()
+    field = admin.locator("[data-testid=reset-password-row][data-name=kai] [data-testid=reset-password-input]")
+    assert field.get_attribute("type") == "password" and field.get_attribute("autocomplete") == "new-password"
+    field.fill("short")
+    admin.click("[data-testid=save-reset-password]")
+    assert "at least 10 characters" in admin.wait_for_selector("[data-testid=error]:visible").inner_text()
+    field.fill("temporary password 1")
+    admin.screenshot(path=str(SHOTS / "admin-reset-password.png"))
+    admin.click("[data-testid=save-reset-password]")
+    admin.wait_for_selector("[data-testid=user-row][data-name=kai][data-must-change=true]")
+    assert row(admin, "kai").locator("[data-testid=must-change-password]").is_visible()
+    admin.screenshot(path=str(SHOTS / "admin-users-actions.png"), full_page=True)
+
+    kai = open_page(browser, f"{base}/agent")
+    kai.wait_for_url("**/login**")
+    kai.fill("#name", "kai")
+    kai.fill("#password", "temporary password 1")
+    kai.click("button[type=submit]")
+    kai.wait_for_url("**/account/password**")
+    assert "temporary password" in kai.inner_text("[data-testid=note]")
+    kai.fill("#current_password", "temporary password 1")
+    kai.fill("#new_password", "kai's own password")
+    kai.fill("#repeat_password", "kai's own password")
+    kai.screenshot(path=str(SHOTS / "change-password.png"))
+    kai.click("button[type=submit]")
+    kai.wait_for_url("**/agent")
+    kai.wait_for_selector("[data-testid=user-name]:text-is('kai')")
+    admin.click("#users-refresh")
+    admin.wait_for_selector("[data-testid=user-row][data-name=kai][data-must-change=false]")
+
+    # Change the role, and back.
+    row(admin, "kai").locator("[data-testid=user-role]").select_option("operator")
+    admin.wait_for_selector("[data-testid=user-row][data-name=kai][data-role=operator]")
+    assert accounts.user("kai").role == "operator"
+    row(admin, "kai").locator("[data-testid=user-role]").select_option("agent")
+    admin.wait_for_selector("[data-testid=user-row][data-name=kai][data-role=agent]")
+
+    # Disabling gives kai's claimed conversation back to the queue; enabling lets kai in again.
+    held = store._ensure_conversation("widget", "held-by-kai", "v", "Visitor", "2026-01-01T00:00:00")
+    store.set_owner(held["id"], CLAIMED, "kai")
+    row(admin, "kai").locator("[data-testid=disable-user]").click()
+    admin.wait_for_selector("[data-testid=user-row][data-name=kai][data-disabled=true]")
+    assert store.conversation(held["id"])["status"] == WAITING
+    assert row(admin, "kai").locator("[data-testid=reset-password]").count() == 0
+    admin.screenshot(path=str(SHOTS / "admin-users-disabled.png"), full_page=True)
+    row(admin, "kai").locator("[data-testid=enable-user]").click()
+    admin.wait_for_selector("[data-testid=user-row][data-name=kai][data-disabled=false]")
+    assert not accounts.user("kai").disabled
+    again = console_sign_in(browser, base, "kai", "kai's own password", "/agent")
+    again.wait_for_selector("[data-testid=user-name]:text-is('kai')")

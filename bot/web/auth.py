@@ -253,7 +253,7 @@ def _password_page(session: Session, next_path: str, error: str = "") -> str:
     else:
         intro = ""
         back = f'<a href="{html.escape(next_path if next_path != "/" else user.home)}" data-testid="back">Back to the console</a>'
-    return card_page("Change password", f"""<form class="card" method="post" action="{PASSWORD_PAGE}" data-testid="password-form">
+    return card_page("Change password", f"""<main class="card"><form method="post" action="{PASSWORD_PAGE}" data-testid="password-form">
 <h1>Change your password</h1>{intro}{_message(error)}
 <p class="help">Signed in as <strong>{html.escape(user.name)}</strong>.</p>
 <input type="hidden" name="csrf_token" value="{html.escape(session.csrf_token)}">
@@ -269,8 +269,9 @@ def _password_page(session: Session, next_path: str, error: str = "") -> str:
 <input id="repeat_password" name="repeat_password" type="password" autocomplete="new-password" required
        maxlength="{MAX_PASSWORD_CHARS}">
 <button type="submit">Change password</button>
-<div class="links">{back}</div>
-</form>""")
+</form>
+<div class="links">{back}{_sign_out_form(session)}</div>
+</main>""")
 
 
 @router.get(PASSWORD_PAGE, response_class=HTMLResponse, include_in_schema=False)

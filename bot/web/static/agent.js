@@ -381,6 +381,7 @@
     if (!res.ok || !me) return false;
     state.me = { name: str(me.name), role: str(me.role) };
     state.csrf = str(me.csrf_token);
+    $("console-switch").hidden = state.me.role !== "admin";
     return true;
   }
 

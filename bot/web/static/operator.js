@@ -1,7 +1,8 @@
 /*
  * Snapdesk operator console: edit, try, version and publish the support prompt templates,
  * choose which template answers on each channel, and watch how the bot does. Admins also
- * get a Users view: list, add and disable console accounts.
+ * get a Users view: list and add console accounts, change roles and display names, reset
+ * passwords, sign accounts out everywhere, disable and enable them.
  *
  * Served at /operator with a strict CSP (script-src 'self'): no inline code, no eval.
  * Everything that comes from the server (template text, replies, issues, example text, diff
@@ -321,6 +322,7 @@
     setText($("avatar"), name ? name.trim().charAt(0).toUpperCase() : "?");
     setText($("user-role"), me.role || "");
     $("nav-users").hidden = !isAdmin();
+    $("console-switch").hidden = !isAdmin();
     if (me.role && me.role !== "operator" && me.role !== "admin") {
       showError("This account (" + me.role + ") cannot change templates: the operator console needs an operator or admin account.");
     }
@@ -1688,27 +1690,180 @@
     for (const u of state.users) {
       const name = String(u.name || "");
       const disabled = !!u.disabled;
+      const self = name === me;
       const nameCell = el("td", null, [el("span", { class: "op-user-name", text: name })]);
-      if (name === me) nameCell.appendChild(el("span", { class: "op-chip op-you", text: "You" }));
-      const status = el("span", {
+      if (self) nameCell.appendChild(el("span", { class: "op-chip op-you", text: "You" }));
+      const statusCell = el("td", { class: "op-user-status" }, [el("span", {
         class: "status-pill " + (disabled ? "op-st-disabled" : "op-st-active"), "data-testid": "user-status",
         text: disabled ? "Disabled" : "Active"
-      });
-      const actions = el("td");
-      if (!disabled && name !== me) {
-        const button = el("button", {
-          type: "button", class: "btn btn-secondary btn-sm op-danger", "data-testid": "disable-user",
-          "aria-label": "Disable " + name, text: "Disable"
-        });
-        button.addEventListener("click", function () {
-          disableUser(name, button);
-        });
-        actions.appendChild(button);
+      })]);
+      if (u.must_change_password && !disabled) {
+        statusCell.appendChild(el("span", {
+          class: "status-pill op-st-reset", "data-testid": "must-change-password",
+          title: "A temporary password was set: they choose their own at the next sign-in", text: "New password due"
+        }));
+      }
+      const actions = el("td", { class: "op-user-actions" });
+      if (!self) {
+        if (disabled) {
+          actions.appendChild(userButton(name, "enable-user", "Enable", "Enable " + name, "btn-secondary", function (button) {
+            enableUser(name, button);
+          }));
+        } else {
+          actions.appendChild(userButton(name, "reset-password", "Reset password", "Reset the password of " + name, "btn-secondary", function () {
+            openResetForm(name);
+          }));
+          actions.appendChild(userButton(name, "sign-out-user", "Sign out", "Sign " + name + " out everywhere", "btn-secondary", function (button) {
+            signOutUser(name, button);
+          }));
+          actions.appendChild(userButton(name, "disable-user", "Disable", "Disable " + name, "btn-secondary op-danger", function (button) {
+            disableUser(name, button);
+          }));
+        }
       }
       body.appendChild(el("tr", {
         class: "op-user-row", "data-testid": "user-row", "data-name": name, "data-role": String(u.role || ""),
-        "data-disabled": disabled ? "true" : "false"
-      }, [nameCell, displayNameCell(u), el("td", { text: roleLabel(u.role) }), el("td", null, [status]), actions]));
+        "data-disabled": disabled ? "true" : "false", "data-must-change": u.must_change_password ? "true" : "false"
+      }, [nameCell, displayNameCell(u), roleCell(u, self), statusCell, actions]));
+    }
+  }
+
+  function userButton(name, testid, label, aria, kind, onClick) {
+    const button = el("button", { type: "button", class: "btn btn-sm " + kind, "data-testid": testid, "aria-label": aria, text: label });
+    button.addEventListener("click", function () {
+      onClick(button);
+    });
+    return button;
+  }
+
+  /** The role, with a picker for other accounts (your own role is not yours to change). */
+  function roleCell(u, self) {
+    const name = String(u.name || "");
+    const role = String(u.role || "");
+    if (self || u.disabled) return el("td", { "data-testid": "user-role-text", text: roleLabel(role) });
+    const select = el("select", { class: "op-select op-role-select", "data-testid": "user-role", "aria-label": "Role of " + name });
+    for (const r of Object.keys(ROLE_NAMES)) {
+      const option = el("option", { value: r, text: ROLE_NAMES[r] });
+      if (r === role) option.selected = true;
+      select.appendChild(option);
+    }
+    select.addEventListener("change", async function () {
+      const wanted = select.value;
+      const warning = wanted === "operator" ? " Conversations they have claimed go back to the queue." : "";
+      if (!window.confirm("Make " + name + " an " + roleLabel(wanted).toLowerCase() + "?" + warning)) {
+        select.value = role;
+        return;
+      }
+      select.disabled = true;
+      try {
+        const data = await api(userPath(name, "/role"), { method: "POST", json: { role: wanted } });
+        hideError();
+        const released = Array.isArray(data.released) ? data.released.length : 0;
+        toast(name + " is now " + roleLabel(data.role || wanted).toLowerCase() + "." +
+          (released ? " " + count(released, "claimed conversation went", "claimed conversations went") + " back to the queue." : ""));
+        await loadUsers();
+      } catch (e) {
+        showError("The role was not changed: " + e.message);
+        select.value = role;
+        select.disabled = false;
+      }
+    });
+    return el("td", null, [select]);
+  }
+
+  /** A row under the account's row: the temporary password the admin gives the person. */
+  function openResetForm(name) {
+    const rows = $("user-rows");
+    const existing = rows.querySelector("[data-testid=reset-password-row]");
+    if (existing) existing.remove();
+    const row = rows.querySelector('[data-testid=user-row][data-name="' + CSS.escape(name) + '"]');
+    if (!row) return;
+    const inputId = "reset-password-" + Math.random().toString(36).slice(2);
+    const input = el("input", {
+      class: "op-input op-reset-input", id: inputId, type: "password", "data-testid": "reset-password-input",
+      autocomplete: "new-password", maxlength: "1024", minlength: "10", "aria-describedby": inputId + "-help"
+    });
+    const save = el("button", { type: "submit", class: "btn btn-primary btn-sm", "data-testid": "save-reset-password", text: "Set password" });
+    const cancel = el("button", { type: "button", class: "btn btn-ghost btn-sm", "data-testid": "cancel-reset-password", text: "Cancel" });
+    const form = el("form", { class: "op-reset-form", action: "#", novalidate: true, "data-name": name }, [
+      el("label", { for: inputId, text: "Temporary password for " + name }),
+      input, save, cancel,
+      el("span", {
+        class: "op-field-help", id: inputId + "-help",
+        text: "At least 10 characters. " + name + " is signed out now and must choose their own password at the next sign-in. Give it to them over a safe channel."
+      })
+    ]);
+    const cell = el("td", { colspan: "5" }, [form]);
+    const formRow = el("tr", { class: "op-reset-row", "data-testid": "reset-password-row", "data-name": name }, [cell]);
+    row.after(formRow);
+    function close() {
+      formRow.remove();
+      const again = $("user-rows").querySelector('[data-testid=user-row][data-name="' + CSS.escape(name) + '"] [data-testid=reset-password]');
+      if (again) again.focus();
+    }
+    cancel.addEventListener("click", close);
+    input.addEventListener("keydown", function (e) {
+      if (e.key === "Escape") {
+        e.preventDefault();
+        close();
+      }
+    });
+    form.addEventListener("submit", async function (e) {
+      e.preventDefault();
+      if (input.value.length < 10) {
+        showError("A password has at least 10 characters.");
+        input.focus();
+        return;
+      }
+      save.disabled = true;
+      save.setAttribute("aria-busy", "true");
+      try {
+        await api(userPath(name, "/reset-password"), { method: "POST", json: { password: input.value } });
+        input.value = "";
+        hideError();
+        toast("New password set for " + name + ": they were signed out and choose their own at the next sign-in.");
+        await loadUsers();
+      } catch (err) {
+        showError("The password was not reset: " + err.message);
+        save.disabled = false;
+        save.removeAttribute("aria-busy");
+        input.focus();
+      }
+    });
+    input.focus();
+  }
+
+  async function enableUser(name, button) {
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    try {
+      await api(userPath(name, "/enable"), { method: "POST" });
+      hideError();
+      toast("Enabled " + name + ": they can sign in again.");
+    } catch (e) {
+      showError("The account was not enabled: " + e.message);
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+      return;
+    }
+    await loadUsers();
+    $("users-heading").focus();
+  }
+
+  async function signOutUser(name, button) {
+    if (!window.confirm("Sign “" + name + "” out everywhere? Every open console of theirs closes; they can sign in again.")) return;
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    try {
+      const data = await api(userPath(name, "/sign-out"), { method: "POST" });
+      hideError();
+      const ended = typeof data.sessions_ended === "number" ? data.sessions_ended : 0;
+      toast("Signed " + name + " out everywhere (" + count(ended, "session", "sessions") + " ended).");
+    } catch (e) {
+      showError(name + " was not signed out: " + e.message);
+    } finally {
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
     }
   }
 
@@ -1833,7 +1988,7 @@
   }
 
   async function disableUser(name, button) {
-    if (!window.confirm("Disable the account “" + name + "”? It is signed out at once and can no longer sign in.")) return;
+    if (!window.confirm("Disable the account “" + name + "”? It is signed out at once and can no longer sign in; conversations it has claimed go back to the queue.")) return;
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
     try {
