@@ -27,9 +27,20 @@ class RenderedPrompt:
 
 
 @lru_cache(maxsize=256)
+def _read(body: str) -> Template | TemplateError:
+    try:
+        return Template.from_yaml(body)
+    except TemplateError as exc:
+        return exc
+
+
 def _parse(body: str) -> Template:
-    """Stored versions are parsed once, not on every turn."""
-    return Template.from_yaml(body)
+    """Stored versions are parsed once, not on every turn: a version that cannot be read (one
+    stored before today's limits, say) costs its reading once too, not on every turn."""
+    found = _read(body)
+    if isinstance(found, TemplateError):
+        raise TemplateError(found.errors, name=found.name)
+    return found
 
 
 class PublishedTemplates:

@@ -232,25 +232,40 @@ def test_no_object_representation_reaches_the_operator(operator, billing, source
     assert tried.status_code == 422 and "0x" not in tried.text
 
 
-def test_a_stored_version_that_would_leak_never_reaches_a_prompt(server):
+def leaking(live: str) -> str:
+    data = yaml.safe_load(live)
+    data["variables"]["k"] = "upper"
+    data["system_prompt"]["en"] = "Address: {{ company[k] }} {{ company[k]|string }}\n{{ decline_marker }}"
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+STORED = {
+    "leak": leaking,
+    "yaml_bomb": lambda live: live + "extra: " + "[" * 10_000 + "]" * 10_000 + "\n",
+    "tilde_bomb": lambda live: BOMBS["tilde_join"][0](live).replace("{{ decline_marker }}", "Address: {{ decline_marker }}"),
+}
+
+
+@pytest.mark.parametrize("name", list(STORED))
+def test_a_stored_version_past_the_checks_never_reaches_a_prompt(server, name):
+    # A version stored before these checks existed (or written to the database by hand) is live.
     base, app = server
     store = app.state.runtime.store
     live = store.published_template_versions("general")[0]["body"]
-    leaking = yaml.safe_load(live)
-    leaking["variables"]["k"] = "upper"
-    leaking["system_prompt"]["en"] = "Address: {{ company[k] }} {{ company[k]|string }}\n{{ decline_marker }}"
-    store.add_template_version("general", yaml.safe_dump(leaking, allow_unicode=True, sort_keys=False),
-                               author="someone", publish=True)
+    store.add_template_version("general", STORED[name](live), author="someone", publish=True)
     try:
-        token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        asked = len(ENGINE.requests)
-        response = httpx.post(f"{base}/widget/api/messages", headers=headers,
-                              data={"client_message_id": "leak-0001", "text": "Why was I charged?"})
-        assert response.status_code == 202
-        wait_for(lambda: len(ENGINE.requests) > asked, what="the model to be asked")
-        system = ENGINE.requests[asked].messages[0].parts[0].text
-        assert "built-in" not in system and "0x" not in system and "Address:" not in system
-        assert "Acme" in system  # the previous published version answered instead
+        for attempt in range(2):
+            token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            asked = len(ENGINE.requests)
+            started = time.perf_counter()
+            response = httpx.post(f"{base}/widget/api/messages", headers=headers,
+                                  data={"client_message_id": f"{name}-{attempt:04d}", "text": "Why was I charged?"})
+            assert response.status_code == 202
+            wait_for(lambda: len(ENGINE.requests) > asked, what="the model to be asked")
+            assert time.perf_counter() - started < 2.0
+            system = ENGINE.requests[asked].messages[0].parts[0].text
+            assert "built-in" not in system and "0x" not in system and "Address:" not in system
+            assert "Acme" in system  # the previous published version answered instead
     finally:
         store.add_template_version("general", live, author="someone", publish=True)
