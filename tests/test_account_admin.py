@@ -168,7 +168,8 @@ def test_admins_enable_change_roles_and_sign_accounts_out_everywhere(server):
     assert li.get("/agent/api/queue").status_code == 403 and li.get("/operator/api/templates").status_code == 200
     assert admin.post("/admin/api/users/li/role", json={"role": "owner"}).status_code == 422
 
-    for path, body in (("role", {"role": "agent"}), ("reset-password", {"password": TEMPORARY}), ("disable", None)):
+    for path, body in (("role", {"role": "agent"}), ("reset-password", {"password": TEMPORARY}), ("disable", None),
+                       ("sign-out", None)):
         refused = admin.post(f"/admin/api/users/admin/{path}", json=body)
         assert refused.status_code == 409 and refused.json()["error"] == "self"
     for path, body in (("role", {"role": "agent"}), ("reset-password", {"password": TEMPORARY}),

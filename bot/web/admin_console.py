@@ -142,6 +142,7 @@ async def reset_password(name: str, body: PasswordIn, request: Request, runtime:
 
 @router.post("/admin/api/users/{name}/sign-out", summary="End every session of an account")
 async def sign_out_everywhere(name: str, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
+    _not_yourself(name, session, "sign out from here")  # your own: Sign out, or change your password
     try:
         ended = await runtime.manager.db(runtime.accounts.end_sessions, name, session.user.name)
     except AccountError as exc:
