@@ -164,10 +164,10 @@ class TemplateError(Exception):
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b ~ c`` to a call of :meth:`_PromptSandbox.concat`, which measures before joining."""
+    """Compiles ``a ~ b ~ c`` to a call of :meth:`_PromptSandbox.bounded_join`, which measures before joining."""
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        self.write("environment.concat((")
+        self.write("environment.bounded_join((")
         for arg in node.nodes:
             self.visit(arg, frame)
             self.write(", ")
@@ -205,7 +205,7 @@ class _PromptSandbox(SandboxedEnvironment):
             raise SecurityError("'%' text formatting is not allowed; join text with ~ instead")
         return super().call_binop(context, operator, left, right)
 
-    def concat(self, parts: tuple[Any, ...]) -> str:
+    def bounded_join(self, parts: tuple[Any, ...]) -> str:
         """``a ~ b ~ ...``: every part measured (and refused unless plain) before anything is joined."""
         tick()
         total = 0

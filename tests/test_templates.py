@@ -302,6 +302,7 @@ def test_plain_data_still_renders(billing):
     assert template.render_system_prompt("en") == (
         "['a', 1, 2.5, None, True] {'k': 'Acme'} Acm ACME ACME CLOUD 8 --- 1024"
     )
+    assert templates.ENVIRONMENT.from_string("{{ x ~ '!' }} {{ x }}").render(x="hi") == "hi! hi"
 
 
 # ---------------------------------------------------------------------------------------------
