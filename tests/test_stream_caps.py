@@ -115,11 +115,21 @@ def signed_in(base: str, name: str) -> httpx.Client:
     response = client.post("/login", data={"name": name, "password": PASSWORD, "csrf_token": csrf})
     assert response.status_code == 303, response.text
     client.headers["X-CSRF-Token"] = client.get("/console/api/me").json()["csrf_token"]
+    client.streams = []  # type: ignore[attr-defined]
     return client
 
 
+def close_console(client: httpx.Client) -> None:
+    for response in client.streams:  # type: ignore[attr-defined]
+        response.close()
+    client.close()
+
+
 def console_stream(console: httpx.Client) -> httpx.Response:
-    response = console.send(console.build_request("GET", "/agent/api/events"), stream=True)
+    # A short read timeout: a reader that has seen nothing for a while lets go of the connection.
+    request = console.build_request("GET", "/agent/api/events", timeout=httpx.Timeout(5.0, read=1.5))
+    response = console.send(request, stream=True)
+    console.streams.append(response)  # type: ignore[attr-defined]
     if response.status_code == 200:
         response.lines = response.iter_lines()  # type: ignore[attr-defined]
         assert next(response.lines).startswith("retry:")  # type: ignore[attr-defined]
@@ -130,14 +140,20 @@ def console_stream(console: httpx.Client) -> httpx.Response:
 
 def ends_within(response: httpx.Response, seconds: float) -> bool:
     """Whether the server ends the stream within `seconds` (keep-alives do not count as ending)."""
-    deadline = time.monotonic() + seconds
-    try:
-        for _ in response.lines:  # type: ignore[attr-defined]
-            if time.monotonic() > deadline:
-                return False
-    except httpx.ReadTimeout:
-        return False
-    return time.monotonic() <= deadline
+    ended = getattr(response, "ended", None)
+    if ended is None:
+        ended = response.ended = threading.Event()  # type: ignore[attr-defined]
+
+        def read_to_the_end() -> None:
+            try:
+                for _ in response.lines:  # type: ignore[attr-defined]
+                    pass
+                ended.set()
+            except (httpx.HTTPError, RuntimeError):  # nothing for a while (see console_stream), or closed
+                pass
+
+        threading.Thread(target=read_to_the_end, daemon=True).start()
+    return ended.wait(seconds)
 
 
 def test_one_visitor_gets_at_most_its_cap_and_a_closed_stream_frees_a_place(server):
@@ -189,12 +205,12 @@ def test_the_total_counts_widget_and_console_streams_together(server):
             assert_refused(console_stream(third), "too many live connections")
             held.pop().close()
             wait_for(lambda: console_stream(third).status_code == 200, timeout=5, what="a place in the total")
-            third.close()
+            close_console(third)
     finally:
         for response in held:
             response.close()
         for console in consoles:
-            console.close()
+            close_console(console)
 
 
 def test_a_console_session_gets_at_most_its_cap(server):
@@ -207,8 +223,8 @@ def test_a_console_session_gets_at_most_its_cap(server):
         extra = console_stream(second)  # the same user's other session has its own places
         assert extra.status_code == 200
     finally:
-        first.close()
-        second.close()
+        close_console(first)
+        close_console(second)
 
 
 def test_signing_out_ends_the_sessions_console_streams(server):
@@ -222,8 +238,8 @@ def test_signing_out_ends_the_sessions_console_streams(server):
         assert console.get("/agent/api/events").status_code == 401
         assert not ends_within(kept, 1.0)  # the user's other session is still signed in
     finally:
-        console.close()
-        other.close()
+        close_console(console)
+        close_console(other)
 
 
 def test_end_sessions_closes_a_users_streams_at_once(server):
@@ -241,7 +257,7 @@ def test_end_sessions_closes_a_users_streams_at_once(server):
         assert not ends_within(watching, 1.0)
     finally:
         for client in (first, second, bystander):
-            client.close()
+            close_console(client)
 
 
 def test_a_disabled_account_loses_its_stream_at_the_next_keep_alive(server, monkeypatch):
@@ -262,7 +278,7 @@ def test_a_disabled_account_loses_its_stream_at_the_next_keep_alive(server, monk
             accounts.store.db.conn.execute("update users set disabled = 1 where name = 'temp'")
         assert ends_within(stream, 3.0)
     finally:
-        console.close()
+        close_console(console)
 
 
 def test_concurrent_opens_admit_exactly_the_cap(server):
@@ -339,7 +355,7 @@ def test_a_stream_flood_from_one_visitor_is_refused_and_healthz_stays_fast(serve
     base, _, _ = server
     token = visitor_token(base)
     quiet = statistics.median(healthz_latencies(base, 30))
-    attacker = subprocess.Popen([sys.executable, "-c", ATTACKER, base, token, "3"], stdout=subprocess.PIPE, text=True)
+    attacker = subprocess.Popen([sys.executable, "-c", ATTACKER, base, token, "2"], stdout=subprocess.PIPE, text=True)
     try:
         assert attacker.stdout.readline().strip() == "ready"
         time.sleep(0.3)
@@ -349,5 +365,5 @@ def test_a_stream_flood_from_one_visitor_is_refused_and_healthz_stays_fast(serve
         attacker.kill()
         attacker.wait()
     assert report["admitted"] == PER_VISITOR
-    assert report["refused"] == report["all"] - PER_VISITOR and report["refused"] > 50
+    assert report["refused"] == report["all"] - PER_VISITOR and report["refused"] > 20
     assert during < 10 * quiet + 0.05, (quiet, during)
