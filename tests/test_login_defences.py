@@ -12,7 +12,6 @@ import textwrap
 import time
 
 import httpx
-import pytest
 
 from bot.accounts import Accounts
 from bot.store import Store
