@@ -24,6 +24,7 @@ import pytest
 from bot.accounts import Accounts
 from bot.store import Store
 from engine.stub import StubEngine
+from tests.browser import chromium, needs_chromium
 from tests.live_server import live_server, wait_for
 
 PASSWORD = "correct horse battery"
@@ -367,3 +368,35 @@ def test_a_stream_flood_from_one_visitor_is_refused_and_healthz_stays_fast(serve
     assert report["admitted"] == PER_VISITOR
     assert report["refused"] == report["all"] - PER_VISITOR and report["refused"] > 20
     assert during < 10 * quiet + 0.05, (quiet, during)
+
+
+@needs_chromium
+def test_a_widget_tab_refused_a_stream_backs_off_and_gets_in_when_a_place_frees(tmp_path):
+    """One place per visitor: the second tab's stream is refused, and the widget retries with a
+    growing delay (1 s, 2 s, 4 s ...) rather than in a loop, then connects once the first tab closes."""
+    with live_server(tmp_path, engine=StubEngine(), widget_streams_per_visitor=1) as (base, app), \
+            chromium() as browser:
+        context = browser.new_context(locale="en-US")
+        first = context.new_page()
+        first.goto(base + "/")
+        first.click("[data-testid=launcher]")
+        wait_for(lambda: open_streams(app) == 1, timeout=10, what="the first tab's stream")
+        second = context.new_page()  # the same visitor: the token is in this browser's storage
+        attempts: list[float] = []
+        answers: list[int] = []
+        second.on("request", lambda r: attempts.append(time.monotonic()) if WIDGET_EVENTS in r.url else None)
+        second.on("response", lambda r: answers.append(r.status) if WIDGET_EVENTS in r.url else None)
+        second.goto(base + "/")
+        second.click("[data-testid=launcher]")
+        second.wait_for_timeout(5000)
+        assert 2 <= len(attempts) <= 4, attempts  # at 0 s, 1 s, 3 s: never a tight loop
+        gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+        assert all(later > earlier for earlier, later in zip(gaps, gaps[1:])), gaps
+        assert open_streams(app) == 1 and set(answers) == {429}
+        first.close()
+        deadline = time.monotonic() + 15
+        while 200 not in answers and time.monotonic() < deadline:
+            second.wait_for_timeout(100)  # Playwright delivers the page's events while it waits
+        assert 200 in answers, answers
+        assert open_streams(app) == 1
+        context.close()
