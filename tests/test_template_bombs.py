@@ -135,6 +135,20 @@ def test_range_and_calls_are_refused_as_content_not_run(operator, billing):
     assert result["ok"] is False and any("calling 'range()' is not allowed" in i["message"] for i in result["issues"])
 
 
+def test_a_draft_gets_its_answer_within_the_time_limit(operator, billing, monkeypatch):
+    # The wall behind the limits: whatever the work costs, the request is answered in time.
+    data = yaml.safe_load(billing)
+    data["examples"] = [{"text": f"Why was I charged {i} times?", "expect": "answer", "notes": "n" * 400}
+                        for i in range(200)]
+    large = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)  # within every limit, but takes a while
+    assert send(operator, "validate", large).json()["ok"]
+    monkeypatch.setattr("bot.template_work.TIME_LIMIT_S", 0.01)
+    started = time.perf_counter()
+    response = send(operator, "validate", large)
+    assert time.perf_counter() - started < 1.0
+    assert response.status_code == 400 and "took longer than 0.01 s" in response.json()["message"]
+
+
 def latencies(client: httpx.Client, path: str, headers: dict, seconds: float) -> list[float]:
     out = []
     deadline = time.perf_counter() + seconds
