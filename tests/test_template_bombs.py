@@ -261,13 +261,16 @@ STORED = {
 
 
 @pytest.mark.parametrize("name", list(STORED))
-def test_a_stored_version_past_the_checks_never_reaches_a_prompt(server, name):
+def test_a_stored_version_past_the_checks_never_reaches_a_prompt(server, operator, name):
     # A version stored before these checks existed (or written to the database by hand) is live.
     base, app = server
     store = app.state.runtime.store
     live = store.published_template_versions("general")[0]["body"]
-    store.add_template_version("general", STORED[name](live), author="someone", publish=True)
+    version = store.add_template_version("general", STORED[name](live), author="someone", publish=True)
     try:
+        restored = operator.post("/operator/api/templates/general/restore", json={"version": version})
+        assert restored.status_code == (422 if name == "leak" else 400), restored.text
+        assert "0x" not in restored.text
         for attempt in range(2):
             token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
             headers = {"Authorization": f"Bearer {token}"}
