@@ -256,7 +256,8 @@ def leaking(live: str) -> str:
 STORED = {
     "leak": leaking,
     "yaml_bomb": lambda live: live + "extra: " + "[" * 10_000 + "]" * 10_000 + "\n",
-    "tilde_bomb": lambda live: BOMBS["tilde_join"][0](live).replace("{{ decline_marker }}", "Address: {{ decline_marker }}"),
+    "tilde_bomb": lambda live: BOMBS["tilde_join"][0](live).replace("{{ decline_marker }}",
+                                                                    "Address: {{ decline_marker }}"),
 }
 
 
