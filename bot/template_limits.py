@@ -37,6 +37,7 @@ MAX_BRACKET_DEPTH = 20  # ( [ { inside one another in one expression
 MAX_BLOCK_DEPTH = 20  # {% if %} inside {% if %}
 MAX_OPERATOR_RUN = 20  # `not not not ...`, `- - - x`
 MAX_EXPRESSION_DEPTH = 40  # operators, filters and brackets inside one another, as parsed
+MAX_NUMBER_DIGITS = 100  # a number written in a template (Python refuses to read one of 4,300)
 MAX_OUTPUT_CHARS = 100_000  # one rendered text
 MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # any text or list a template builds on the way
 MAX_REPEAT_CHARS = 10_000  # "-" * 40 is fine, "a" * 10**9 is not
@@ -102,8 +103,8 @@ class BoundedLoader(yaml.SafeLoader):
 # Jinja sources and trees
 
 
-def nesting_problem(lexed: Any) -> tuple[str, int | None] | None:
-    """The first nesting limit a Jinja source passes, from its raw tokens; None when it passes none.
+def token_problem(lexed: Any) -> tuple[str, int | None] | None:
+    """The first limit a Jinja source passes, from its raw tokens; None when it passes none.
 
     Jinja's parser recurses once per bracket, unary operator and block, so this runs before it.
     `lexed` is ``environment.lex(source)``; a lexing error is left for the parser to report.
@@ -127,6 +128,8 @@ def nesting_problem(lexed: Any) -> tuple[str, int | None] | None:
                 elif kind == "name" and value.startswith("end"):
                     blocks = max(0, blocks - 1)
                 continue
+            if kind == "integer" and len(value) > MAX_NUMBER_DIGITS:
+                return f"numbers longer than {MAX_NUMBER_DIGITS} digits are not allowed", line
             if kind in ("variable_begin", "variable_end", "block_end", "data"):
                 brackets = run = 0
             elif kind == "operator" and value in "([{":

@@ -61,7 +61,7 @@ from bot.template_limits import (
     YamlTooBig,
     check_value,
     is_data,
-    nesting_problem,
+    token_problem,
     not_plain,
     start_clock,
     stop_clock,
@@ -375,7 +375,7 @@ def _compile(source: str) -> _Compiled:
     """
     if len(source) > MAX_SOURCE_CHARS:
         return _Compiled(None, (), ((f"the text is longer than {MAX_SOURCE_CHARS} characters", None),))
-    too_deep = nesting_problem(ENVIRONMENT.lex(source))
+    too_deep = token_problem(ENVIRONMENT.lex(source))
     if too_deep is not None:
         return _Compiled(None, (), (too_deep,))
     try:
@@ -384,6 +384,8 @@ def _compile(source: str) -> _Compiled:
         return _Compiled(None, ((f"syntax error: {exc.message or 'invalid syntax'}", exc.lineno),))
     except RecursionError:  # a wall behind the nesting check
         return _Compiled(None, (), (("the text is nested too deeply to read", None),))
+    except ValueError as exc:  # a wall behind the length check of numbers
+        return _Compiled(None, ((f"syntax error: {exc}".split(";")[0], None),))
     too_deep = tree_problem(tree)
     if too_deep is not None:
         return _Compiled(None, (), (too_deep,))

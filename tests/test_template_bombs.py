@@ -83,6 +83,7 @@ BOMBS = {
     "list_as_string": (lambda y: draft(y, "{{ [" + ", ".join(["big"] * 2_000) + "]|string|length }}", big="a" * BIG),
                        "the value given to the 'string' filter is longer than"),
     "huge_power": (lambda y: draft(y, "{{ 2 ** 100000000 }}"), "powers above 64"),
+    "huge_number": (lambda y: draft(y, "{{ 1" + "0" * 40_000 + " }}"), "numbers longer than 100 digits"),
     "too_many_values": (lambda y: y + "extra: [" + ",".join(["1"] * 30_000) + "]\n", "more than 5000 values"),
 }
 

@@ -324,6 +324,7 @@ LIMIT_TRICKS = [
     ("{{ [big, big]|string }}", "the value given to the 'string' filter is longer than 100000 characters"),
     ("{{ [big, big] }}", "the rendered text is longer than 100000 characters"),
     ("{{ 2 ** 100000 }}", "powers above 64"),
+    ("{{ 1" + "0" * 5_000 + " }}", "numbers longer than 100 digits are not allowed"),
     ("x" * 50_001, "the text is longer than 50000 characters"),
 ]
 
