@@ -31,7 +31,7 @@ from jinja2.runtime import Undefined
 
 MAX_YAML_CHARS = 128 * 1024  # ten times a shipped template
 MAX_YAML_DEPTH = 24  # mappings and lists inside one another; a template needs four
-MAX_YAML_NODES = 5_000  # values, keys included; 200 examples take about 1,300
+MAX_YAML_NODES = 5_000  # values, keys included; 200 examples with every key take about 2,300
 MAX_SOURCE_CHARS = 50_000  # one system prompt or hand-over message, as written
 MAX_BRACKET_DEPTH = 20  # ( [ { inside one another in one expression
 MAX_BLOCK_DEPTH = 20  # {% if %} inside {% if %}
