@@ -72,6 +72,7 @@ from .runtime import Runtime, RuntimeDep
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES = 1000
+MAX_TOP_K = 2**31 - 1  # beyond any vocabulary: the same as no top-k, and never an overflow in a backend
 MAX_JSON_DEPTH = 64  # a chat request needs 4 (body, messages, a message, its parts)
 MAX_IMAGES = 8  # images in one request
 API_QUEUE_SHARE = 0.5  # of the engine queue that API requests may hold at once
@@ -368,7 +369,7 @@ def parse_chat(body: dict, max_new_tokens: int, limits: ImageLimits) -> ChatBody
     min_tokens = _integer(body, "min_tokens", 0) or 0
     if min_tokens > max_tokens:
         raise invalid(f"`min_tokens` must not be more than {param} ({max_tokens}).", param="min_tokens")
-    top_k = _integer(body, "top_k", -1)
+    top_k = _integer(body, "top_k", -1, MAX_TOP_K)
     sampling = SamplingParams(
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
