@@ -261,22 +261,26 @@ def test_end_sessions_closes_a_users_streams_at_once(server):
             close_console(client)
 
 
-def test_a_disabled_account_loses_its_stream_at_the_next_keep_alive(server, monkeypatch):
-    """The backstop: a session ended behind the hub's back (here: the account disabled in the
-    database directly) is noticed at the next keep-alive tick."""
+@pytest.mark.parametrize("name, change", [("gone", "update users set disabled = 1 where name = 'gone'"),
+                                          ("moved", "update users set role = 'operator' where name = 'moved'")])
+def test_an_account_changed_by_another_process_loses_its_stream_at_the_next_keep_alive(server, monkeypatch, name,
+                                                                                      change):
+    """The backstop: an account disabled or moved off the agent role behind the hub's back (by
+    `snapdesk user` in another process; here, in the database directly) is noticed at the next
+    keep-alive tick."""
     import bot.web.console_events as console_events
 
     base, _, data = server
     monkeypatch.setattr(console_events, "KEEPALIVE_S", 0.5)
     accounts = Accounts(Store(data))
-    accounts.add_user("temp", "agent", PASSWORD)
-    console = signed_in(base, "temp")
+    accounts.add_user(name, "agent", PASSWORD)
+    console = signed_in(base, name)
     try:
         stream = console_stream(console)
         assert stream.status_code == 200
         assert not ends_within(stream, 1.2)  # keep-alives flow while the account is fine
         with accounts.store.transaction():
-            accounts.store.db.conn.execute("update users set disabled = 1 where name = 'temp'")
+            accounts.store.db.conn.execute(change)
         assert ends_within(stream, 3.0)
     finally:
         close_console(console)

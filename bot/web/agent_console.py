@@ -275,7 +275,7 @@ async def events(request: Request, runtime: RuntimeDep, session: AgentSession) -
     check_caps(request, caps)
 
     async def still_valid() -> bool:
-        return await runtime.manager.db(session_is_open, runtime.accounts, token)
+        return await runtime.manager.db(session_is_open, runtime.accounts, token, "agent")
 
     return CappedStreamingResponse(request, caps, hub.stream(request, session.user.name, token, still_valid),
                                    media_type="text/event-stream",

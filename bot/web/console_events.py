@@ -44,15 +44,16 @@ class _Subscriber:
             pass
 
 
-def session_is_open(accounts: Accounts, token: str) -> bool:
-    """Whether a console session is still signed in, its account enabled, without refreshing its
-    idle timer (an open page alone does not keep a session alive)."""
+def session_is_open(accounts: Accounts, token: str, role: str) -> bool:
+    """Whether a console session is still signed in, its account enabled and allowed `role`
+    (a change made by another process, such as `snapdesk user`, reaches no hub), without
+    refreshing its idle timer: an open page alone does not keep a session alive."""
     if not token:
         return False
     row = accounts.store._one(
-        "select s.expires_at, s.last_seen_at, u.disabled from sessions s join users u on u.id = s.user_id "
+        "select s.expires_at, s.last_seen_at, u.disabled, u.role from sessions s join users u on u.id = s.user_id "
         "where s.id = ?", [_digest(token)])
-    if row is None or row["disabled"]:
+    if row is None or row["disabled"] or row["role"] not in ("admin", role):
         return False
     now = iso(utcnow())
     idle_deadline = iso(datetime.fromisoformat(row["last_seen_at"]) + accounts.idle_timeout)
