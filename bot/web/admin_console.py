@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from ..accounts import MAX_PASSWORD_CHARS, AccountError, NoSuchUser, Session, User
 from .auth import end_streams, require
+from .params import Name
 from .runtime import Runtime, RuntimeDep
 
 AdminSession = Annotated[Session, Depends(require("admin"))]
@@ -76,7 +77,7 @@ async def add_user(body: UserIn, runtime: RuntimeDep, session: AdminSession) -> 
 
 
 @router.post("/admin/api/users/{name}/display-name", summary="Set the name users see on an agent's replies")
-async def set_display_name(name: str, body: DisplayNameIn, runtime: RuntimeDep, session: AdminSession) -> dict:
+async def set_display_name(name: Name, body: DisplayNameIn, runtime: RuntimeDep, session: AdminSession) -> dict:
     try:
         user = await runtime.manager.db(runtime.accounts.set_display_name, name, body.display_name,
                                         session.user.name)
@@ -89,7 +90,7 @@ async def set_display_name(name: str, body: DisplayNameIn, runtime: RuntimeDep, 
 
 @router.post("/admin/api/users/{name}/disable",
              summary="Disable an account, end its sessions and put its conversations back in the queue")
-async def disable_user(name: str, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
+async def disable_user(name: Name, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
     _not_yourself(name, session, "disable")
     try:
         released = await runtime.manager.db(runtime.accounts.disable_user, name, session.user.name)
@@ -104,7 +105,7 @@ async def disable_user(name: str, request: Request, runtime: RuntimeDep, session
 
 
 @router.post("/admin/api/users/{name}/enable", summary="Let a disabled account sign in again")
-async def enable_user(name: str, runtime: RuntimeDep, session: AdminSession) -> dict:
+async def enable_user(name: Name, runtime: RuntimeDep, session: AdminSession) -> dict:
     try:
         user = await runtime.manager.db(runtime.accounts.enable_user, name, session.user.name)
     except AccountError as exc:
@@ -114,7 +115,7 @@ async def enable_user(name: str, runtime: RuntimeDep, session: AdminSession) -> 
 
 @router.post("/admin/api/users/{name}/role",
              summary="Change an account's role (an operator's claimed conversations go back to the queue)")
-async def set_role(name: str, body: RoleIn, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
+async def set_role(name: Name, body: RoleIn, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
     _not_yourself(name, session, "change the role of")
     try:
         user, released = await runtime.manager.db(runtime.accounts.set_role, name, body.role, session.user.name)
@@ -127,7 +128,7 @@ async def set_role(name: str, body: RoleIn, request: Request, runtime: RuntimeDe
 
 @router.post("/admin/api/users/{name}/reset-password",
              summary="Set a temporary password: the account is signed out and must choose its own at next sign-in")
-async def reset_password(name: str, body: PasswordIn, request: Request, runtime: RuntimeDep,
+async def reset_password(name: Name, body: PasswordIn, request: Request, runtime: RuntimeDep,
                          session: AdminSession) -> dict:
     _not_yourself(name, session, "reset the password of")  # your own: /account/password
     try:
@@ -141,7 +142,7 @@ async def reset_password(name: str, body: PasswordIn, request: Request, runtime:
 
 
 @router.post("/admin/api/users/{name}/sign-out", summary="End every session of an account")
-async def sign_out_everywhere(name: str, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
+async def sign_out_everywhere(name: Name, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
     _not_yourself(name, session, "sign out from here")  # your own: Sign out, or change your password
     try:
         ended = await runtime.manager.db(runtime.accounts.end_sessions, name, session.user.name)

@@ -35,7 +35,7 @@ from ..template_work import off_loop
 from ..templates import Template, TemplateError
 from .auth import console_page, current_session, require
 from .openai_api import ApiError, Ticket, api_share
-from .params import Days, RowIdField
+from .params import Days, Name, RowIdField
 from .runtime import Runtime, RuntimeDep
 
 OperatorSession = Annotated[Session, Depends(require("operator"))]
@@ -267,7 +267,7 @@ async def list_templates(runtime: RuntimeDep, session: OperatorSession) -> dict:
 
 
 @router.get("/operator/api/templates/{name}", summary="A template's live version as YAML")
-async def get_template(name: str, runtime: RuntimeDep, session: OperatorSession) -> dict:
+async def get_template(name: Name, runtime: RuntimeDep, session: OperatorSession) -> dict:
     live = await runtime.manager.db(runtime.store.published_template_versions, name)
     if not live:
         raise HTTPException(404, detail={"error": "not_found", "message": "No such template."})
@@ -341,7 +341,7 @@ async def run_examples(request: Request, body: YamlIn, runtime: RuntimeDep, sess
 
 
 @router.post("/operator/api/templates/{name}/publish", summary="Publish a draft as a new version")
-async def publish(name: str, body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+async def publish(name: Name, body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
     template = await _parse(body.yaml)
     if template.name != name:
         raise HTTPException(422, detail={"error": "invalid_template", "message": "The name in the YAML must stay "
@@ -357,7 +357,7 @@ async def publish(name: str, body: YamlIn, runtime: RuntimeDep, session: Operato
 
 
 @router.get("/operator/api/templates/{name}/versions", summary="Every version with author, time and diff")
-async def list_versions(name: str, runtime: RuntimeDep, session: OperatorSession) -> dict:
+async def list_versions(name: Name, runtime: RuntimeDep, session: OperatorSession) -> dict:
     found = await runtime.manager.db(versions, runtime.store, name)
     if not found:
         raise HTTPException(404, detail={"error": "not_found", "message": "No such template."})
@@ -365,7 +365,7 @@ async def list_versions(name: str, runtime: RuntimeDep, session: OperatorSession
 
 
 @router.post("/operator/api/templates/{name}/restore", summary="Publish an old version again, as a new version")
-async def restore(name: str, body: RestoreIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+async def restore(name: Name, body: RestoreIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
     old = await runtime.manager.db(runtime.store._one, "select body from template_versions where name = ? and "
                                    "version = ?", [name, body.version])
     if old is not None:

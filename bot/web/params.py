@@ -28,3 +28,6 @@ SearchText = Annotated[str, Query(max_length=200, description="words to search f
 
 FilterName = Annotated[str | None, Query(max_length=64)]
 """A short filter value (a channel, a reason)."""
+
+Name = Annotated[str, Path(min_length=1, max_length=64, description="a user or template name (at most 64 characters)")]
+"""A user's login or a template's name in the path: both are at most 64 characters."""
