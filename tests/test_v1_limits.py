@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import select
 import socket
-import time
 
 import httpx
 import pytest
@@ -84,14 +83,12 @@ def test_a_declared_oversized_body_is_413_before_it_is_sent(api):
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
 
 
-def test_a_chunked_body_past_the_limit_is_413_before_parsing_and_the_rest_is_not_read(api):
-    """Unparseable JSON past the limit: a 400 would mean the body was parsed; 413 means it never was."""
-    base, key, _ = api
-    limit = BodyLimits.from_settings(Settings()).for_path(CHAT)
+def chunked_attempt(base: str, key: str, limit: int) -> tuple[bytes, int]:
+    """Send unparseable JSON as a chunked body until the server answers (or 4x the limit is
+    sent); returns (what came back, bytes sent)."""
     host, port = base.removeprefix("http://").split(":")
-    chunk = b"[" * (256 * 1024)
-    sent = 0
-    answer = b""
+    chunk = b"[" * (64 * 1024)
+    sent, answer = 0, b""
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
                      "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
@@ -109,8 +106,20 @@ def test_a_chunked_body_past_the_limit_is_413_before_parsing_and_the_rest_is_not
                 if not more:
                     break
                 answer += more
-        except OSError:
+        except OSError:  # a reset can swallow the answer: TCP drops it when unread data meets a close
             pass
-    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
-    assert b"too large" in answer
-    assert sent < limit + 8 * MB  # it was refused while the body was still arriving
+    return answer, sent
+
+
+def test_a_chunked_body_past_the_limit_is_413_before_parsing_and_the_rest_is_not_read(api):
+    """Unparseable JSON past the limit: a 400 would mean the body was parsed; 413 means it never was."""
+    base, key, _ = api
+    limit = BodyLimits.from_settings(Settings()).for_path(CHAT)
+    answers = []
+    for _ in range(3):
+        answer, sent = chunked_attempt(base, key, limit)
+        assert sent < limit + 8 * MB  # refused while the body was still arriving: never read to the end
+        answers.append(answer[:300])
+        if answer:
+            break
+    assert answers[-1].startswith(b"HTTP/1.1 413") and b"too large" in answers[-1], answers
