@@ -3,6 +3,7 @@ too deeply nested is 400 with a readable message, never a 500 from the parser's 
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 
@@ -81,6 +82,8 @@ def test_a_declared_oversized_body_is_413_before_it_is_sent(api):
                      f"Content-Type: application/json\r\nContent-Length: {limit + 1}\r\n\r\n".encode())
         answer = sock.recv(4096).decode("latin-1")  # nothing of the body was sent
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    error = json.loads(answer.split("\r\n\r\n", 1)[1])["error"]  # OpenAI's shape, as every /v1 error
+    assert error["code"] == "too_large" and error["type"] == "invalid_request_error" and "too large" in error["message"]
 
 
 def chunked_attempt(base: str, key: str, limit: int) -> tuple[bytes, int]:

@@ -20,6 +20,7 @@ KIB, MIB = 1024, 1024 * 1024
 
 
 WIDGET_MESSAGES = "/widget/api/messages"
+API_PREFIX = "/v1/"
 
 
 class BodyTooLarge(HTTPException):
@@ -29,7 +30,12 @@ class BodyTooLarge(HTTPException):
             "That message is too large. Please send smaller screenshots." if path.startswith(WIDGET_MESSAGES)
             else f"The request is too large (the limit is {_size(limit)})."
         )
-        super().__init__(413, detail={"error": "too_large", "message": message})
+        if path.startswith(API_PREFIX):  # /v1 clients read OpenAI's error shape
+            detail: dict = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                      "code": "too_large"}}
+        else:
+            detail = {"error": "too_large", "message": message}
+        super().__init__(413, detail=detail)
 
 
 def _size(limit: int) -> str:
