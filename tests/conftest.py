@@ -23,3 +23,14 @@ async def engine(tiny_model_dir):
     eng.start()
     yield eng
     eng.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """A command run in-process reads the environment once per process (get_settings is cached):
+    each test starts from its own environment, whatever an earlier test's command read."""
+    from bot.settings import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

@@ -7,12 +7,9 @@ from __future__ import annotations
 import io
 import os
 import re
-import select
-import socket
 import stat
 import threading
 import tracemalloc
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,6 +21,7 @@ from bot.store import Store
 from bot.web.client_address import limit_key
 from engine.stub import StubEngine
 from tests.live_server import live_server
+from tests.raw_http import refused_upload
 
 MB = 1024 * 1024
 PASSWORD = "correct horse battery"
@@ -65,40 +63,6 @@ class UploadMeter:
         tracemalloc.stop()
 
 
-def chunked_upload(base: str, path: str, content_type: str, head: bytes, total: int,
-                   headers: dict | None = None) -> tuple[int, int]:
-    """Send `head` then filler as a chunked body with no declared length, the way a hostile
-    client would, until the server answers or `total` bytes are sent. Returns (bytes sent
-    before the answer arrived, status)."""
-    url = urlsplit(base)
-    sock = socket.create_connection((url.hostname, url.port))
-    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {content_type}\r\n{extra}"
-                 f"Transfer-Encoding: chunked\r\n\r\n".encode())
-    sent, answer, piece = 0, b"", b"A" * (64 * 1024)
-    try:
-        while sent < total:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if readable:
-                break
-            chunk = head if sent == 0 else piece
-            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            sent += len(chunk)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    sock.settimeout(10)
-    try:
-        while b"\r\n" not in answer:
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-    finally:
-        sock.close()
-    match = re.match(rb"HTTP/1.1 (\d{3})", answer)
-    return sent, int(match.group(1)) if match else 0
-
-
 def test_a_chunked_screenshot_upload_stops_at_the_limit_on_disk_and_in_memory(server, monkeypatch):
     base, _, _ = server
     token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
@@ -107,8 +71,9 @@ def test_a_chunked_screenshot_upload_stops_at_the_limit_on_disk_and_in_memory(se
             f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"bill.png\"\r\n"
             f"Content-Type: image/png\r\n\r\n").encode()
     with UploadMeter(monkeypatch) as meter:
-        sent, status = chunked_upload(base, "/widget/api/messages", f"multipart/form-data; boundary={BOUNDARY}",
-                                      head, 400 * MB, {"Authorization": f"Bearer {token}"})
+        status, sent = refused_upload(base, "/widget/api/messages", {
+            "Authorization": f"Bearer {token}", "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+            400 * MB, head)
     route_limit = 1 * MB + 4 * 1024 + 4 * 4000 + 64 * 1024  # one 1 MB screenshot, its text, the form around it
     assert status == 413
     assert meter.written <= route_limit, f"{meter.written} bytes reached the upload files"
@@ -119,8 +84,8 @@ def test_a_chunked_screenshot_upload_stops_at_the_limit_on_disk_and_in_memory(se
 def test_a_chunked_sign_in_form_stops_at_its_limit(server, monkeypatch):
     base, _, _ = server
     with UploadMeter(monkeypatch) as meter:
-        sent, status = chunked_upload(base, "/login", "application/x-www-form-urlencoded",
-                                      b"name=ada&password=", 200 * MB)
+        status, sent = refused_upload(base, "/login", {"Content-Type": "application/x-www-form-urlencoded"},
+                                      200 * MB, b"name=ada&password=")
     assert status == 413
     assert sent < 16 * MB, f"the server read {sent / MB:.0f} MB of a sign-in form before refusing"
     assert meter.peak < 8 * MB, f"Python memory peaked {meter.peak / MB:.1f} MB during the sign-in flood"

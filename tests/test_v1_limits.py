@@ -4,7 +4,6 @@ too deeply nested is 400 with a readable message, never a 500 from the parser's 
 from __future__ import annotations
 
 import json
-import select
 import socket
 
 import httpx
@@ -17,6 +16,7 @@ from bot.web.body_limits import BodyLimits
 from bot.web.openai_api import MAX_JSON_DEPTH
 from engine.stub import StubEngine
 from tests.live_server import live_server
+from tests.raw_http import chunked_post
 
 MB = 1024 * 1024
 CHAT = "/v1/chat/completions"
@@ -86,43 +86,14 @@ def test_a_declared_oversized_body_is_413_before_it_is_sent(api):
     assert error["code"] == "too_large" and error["type"] == "invalid_request_error" and "too large" in error["message"]
 
 
-def chunked_attempt(base: str, key: str, limit: int) -> tuple[bytes, int]:
-    """Send unparseable JSON as a chunked body until the server answers (or 4x the limit is
-    sent); returns (what came back, bytes sent)."""
-    host, port = base.removeprefix("http://").split(":")
-    chunk = b"[" * (64 * 1024)
-    sent, answer = 0, b""
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-                     "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
-        sock.settimeout(2)
-        while sent < 4 * limit and not select.select([sock], [], [], 0)[0]:
-            try:
-                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-                sent += len(chunk)
-            except OSError:  # the server answered and closed, or stopped reading
-                break
-        sock.settimeout(10)
-        try:
-            while b"\r\n\r\n" not in answer:
-                more = sock.recv(4096)
-                if not more:
-                    break
-                answer += more
-        except OSError:  # a reset can swallow the answer: TCP drops it when unread data meets a close
-            pass
-    return answer, sent
-
-
 def test_a_chunked_body_past_the_limit_is_413_before_parsing_and_the_rest_is_not_read(api):
     """Unparseable JSON past the limit: a 400 would mean the body was parsed; 413 means it never was."""
     base, key, _ = api
     limit = BodyLimits.from_settings(Settings()).for_path(CHAT)
-    answers = []
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     for _ in range(3):
-        answer, sent = chunked_attempt(base, key, limit)
+        answer, sent = chunked_post(base, CHAT, headers, 4 * limit, filler=b"[" * (64 * 1024))
         assert sent < limit + 8 * MB  # refused while the body was still arriving: never read to the end
-        answers.append(answer[:300])
         if answer:
             break
-    assert answers[-1].startswith(b"HTTP/1.1 413") and b"too large" in answers[-1], answers
+    assert answer.startswith(b"HTTP/1.1 413") and b"too large" in answer, answer[:300]
