@@ -2,16 +2,20 @@
  * Snapdesk agent console (/agent).
  *
  * The page is served under a strict Content-Security-Policy (script-src 'self'): no inline
- * scripts, no inline handlers, no eval. Vanilla JS, no build step, no dependencies.
+ * scripts, no inline handlers, no eval. Vanilla JS, no build step, no dependencies: an ES module
+ * that shares its helpers with the operator console through console-common.js.
  * Everything written by end users, agents or the model is only ever inserted as text nodes.
  *
  * Data comes from the same-origin console API (/console/api/me, /agent/api/...) and stays live
  * through the /agent/api/events stream (EventSource, "update" events).
  * Debug/test handle: window.SnapdeskAgent = { state(), refresh() }.
  */
-(function () {
-  "use strict";
+import {
+  $, el, str, initials, CHANNELS, reasonLabel, channelLabel, isNum, confidenceClass, parseTime,
+  readJson, apiClient, signOut, showError, clearError, toast
+} from "./console-common.js";
 
+(function () {
   const LOGIN_URL = "/login?next=/agent";
   const TITLE = "Snapdesk · Agent";
   const QUEUE_DEBOUNCE_MS = 200;
@@ -20,60 +24,14 @@
   const POLL_WHILE_OFFLINE_MS = 15000;
   const SEARCH_DEBOUNCE_MS = 300;
   const MAX_TEXT = 4000;
+  const TOAST_MS = 4000;
 
-  const REASONS = {
-    user_request: "Asked for a person",
-    low_confidence: "Low confidence",
-    model_declined: "Bot declined",
-    sensitive_topic: "Sensitive topic",
-    repeated_failure: "Repeated failure",
-    unreadable_image: "Unreadable image",
-    engine_error: "Engine error",
-    busy: "Bot busy"
-  };
-  const CHANNELS = { widget: "Widget", slack: "Slack", telegram: "Telegram", cli: "CLI" };
   const STATUSES = { waiting: "Waiting", claimed: "Claimed", resolved: "Resolved", bot: "With the bot" };
   const ROLES = { user: "User", bot: "Bot", agent: "Agent", system: "System", note: "Internal note", draft: "Draft" };
 
   // ---------------------------------------------------------------------------------------
   // Small helpers
   // ---------------------------------------------------------------------------------------
-  function $(id) {
-    return document.getElementById(id);
-  }
-
-  function el(tag, attrs, children) {
-    const node = document.createElement(tag);
-    if (attrs) {
-      for (const k of Object.keys(attrs)) {
-        const v = attrs[k];
-        if (v === null || v === undefined || v === false) continue;
-        if (k === "text") node.textContent = String(v);
-        else if (k === "class") node.className = v;
-        else node.setAttribute(k, v === true ? "" : String(v));
-      }
-    }
-    if (children) for (const c of children) if (c) node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
-    return node;
-  }
-
-  function str(v) {
-    return v === null || v === undefined ? "" : String(v);
-  }
-
-  function reasonLabel(code) {
-    const c = str(code);
-    if (Object.prototype.hasOwnProperty.call(REASONS, c)) return REASONS[c];
-    if (!c) return "Handed over";
-    const words = c.replace(/[_-]+/g, " ").trim();
-    return words.charAt(0).toUpperCase() + words.slice(1);
-  }
-
-  function channelLabel(code) {
-    const c = str(code);
-    return Object.prototype.hasOwnProperty.call(CHANNELS, c) ? CHANNELS[c] : c || "Unknown";
-  }
-
   /** A CSS class suffix only from a fixed list, never from data. */
   function channelClass(code) {
     return Object.prototype.hasOwnProperty.call(CHANNELS, str(code)) ? "ch-" + code : "ch-other";
@@ -88,26 +46,8 @@
     return Object.prototype.hasOwnProperty.call(STATUSES, str(code)) ? "st-" + code : "st-other";
   }
 
-  function isNum(v) {
-    return typeof v === "number" && isFinite(v);
-  }
-
   function formatConfidence(c) {
     return isNum(c) ? Math.round(Math.max(0, Math.min(1, c)) * 100) + "%" : "—";
-  }
-
-  function confidenceClass(c) {
-    if (!isNum(c)) return "conf conf-none";
-    if (c < 0.5) return "conf conf-low";
-    if (c < 0.75) return "conf conf-mid";
-    return "conf conf-high";
-  }
-
-  function parseTime(iso) {
-    if (!iso) return null;
-    // Python writes microseconds; trim the fraction to milliseconds for every browser.
-    const d = new Date(String(iso).replace(/(\.\d{3})\d+/, "$1"));
-    return isNaN(d.getTime()) ? null : d;
   }
 
   function sameDay(a, b) {
@@ -227,11 +167,6 @@
     if (last < s.length) node.appendChild(document.createTextNode(s.slice(last)));
   }
 
-  function initials(name) {
-    const s = str(name).trim();
-    return s ? Array.from(s)[0].toUpperCase() : "?";
-  }
-
   /** Run fn at most once per delay; a call while it runs queues exactly one more run. */
   function coalesce(fn, delay) {
     let timer = null;
@@ -301,70 +236,27 @@
   // ---------------------------------------------------------------------------------------
   // The API
   // ---------------------------------------------------------------------------------------
-  function ApiError(status, code, message) {
-    this.status = status;
-    this.code = code;
-    this.message = message;
-  }
-
   function goLogin() {
     if (state.leaving) return;
     state.leaving = true;
     location.assign(LOGIN_URL);
   }
 
-  async function readJson(res) {
-    try {
-      return await res.json();
-    } catch (_) {
-      return null;
+  const api = apiClient({
+    csrf: function () {
+      return state.csrf;
+    },
+    onUnauthorized: goLogin,
+    refreshCsrf: loadMe,
+    fallback: function (status) {
+      if (status === 0) return "Can't reach the server. Check your connection and try again.";
+      if (status === 403) return "You are not allowed to do that.";
+      if (status === 404) return "That conversation no longer exists.";
+      if (status === 409) return "Someone else changed this conversation first.";
+      if (status >= 500) return "Something went wrong on the server. Please try again.";
+      return "";
     }
-  }
-
-  function errorFrom(status, body) {
-    let code = "";
-    let message = "";
-    if (body && typeof body === "object") {
-      const d = body.detail && typeof body.detail === "object" ? body.detail : body;
-      code = typeof d.error === "string" ? d.error : "";
-      message = typeof d.message === "string" ? d.message : typeof body.detail === "string" ? body.detail : "";
-    }
-    if (!message) {
-      if (status === 403) message = "You are not allowed to do that.";
-      else if (status === 404) message = "That conversation no longer exists.";
-      else if (status === 409) message = "Someone else changed this conversation first.";
-      else if (status >= 500) message = "Something went wrong on the server. Please try again.";
-      else message = "The request failed (" + status + ").";
-    }
-    return new ApiError(status, code || String(status), message);
-  }
-
-  async function api(method, path, body, retried) {
-    const opts = { method: method, credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } };
-    if (method !== "GET") {
-      opts.headers["Content-Type"] = "application/json";
-      opts.headers["X-CSRF-Token"] = state.csrf;
-      opts.body = JSON.stringify(body || {});
-    }
-    let res;
-    try {
-      res = await fetch(path, opts);
-    } catch (_) {
-      throw new ApiError(0, "network", "Can't reach the server. Check your connection and try again.");
-    }
-    const data = await readJson(res);
-    if (res.ok) return data || {};
-    const err = errorFrom(res.status, data);
-    if (res.status === 401) {
-      goLogin();
-      throw err;
-    }
-    // A stale CSRF token (the session was renewed elsewhere): fetch the current one and try once more.
-    if (res.status === 403 && err.code === "csrf" && method !== "GET" && !retried) {
-      if (await loadMe()) return api(method, path, body, true);
-    }
-    throw err;
-  }
+  });
 
   async function loadMe() {
     let res;
@@ -388,27 +280,6 @@
   // ---------------------------------------------------------------------------------------
   // Notices
   // ---------------------------------------------------------------------------------------
-  let toastTimer = null;
-
-  function showError(message) {
-    $("error-text").textContent = str(message);
-    $("error").hidden = false;
-  }
-
-  function clearError() {
-    $("error").hidden = true;
-    $("error-text").textContent = "";
-  }
-
-  function toast(message) {
-    const node = $("toast");
-    node.textContent = str(message);
-    clearTimeout(toastTimer);
-    toastTimer = setTimeout(function () {
-      node.textContent = "";
-    }, 4000);
-  }
-
   function setLive(mode) {
     state.live = mode;
     const node = $("live");
@@ -438,9 +309,9 @@
     let all;
     try {
       const results = await Promise.all([
-        api("GET", queueUrl(f)),
+        api(queueUrl(f)),
         // The title counts everyone waiting, whatever this agent filters on.
-        filtered ? api("GET", queueUrl({})) : null
+        filtered ? api(queueUrl({})) : null
       ]);
       list = Array.isArray(results[0].conversations) ? results[0].conversations : [];
       all = results[1] ? (Array.isArray(results[1].conversations) ? results[1].conversations : []) : list;
@@ -469,8 +340,8 @@
       const fresh = all.filter(function (c) { return c && !knownQueueIds.has(String(c.id)); });
       fresh.forEach(function (c) { freshIds.add(String(c.id)); });
       const waiting = fresh.filter(function (c) { return c.status === "waiting"; });
-      if (waiting.length === 1) toast("New conversation waiting: " + (str(waiting[0].user_name) || str(waiting[0].user_id) || "a user"));
-      else if (waiting.length > 1) toast(waiting.length + " new conversations waiting");
+      if (waiting.length === 1) toast("New conversation waiting: " + (str(waiting[0].user_name) || str(waiting[0].user_id) || "a user"), TOAST_MS);
+      else if (waiting.length > 1) toast(waiting.length + " new conversations waiting", TOAST_MS);
     }
     knownQueueIds = ids;
     return freshIds;
@@ -710,7 +581,7 @@
     if (!id) return;
     let data;
     try {
-      data = await api("GET", "/agent/api/conversations/" + encodeURIComponent(id));
+      data = await api("/agent/api/conversations/" + encodeURIComponent(id));
     } catch (err) {
       if (id !== state.currentId) return;
       if (err.status === 404) {
@@ -1256,7 +1127,7 @@
   }
 
   function post(id, verb, body) {
-    return api("POST", "/agent/api/conversations/" + encodeURIComponent(id) + "/" + verb, body || {});
+    return api("/agent/api/conversations/" + encodeURIComponent(id) + "/" + verb, { method: "POST", json: body || {} });
   }
 
   function sendText(kind) {
@@ -1280,7 +1151,7 @@
         entry.text = id === state.currentId ? composer.value : "";
         entry.suggested = false;
       }
-      toast(kind === "reply" ? "Reply sent" : "Internal note added");
+      toast(kind === "reply" ? "Reply sent" : "Internal note added", TOAST_MS);
       if (id === state.currentId) {
         composer.focus();
         threadRefresher.now();
@@ -1292,7 +1163,7 @@
   function claim() {
     act("claim", async function (id) {
       await post(id, "claim");
-      toast("You claimed this conversation");
+      toast("You claimed this conversation", TOAST_MS);
       if (id === state.currentId) {
         $("composer").focus();
         threadRefresher.now();
@@ -1304,7 +1175,7 @@
   function resolve() {
     act("resolve", async function (id) {
       await post(id, "resolve");
-      toast("Conversation resolved");
+      toast("Conversation resolved", TOAST_MS);
       if (id === state.currentId) {
         focusThreadHeading();
         threadRefresher.now();
@@ -1316,7 +1187,7 @@
   function handBack() {
     act("hand-back", async function (id) {
       await post(id, "hand-back");
-      toast("Handed back to the bot");
+      toast("Handed back to the bot", TOAST_MS);
       if (id === state.currentId) {
         focusThreadHeading();
         threadRefresher.now();
@@ -1331,7 +1202,7 @@
   let agentsCache = null;
 
   async function loadAgents() {
-    const data = await api("GET", "/agent/api/agents");
+    const data = await api("/agent/api/agents");
     agentsCache = Array.isArray(data.agents) ? data.agents.filter(function (a) { return a && str(a.name); }) : [];
     return agentsCache;
   }
@@ -1395,7 +1266,7 @@
     act("transfer", async function (id) {
       await post(id, "transfer", { agent: agent });
       closeTransfer(false);
-      toast("Transferred to " + shown);
+      toast("Transferred to " + shown, TOAST_MS);
       if (id === state.currentId) threadRefresher.now();
       queueRefresher.now();
     }, $("transfer-confirm"));
@@ -1532,7 +1403,7 @@
     $("search-panel").setAttribute("aria-busy", "true");
     let data;
     try {
-      data = await api("GET", "/agent/api/search?q=" + encodeURIComponent(q));
+      data = await api("/agent/api/search?q=" + encodeURIComponent(q));
     } catch (err) {
       if (seq !== search.seq) return;
       $("search-panel").setAttribute("aria-busy", "false");
@@ -1699,15 +1570,7 @@
       source.close();
       source = null;
     }
-    try {
-      await fetch("/logout", {
-        method: "POST", credentials: "same-origin", redirect: "manual",
-        headers: { "X-CSRF-Token": state.csrf, "Content-Type": "application/json" }, body: "{}"
-      });
-    } catch (_) {
-      /* the sign-in page is where we go either way */
-    }
-    location.assign("/login");
+    await signOut(state.csrf);
   }
 
   // ---------------------------------------------------------------------------------------

@@ -4,29 +4,22 @@
  * get a Users view: list and add console accounts, change roles and display names, reset
  * passwords, sign accounts out everywhere, disable and enable them.
  *
- * Served at /operator with a strict CSP (script-src 'self'): no inline code, no eval.
+ * Served at /operator with a strict CSP (script-src 'self'): no inline code, no eval. An ES module
+ * that shares its helpers with the agent console through console-common.js.
  * Everything that comes from the server (template text, replies, issues, example text, diff
  * lines, names) is inserted as text nodes only; charts are SVG built with createElementNS.
  */
-(function () {
-  "use strict";
+import {
+  $, el, setAttrs, setText, initials, reasonLabel, channelLabel, isNum, confidenceClass, parseTime,
+  apiClient, signOut, showError, clearError, toast
+} from "./console-common.js";
 
+(function () {
   const MAX_IMAGES = 4;
   const VALIDATE_DELAY_MS = 400;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const LINE_HEIGHT = 20; // px, matches .op-yaml / .op-gutter
 
-  const REASONS = {
-    user_request: "Asked for a person",
-    sensitive_topic: "Sensitive topic",
-    engine_error: "Engine error",
-    busy: "Bot busy",
-    unreadable_image: "Unreadable image",
-    model_declined: "Bot declined",
-    repeated_failure: "Repeated failure",
-    low_confidence: "Low confidence"
-  };
-  const CHANNEL_NAMES = { widget: "Widget", slack: "Slack", telegram: "Telegram", cli: "CLI" };
   const LANGUAGE_NAMES = { en: "English", zh: "Chinese", auto: "Auto" };
   const ROLE_NAMES = { agent: "Agent", operator: "Operator", admin: "Admin" };
 
@@ -68,17 +61,6 @@
   // ---------------------------------------------------------------------------------------
   // DOM helpers
   // ---------------------------------------------------------------------------------------
-  function $(id) {
-    return document.getElementById(id);
-  }
-
-  function el(tag, attrs, children) {
-    const node = document.createElement(tag);
-    setAttrs(node, attrs);
-    if (children) for (const c of children) if (c) node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
-    return node;
-  }
-
   function svg(tag, attrs, text) {
     const node = document.createElementNS(SVG_NS, tag);
     setAttrs(node, attrs);
@@ -86,23 +68,8 @@
     return node;
   }
 
-  function setAttrs(node, attrs) {
-    if (!attrs) return;
-    for (const k of Object.keys(attrs)) {
-      const v = attrs[k];
-      if (v === null || v === undefined || v === false) continue;
-      if (k === "text") node.textContent = String(v);
-      else if (k === "class") node.setAttribute("class", v);
-      else node.setAttribute(k, v === true ? "" : String(v));
-    }
-  }
-
   function clear(node) {
     while (node.firstChild) node.removeChild(node.firstChild);
-  }
-
-  function setText(node, value) {
-    node.textContent = value === null || value === undefined ? "" : String(value);
   }
 
   function setStatus(node, text, tone) {
@@ -114,20 +81,8 @@
   // ---------------------------------------------------------------------------------------
   // Formatting
   // ---------------------------------------------------------------------------------------
-  function isNum(v) {
-    return typeof v === "number" && isFinite(v);
-  }
-
   function pct(v) {
     return isNum(v) ? Math.round(v * 100) + "%" : "—";
-  }
-
-  /** The confidence pill colours shared with the agent console. */
-  function confidenceClass(c) {
-    if (!isNum(c)) return "conf conf-none";
-    if (c < 0.5) return "conf conf-low";
-    if (c < 0.75) return "conf conf-mid";
-    return "conf conf-high";
   }
 
   function round1(v) {
@@ -146,28 +101,10 @@
     return n + " " + (n === 1 ? one : many);
   }
 
-  function reasonLabel(code) {
-    if (!code) return "";
-    if (Object.prototype.hasOwnProperty.call(REASONS, code)) return REASONS[code];
-    const s = String(code).replace(/[_-]+/g, " ").trim();
-    return s ? s.charAt(0).toUpperCase() + s.slice(1) : String(code);
-  }
-
-  function channelLabel(code) {
-    return Object.prototype.hasOwnProperty.call(CHANNEL_NAMES, code) ? CHANNEL_NAMES[code] : String(code);
-  }
-
   function localized(obj, fallback) {
     if (obj && typeof obj === "object") return obj.en || obj.zh || fallback || "";
     if (typeof obj === "string" && obj) return obj;
     return fallback || "";
-  }
-
-  function parseTime(iso) {
-    if (!iso) return null;
-    const s = String(iso).replace(/(\.\d{3})\d+/, "$1");
-    const d = new Date(s);
-    return isNaN(d.getTime()) ? null : d;
   }
 
   function formatTime(iso) {
@@ -199,99 +136,30 @@
   // ---------------------------------------------------------------------------------------
   // Notices
   // ---------------------------------------------------------------------------------------
-  let toastTimer = 0;
-
-  function showError(message) {
-    setText($("error-text"), message || "Something went wrong.");
-    $("error").hidden = false;
-  }
-
-  function hideError() {
-    $("error").hidden = true;
-    setText($("error-text"), "");
-  }
-
-  function toast(message) {
-    const node = $("toast");
-    clearTimeout(toastTimer);
-    setText(node, message);
-    node.classList.add("is-shown");
-    toastTimer = setTimeout(function () {
-      node.classList.remove("is-shown");
-      setText(node, "");
-    }, 5000);
-  }
-
   // ---------------------------------------------------------------------------------------
   // Server
   // ---------------------------------------------------------------------------------------
-  class ApiError extends Error {
-    constructor(status, body, fallback) {
-      super(errorMessage(status, body, fallback));
-      this.status = status;
-      this.code = body && typeof body.error === "string" ? body.error : null;
-      this.issues = body && Array.isArray(body.issues) ? body.issues : null;
-    }
-  }
-
-  function errorMessage(status, body, fallback) {
-    if (body && typeof body === "object") {
-      if (typeof body.message === "string" && body.message) return body.message;
-      const d = body.detail;
-      if (typeof d === "string" && d) return d;
-      if (d && typeof d === "object" && typeof d.message === "string") return d.message;
-      if (Array.isArray(d) && d.length && d[0] && typeof d[0].msg === "string") return "The request was not valid: " + d[0].msg;
-    }
-    if (status === 0) return "Can't reach the server. Check the connection and try again.";
-    if (status === 403) return "You don't have permission to do that. Your session may have expired: reload the page.";
-    if (status === 404) return "Not found. It may have been removed: reload the page.";
-    if (status === 409) return "Someone else changed this at the same time. Reload and try again.";
-    if (status === 413) return "The images are too large. Send smaller screenshots.";
-    if (status === 429) return "Too many requests. Wait a moment and try again.";
-    if (status >= 500) return "The server had a problem (" + status + "). Try again in a moment.";
-    return fallback || "The request failed (" + status + ").";
-  }
-
   function toLogin() {
     location.assign("/login?next=/operator");
   }
 
-  async function api(path, options) {
-    const opts = options || {};
-    const method = opts.method || "GET";
-    const headers = { Accept: "application/json" };
-    const init = { method: method, credentials: "same-origin", cache: "no-store", headers: headers };
-    if (method !== "GET") headers["X-CSRF-Token"] = state.csrf || "";
-    if (opts.json !== undefined) {
-      headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(opts.json);
-    } else if (opts.form) {
-      init.body = opts.form;
+  const api = apiClient({
+    csrf: function () {
+      return state.csrf;
+    },
+    onUnauthorized: toLogin,
+    fallback: function (status) {
+      if (status === 0) return "Can't reach the server. Check the connection and try again.";
+      if (status === 401) return "Please sign in.";
+      if (status === 403) return "You don't have permission to do that. Your session may have expired: reload the page.";
+      if (status === 404) return "Not found. It may have been removed: reload the page.";
+      if (status === 409) return "Someone else changed this at the same time. Reload and try again.";
+      if (status === 413) return "The images are too large. Send smaller screenshots.";
+      if (status === 429) return "Too many requests. Wait a moment and try again.";
+      if (status >= 500) return "The server had a problem (" + status + "). Try again in a moment.";
+      return "";
     }
-    if (opts.signal) init.signal = opts.signal;
-    let res;
-    try {
-      res = await fetch(path, init);
-    } catch (e) {
-      if (e && e.name === "AbortError") throw e;
-      throw new ApiError(0, null);
-    }
-    let body = null;
-    const type = res.headers.get("content-type") || "";
-    if (type.indexOf("json") !== -1) {
-      try {
-        body = await res.json();
-      } catch (_) {
-        body = null;
-      }
-    }
-    if (res.status === 401) {
-      toLogin();
-      throw new ApiError(401, body, "Please sign in.");
-    }
-    if (!res.ok) throw new ApiError(res.status, body);
-    return body || {};
-  }
+  });
 
   function tplPath(name, rest) {
     return "/operator/api/templates/" + encodeURIComponent(name) + (rest || "");
@@ -304,22 +172,16 @@
     wire();
     let me;
     try {
-      const res = await fetch("/console/api/me", { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
-      if (res.status === 401) {
-        toLogin();
-        return;
-      }
-      if (!res.ok) throw new ApiError(res.status, await res.json().catch(function () { return null; }));
-      me = await res.json();
+      me = await api("/console/api/me");
     } catch (e) {
-      showError(e && e.message ? e.message : "Can't reach the server.");
+      if (e.status !== 401) showError(e.message);
       return;
     }
     state.me = me;
     state.csrf = me.csrf_token || "";
     const name = String(me.name || "");
     setText($("user-name"), name);
-    setText($("avatar"), name ? name.trim().charAt(0).toUpperCase() : "?");
+    setText($("avatar"), initials(name));
     setText($("user-role"), me.role || "");
     $("nav-users").hidden = !isAdmin();
     $("console-switch").hidden = !isAdmin();
@@ -399,12 +261,7 @@
   async function logout() {
     const button = $("logout");
     button.disabled = true;
-    try {
-      await fetch("/logout", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": state.csrf || "" } });
-    } catch (_) {
-      /* going to the sign-in page either way */
-    }
-    location.assign("/login");
+    await signOut(state.csrf);
   }
 
   // ---------------------------------------------------------------------------------------
@@ -876,7 +733,7 @@
         state.tpl.yaml = text;
         if (isNum(data.version)) state.tpl.published = data.version;
       }
-      hideError();
+      clearError();
       toast("Published “" + name + "”" + (isNum(data.version) ? " as version " + data.version : "") + ".");
       await loadTemplates();
       loadVersions();
@@ -1268,7 +1125,7 @@
     if (!window.confirm("Restore version " + version + " of “" + name + "”? It is published again as a new version and goes live at once." + lost)) return;
     try {
       const data = await api(tplPath(name, "/restore"), { method: "POST", json: { version: version } });
-      hideError();
+      clearError();
       toast("Version " + version + " restored" + (isNum(data.version) ? " as version " + data.version : "") + ".");
       try {
         const fresh = await api(tplPath(name));
@@ -1757,7 +1614,7 @@
       select.disabled = true;
       try {
         const data = await api(userPath(name, "/role"), { method: "POST", json: { role: wanted } });
-        hideError();
+        clearError();
         const released = Array.isArray(data.released) ? data.released.length : 0;
         toast(name + " is now " + roleLabel(data.role || wanted).toLowerCase() + "." +
           (released ? " " + count(released, "claimed conversation went", "claimed conversations went") + " back to the queue." : ""));
@@ -1820,7 +1677,7 @@
       try {
         await api(userPath(name, "/reset-password"), { method: "POST", json: { password: input.value } });
         input.value = "";
-        hideError();
+        clearError();
         toast("New password set for " + name + ": they were signed out and choose their own at the next sign-in.");
         await loadUsers();
       } catch (err) {
@@ -1838,7 +1695,7 @@
     button.setAttribute("aria-busy", "true");
     try {
       await api(userPath(name, "/enable"), { method: "POST" });
-      hideError();
+      clearError();
       toast("Enabled " + name + ": they can sign in again.");
     } catch (e) {
       showError("The account was not enabled: " + e.message);
@@ -1856,7 +1713,7 @@
     button.setAttribute("aria-busy", "true");
     try {
       const data = await api(userPath(name, "/sign-out"), { method: "POST" });
-      hideError();
+      clearError();
       const ended = typeof data.sessions_ended === "number" ? data.sessions_ended : 0;
       toast("Signed " + name + " out everywhere (" + count(ended, "session", "sessions") + " ended).");
     } catch (e) {
@@ -1906,7 +1763,7 @@
         save.setAttribute("aria-busy", "true");
         try {
           const data = await api(userPath(name, "/display-name"), { method: "POST", json: { display_name: value } });
-          hideError();
+          clearError();
           toast("Users now see " + name + " as “" + String(data.display_name || value) + "”.");
           await loadUsers();
           const again = document.querySelector('[data-testid=user-row][data-name="' + CSS.escape(name) + '"] [data-testid=edit-display-name]');
@@ -1966,7 +1823,7 @@
       const payload = { name: name, role: role, password: password };
       if (displayName) payload.display_name = displayName;
       const data = await api(userPath(), { method: "POST", json: payload });
-      hideError();
+      clearError();
       setStatus($("add-user-status"), "");
       nameInput.value = "";
       passwordInput.value = "";
@@ -1993,7 +1850,7 @@
     button.setAttribute("aria-busy", "true");
     try {
       await api(userPath(name, "/disable"), { method: "POST" });
-      hideError();
+      clearError();
       toast("Disabled " + name + ".");
     } catch (e) {
       showError("The account was not disabled: " + e.message);
@@ -2009,7 +1866,7 @@
   // Wiring
   // ---------------------------------------------------------------------------------------
   function wire() {
-    $("error-close").addEventListener("click", hideError);
+    $("error-close").addEventListener("click", clearError);
     $("logout").addEventListener("click", logout);
     $("save-channels").addEventListener("click", saveChannels);
 

@@ -262,7 +262,9 @@
   }
 
   // ---------------------------------------------------------------------------------------
-  // DOM helpers
+  // DOM helpers: a classic script on customers' pages cannot import the consoles' module, so
+  // el, parseTime and readJson here match console-common.js, and httpUrl and fillText match
+  // agent.js, name for name.
   // ---------------------------------------------------------------------------------------
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
@@ -275,7 +277,7 @@
         else node.setAttribute(k, v === true ? "" : String(v));
       }
     }
-    if (children) for (const c of children) if (c) node.appendChild(c);
+    if (children) for (const c of children) if (c) node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
     return node;
   }
 
