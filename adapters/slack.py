@@ -1,24 +1,29 @@
-"""The Slack channel: Events API over HTTP (`POST /slack/events`) or Socket Mode.
+"""The Slack channel on slack-bolt: Events API over HTTP (`POST /slack/events`) or Socket Mode.
 
 One event's trip:
 
-1. HTTP: the raw body and headers are taken as they are (`to_events_request`) and the
-   signature is checked with slack_sdk's `SignatureVerifier` (HMAC-SHA256 of
-   `v0:{timestamp}:{body}`, five-minute window, constant-time compare) before the body is
-   parsed; anything else is a 401. Socket Mode needs no signature: the connection itself
-   is authenticated with the app-level token.
-2. `url_verification` is answered with its challenge. An `event_callback` is classified:
-   a direct message, a mention in a channel, or a follow-up in a thread the bot already
-   answers; bot messages, the bot's own messages, edits and deletions are acknowledged and
+1. bolt reads the request: over HTTP through its Starlette adapter, whose `AsyncRequestVerification`
+   checks the signature (HMAC-SHA256 of `v0:{timestamp}:{body}`, five-minute window,
+   constant-time compare; anything else is a 401), and answers `url_verification` with its
+   challenge; over Socket Mode through `AsyncSocketModeHandler` (the connection itself is
+   authenticated with the app-level token). A signed body bolt cannot read is a 400.
+2. bolt's listeners and matchers pick the events Snapdesk answers: a direct message, a mention
+   in a channel, or a follow-up in a thread the bot already answers. Bot messages, the bot's
+   own messages (bolt's `IgnoringSelfEvents`), edits and deletions are acknowledged and
    dropped without being stored.
-3. A kept event is stored with `record_event("slack", "{team_id}:{event_id}", payload)`, and
-   only then acknowledged (200, or the Socket Mode envelope ack). A redelivery of a stored
-   event (Slack's retries) is acknowledged and not processed again; an event whose first
-   delivery was never stored is simply stored now.
+3. The app runs with `process_before_response=True`: a kept event is stored with
+   `record_event("slack", "{team_id}:{event_id}", payload)` inside the listener, and only then
+   acknowledged (200, or the Socket Mode envelope ack). If storing fails the listener raises,
+   bolt answers 500 (no ack), and Slack delivers the event again. A redelivery of a stored
+   event is acknowledged and not processed again.
 4. In the background the event becomes one `Inbound`: files are downloaded (size, origin
    and format checked; problems get a clear reply), the message is accepted by the manager
    (idempotent on `team:channel:ts`), the event is marked finished, and the turn is answered.
    Events stored but not finished (a crash) are processed again at start.
+
+The bot's identity comes from `auth.test` at start; bolt gets it through `authorize`, so an
+event that arrives while Slack cannot say who the bot is gets a 500 and comes again, instead
+of being acknowledged unanswered (what bolt's single-workspace authorization would do).
 
 Conversation keys: `team:channel` for a direct message, `team:channel:thread_ts` for a thread.
 """
@@ -26,18 +31,21 @@ Conversation keys: `team:channel` for a direct message, `team:channel:thread_ts`
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
-from urllib.parse import parse_qs
+from typing import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request, to_starlette_response
+from slack_bolt.async_app import AsyncApp, AsyncBoltRequest
+from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
@@ -54,17 +62,20 @@ from .slack_api import (
     FileProblem,
     SlackApi,
     SlackCallError,
+    retry_handlers,
+    web_client,
 )
 from .slack_channel import CHANNEL, SLACK_ID, TS, Place, SlackChannel, localized
 from .slack_text import from_slack
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024  # Slack's event payloads are a few kilobytes
 MAX_FILES = 10  # Slack attaches at most 10 files to a message
 ACCEPTED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 USER_NAME_TTL_S = 3600.0
 MAX_MENTIONED_THREADS = 10_000
+# A Socket Mode connection that failed at start is tried again in the background, this many times.
+SOCKET_RETRIES = 10
 
 FILE_NOTICE = {
     "too_big": {
@@ -81,57 +92,6 @@ FILE_NOTICE = {
 
 def _megabytes(size: int) -> str:
     return f"{round(size / 1024 / 1024, 1):g} MB" if size >= 1024 * 1024 else f"{max(1, size // 1024)} KB"
-
-
-# Thin HTTP adapter (the shape of bolt-python's to_bolt_request / to_starlette_response) -----------
-@dataclass(frozen=True)
-class EventsRequest:
-    body: bytes
-    headers: dict[str, str]  # lower-cased names
-
-    @property
-    def retry_num(self) -> int:
-        value = self.headers.get("x-slack-retry-num", "0")
-        return int(value) if value.isdigit() else 0
-
-
-@dataclass(frozen=True)
-class EventsResponse:
-    status: int
-    body: dict | None = None
-
-
-async def to_events_request(request: Request, max_bytes: int = MAX_BODY_BYTES) -> EventsRequest | None:
-    """The raw request, untouched (the signature covers the exact bytes); None when too large."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            return None
-    return EventsRequest(bytes(body), {k.lower(): v for k, v in request.headers.items()})
-
-
-def to_starlette_response(response: EventsResponse) -> Response:
-    if response.body is None:
-        return Response(status_code=response.status)
-    return JSONResponse(response.body, status_code=response.status)
-
-
-def parse_body(request: EventsRequest) -> dict | None:
-    """The payload of a verified request: JSON events, or a form (ssl_check, interactivity)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    try:
-        text = request.body.decode("utf-8")
-        if content_type == "application/x-www-form-urlencoded":
-            form = {k: v[0] for k, v in parse_qs(text).items()}
-            return json.loads(form["payload"]) if "payload" in form else form
-        payload = json.loads(text)
-    except (UnicodeDecodeError, ValueError, KeyError):
-        return None
-    return payload if isinstance(payload, dict) else None
 
 
 # Settings ---------------------------------------------------------------------------------------
@@ -166,7 +126,7 @@ def setup_slack(settings: Settings, runtime: Runtime) -> "SlackAdapter":
     return SlackAdapter(settings, runtime)
 
 
-# The adapter ------------------------------------------------------------------------------------
+# What an event means -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Route:
     """What an event means for Snapdesk: which conversation, where to answer, what was said."""
@@ -178,12 +138,55 @@ class Route:
     user: str
     text: str
     files: tuple[dict, ...]
+    in_thread: bool  # a follow-up in a channel thread: answered only where the bot takes part
 
     @property
     def message_id(self) -> str:
         return f"{self.team}:{self.place.channel}:{self.ts}"
 
 
+def bot_user_of(payload: dict, known: str | None) -> str | None:
+    if known:
+        return known
+    for authorization in payload.get("authorizations") or ():
+        if isinstance(authorization, dict) and authorization.get("is_bot"):
+            return authorization.get("user_id")
+    return None
+
+
+def route_of(payload: dict, bot_user: str | None) -> Route | None:
+    """Which conversation an event belongs to, or None for events Snapdesk does not answer."""
+    event = payload.get("event")
+    team = payload.get("team_id")
+    if payload.get("type") != "event_callback" or not isinstance(event, dict) or not isinstance(team, str) \
+            or not payload.get("event_id"):
+        return None
+    kind, channel, ts, user = event.get("type"), event.get("channel"), event.get("ts"), event.get("user")
+    if kind not in ("message", "app_mention") or event.get("subtype") not in ACCEPTED_SUBTYPES:
+        return None  # edits, deletions, joins, bot_message ...
+    if event.get("bot_id") or event.get("bot_profile") or event.get("hidden"):
+        return None
+    if not isinstance(user, str) or not user or user == bot_user:
+        return None
+    if not (isinstance(channel, str) and SLACK_ID.match(channel) and isinstance(ts, str) and TS.match(ts)):
+        return None
+    thread_ts = event.get("thread_ts")
+    thread_ts = thread_ts if isinstance(thread_ts, str) and TS.match(thread_ts) else None
+    in_thread = False
+    if kind == "app_mention":
+        place = Place(team, channel, thread_ts or ts)
+    elif event.get("channel_type") == "im":
+        place = Place(team, channel)
+    elif thread_ts and event.get("channel_type") in ("channel", "group"):
+        place, in_thread = Place(team, channel, thread_ts), True
+    else:
+        return None
+    files = tuple(f for f in (event.get("files") or ()) if isinstance(f, dict))[:MAX_FILES]
+    text = from_slack(event.get("text") or "", bot_user)
+    return Route(team, place, place.key(), ts, user, text, files, in_thread)
+
+
+# The adapter ------------------------------------------------------------------------------------
 class SlackAdapter:
     def __init__(self, settings: Settings, runtime: Runtime) -> None:
         self.settings = settings
@@ -192,12 +195,13 @@ class SlackAdapter:
         self.channel = SlackChannel(self.api, agent_channel=settings.slack_agent_channel,
                                     public_url=settings.public_url, user_name=self._user_name)
         self.fetcher = FileFetcher(settings.slack_bot_token, settings.slack_api_url, settings.image_max_bytes)
-        self.verifier = SignatureVerifier(settings.slack_signing_secret) if settings.slack_signing_secret else None
-        self.router: APIRouter | None = self._make_router() if self.verifier is not None else None
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
+        self.team_id: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.socket_client: Any = None
+        self.app = self._make_app()
+        self.router: APIRouter | None = self._make_router() if settings.slack_signing_secret else None
+        self.socket: AsyncSocketModeHandler | None = None
         self._intake_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._user_cache: dict[str, tuple[str, float]] = {}
         # Threads a mention has opened whose conversation may not be stored yet (a quick follow-up).
@@ -218,22 +222,23 @@ class SlackAdapter:
             await self._start_socket_mode()
 
     async def stop(self) -> None:
-        if self.socket_client is not None:
-            client, self.socket_client = self.socket_client, None
-            await asyncio.to_thread(client.close)
+        if self.socket is not None:
+            socket, self.socket = self.socket, None
+            await socket.close_async()
         await self.fetcher.close()
         await self.api.close()
 
     async def _identify(self) -> None:
         """Who the bot is (auth.test): its own messages are never answered."""
         try:
-            identity = await self.api.call("auth.test", attempts=3)
+            identity = await self.api.call("auth.test")
         except SlackCallError as exc:
             if exc.error in AUTH_ERRORS:
                 raise AdapterConfigError(f"Slack rejected SNAPDESK_SLACK_BOT_TOKEN ({exc.error}).") from None
-            log.warning("Slack auth.test failed (%s); the bot's identity is taken from events", exc.error)
+            log.warning("Slack auth.test failed (%s); asked again at the next event", exc.error)
             return
         self.bot_user_id, self.bot_id = identity.get("user_id"), identity.get("bot_id")
+        self.team_id = identity.get("team_id")
         log.info("Slack: connected to %s as %s", identity.get("team", "?"), identity.get("user", "?"))
 
     async def _recover(self, pending: list[dict]) -> None:
@@ -249,160 +254,145 @@ class SlackAdapter:
             if accepted is not None:
                 self.runtime.spawn(self._answer(accepted))
 
+    # bolt -------------------------------------------------------------------------------------
+    def _make_app(self) -> AsyncApp:
+        secret = self.settings.slack_signing_secret
+        app = AsyncApp(
+            logger=logging.getLogger("adapters.slack.bolt"),
+            process_before_response=True,  # store the event, then acknowledge it
+            signing_secret=secret or None,
+            request_verification_enabled=bool(secret),
+            authorize=lambda: self._authorize(),
+            # Only for bolt's own calls (none today): Snapdesk calls Slack through self.api.
+            client=web_client(None, self.api.base_url, retry_handlers(3, 30.0, self.api.backoff)),
+        )
+
+        # bolt passes listeners and matchers the arguments they name (bound methods would get `self` too).
+        async def kept(body: dict) -> bool:
+            return self._route(body) is not None
+
+        async def direct(event: dict) -> bool:
+            return event.get("channel_type") == "im"
+
+        async def in_bot_thread(body: dict) -> bool:
+            return await self._in_bot_thread(body)
+
+        async def store(body: dict, request: AsyncBoltRequest) -> None:
+            await self._on_event(body, request)
+
+        async def drop() -> None:
+            """Every other event is acknowledged (so Slack does not deliver it again) and dropped."""
+
+        app.event("app_mention", matchers=[kept])(store)
+        app.event("message", matchers=[kept, direct])(store)
+        app.event("message", matchers=[kept, in_bot_thread])(store)
+        app.event(re.compile(".*"))(drop)
+        return app
+
+    async def _authorize(self) -> AuthorizeResult:
+        if self.bot_user_id is None:
+            await self._identify()
+            if self.bot_user_id is None:  # a 500: Slack delivers the event again later
+                raise SlackCallError("auth.test", "identity unknown")
+        return AuthorizeResult(enterprise_id=None, team_id=self.team_id, bot_token=self.settings.slack_bot_token,
+                               bot_id=self.bot_id, bot_user_id=self.bot_user_id)
+
+    def _route(self, payload: dict) -> Route | None:
+        return route_of(payload, bot_user_of(payload, self.bot_user_id))
+
+    async def _in_bot_thread(self, body: dict) -> bool:
+        """A follow-up in a channel thread that a mention opened or that has a conversation."""
+        route = self._route(body)
+        if route is None or not route.in_thread:
+            return False
+        if route.conversation_key in self._mentioned_threads:
+            return True
+        manager = self.runtime.manager
+        return await manager.db(manager.store.conversation_by_key, CHANNEL, route.conversation_key) is not None
+
+    async def _on_event(self, body: dict, request: AsyncBoltRequest) -> None:
+        retry = (request.headers.get("x-slack-retry-num") or ["0"])[0]
+        if retry not in ("", "0"):
+            reason = (request.headers.get("x-slack-retry-reason") or ["?"])[0]
+            log.info("Slack redelivery %s (%s)", retry, reason)
+        await self.receive(body)  # raises when not stored: bolt answers 500, Slack delivers again
+
     # HTTP mode --------------------------------------------------------------------------------
     def _make_router(self) -> APIRouter:
         router = APIRouter()
+        verifier = SignatureVerifier(self.settings.slack_signing_secret)
 
         @router.post("/slack/events", summary="Slack Events API endpoint (signed requests only)")
         async def slack_events(request: Request) -> Response:
-            events_request = await to_events_request(request)
-            if events_request is None:
-                return to_starlette_response(EventsResponse(413, {"error": "request too large"}))
-            return to_starlette_response(await self.handle(events_request))
+            body = await request.body()  # at most 1 MiB (the body limits of /slack/)
+            timestamp = request.headers.get("x-slack-request-timestamp", "")
+            if not timestamp.isdigit():  # bolt's verification would fail with a 500 on a word
+                return JSONResponse({"error": "invalid signature"}, status_code=401)
+            try:
+                bolt_request = to_async_bolt_request(request, body)
+            except Exception:  # not UTF-8, not JSON, not an object, fields of the wrong type
+                try:
+                    signed = verifier.is_valid(body, timestamp, request.headers.get("x-slack-signature"))
+                except (ValueError, UnicodeDecodeError):  # the signature covers UTF-8 text only
+                    signed = False
+                if not signed:
+                    return JSONResponse({"error": "invalid signature"}, status_code=401)
+                return JSONResponse({"error": "unreadable payload"}, status_code=400)
+            return to_starlette_response(await self.app.async_dispatch(bolt_request))
 
         return router
 
-    def verify(self, request: EventsRequest) -> bool:
-        if self.verifier is None:
-            return False
-        try:
-            return self.verifier.is_valid(
-                request.body, request.headers.get("x-slack-request-timestamp"), request.headers.get("x-slack-signature")
-            )
-        except (ValueError, UnicodeDecodeError):  # a timestamp that is not a number, a body that is not text
-            return False
-
-    async def handle(self, request: EventsRequest) -> EventsResponse:
-        if not self.verify(request):
-            return EventsResponse(401, {"error": "invalid signature"})
-        payload = parse_body(request)
-        if payload is None:
-            return EventsResponse(400, {"error": "unreadable payload"})
-        if payload.get("type") == "url_verification":
-            return EventsResponse(200, {"challenge": str(payload.get("challenge", ""))})
-        if request.retry_num:
-            log.info("Slack redelivery %d (%s)", request.retry_num, request.headers.get("x-slack-retry-reason", "?"))
-        try:
-            await self.receive(payload)
-        except Exception:  # not stored: no acknowledgement, so Slack delivers it again
-            log.exception("Slack event could not be stored")
-            return EventsResponse(500, {"error": "not stored"})
-        return EventsResponse(200)
-
     # Socket Mode ------------------------------------------------------------------------------
     async def _start_socket_mode(self) -> None:
-        from slack_sdk import WebClient
-        from slack_sdk.socket_mode.builtin import SocketModeClient
-
-        # slack_sdk's threaded Socket Mode client (standard library only); events are handed to
-        # this event loop and acknowledged once stored.
-        self.socket_client = SocketModeClient(
-            app_token=self.settings.slack_app_token,
-            web_client=WebClient(base_url=self.api.base_url, timeout=15),
-            logger=logging.getLogger("snapdesk.slack.socket"),
-        )
-        self.socket_client.socket_mode_request_listeners.append(self._on_socket_request)
+        self.socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token,
+                                             logger=logging.getLogger("adapters.slack.socket"),
+                                             web_client=self.api.client)
         try:
-            await asyncio.to_thread(self.socket_client.connect)
+            await self.socket.connect_async()
         except SlackApiError as exc:
             error = exc.response.get("error") if isinstance(exc.response.data, dict) else "?"
             if error in AUTH_ERRORS:
                 raise AdapterConfigError(
                     f"Slack rejected SNAPDESK_SLACK_APP_TOKEN ({error}); it needs the connections:write scope."
                 ) from None
-            log.warning("Slack Socket Mode connection failed (%s); retrying in the background", error)
-            self.runtime.spawn(self._keep_connecting())
+            self._connect_later(error)
         except Exception as exc:
-            log.warning("Slack Socket Mode connection failed (%s); retrying in the background", type(exc).__name__)
-            self.runtime.spawn(self._keep_connecting())
+            self._connect_later(type(exc).__name__)
 
-    async def _keep_connecting(self) -> None:
-        delay = 2.0
-        while self.socket_client is not None:
-            await asyncio.sleep(delay)
+    def _connect_later(self, error: str) -> None:
+        """Slack is unreachable at start: slack_sdk's retry handlers keep trying in the background."""
+        log.warning("Slack Socket Mode connection failed (%s); retrying in the background", error)
+        assert self.socket is not None
+        self.socket.client.web_client = web_client(None, self.api.base_url, retry_handlers(
+            SOCKET_RETRIES, 60.0, self.api.backoff))
+
+        async def connect() -> None:
+            if self.socket is None:
+                return
             try:
-                await asyncio.to_thread(self.socket_client.connect)
+                await self.socket.connect_async()
                 log.info("Slack Socket Mode connected")
-                return
             except Exception as exc:
-                log.warning("Slack Socket Mode connection failed (%s)", type(exc).__name__)
-                delay = min(delay * 2, 60.0)
+                log.error("Slack Socket Mode could not connect (%s); restart Snapdesk to try again",
+                          type(exc).__name__)
 
-    def _on_socket_request(self, client: Any, request: Any) -> None:
-        """Runs on the socket client's worker thread: store on the loop, then acknowledge."""
-        from slack_sdk.socket_mode.response import SocketModeResponse
-
-        if request.type == "events_api" and isinstance(request.payload, dict):
-            if request.retry_attempt:
-                log.info("Slack redelivery %s (%s)", request.retry_attempt, request.retry_reason or "?")
-            assert self.loop is not None
-            future = asyncio.run_coroutine_threadsafe(self.receive(request.payload), self.loop)
-            try:
-                future.result(timeout=10)
-            except Exception as exc:  # not stored: no ack, so Slack delivers it again
-                log.error("Slack event could not be stored (%s); not acknowledged", type(exc).__name__)
-                return
-        client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+        self.runtime.spawn(connect())
 
     # Intake -----------------------------------------------------------------------------------
     async def receive(self, payload: dict) -> str:
-        """Store a verified event callback and start processing it: stored / duplicate / ignored."""
-        if payload.get("type") != "event_callback":
-            return "ignored"
-        route = await self.route(payload)
+        """Store an event callback bolt has verified and start processing it: stored / duplicate / ignored."""
+        route = self._route(payload)
         if route is None:
             return "ignored"
+        if (payload.get("event") or {}).get("type") == "app_mention":
+            self._mentioned_threads[route.conversation_key] = None
+            while len(self._mentioned_threads) > MAX_MENTIONED_THREADS:
+                self._mentioned_threads.popitem(last=False)
         key = f"{route.team}:{payload.get('event_id')}"
         if not await self.runtime.manager.record_event(CHANNEL, key, payload):
             return "duplicate"  # a retry of an event already stored: it is (being) answered
         self.runtime.spawn(self._process(key, payload))
         return "stored"
-
-    def _bot_user(self, payload: dict) -> str | None:
-        if self.bot_user_id:
-            return self.bot_user_id
-        for authorization in payload.get("authorizations") or ():
-            if isinstance(authorization, dict) and authorization.get("is_bot"):
-                return authorization.get("user_id")
-        return None
-
-    async def route(self, payload: dict) -> Route | None:
-        """Which conversation an event belongs to, or None for events Snapdesk does not answer."""
-        event = payload.get("event")
-        team = payload.get("team_id")
-        if not isinstance(event, dict) or not isinstance(team, str) or not payload.get("event_id"):
-            return None
-        kind, channel, ts, user = event.get("type"), event.get("channel"), event.get("ts"), event.get("user")
-        if kind not in ("message", "app_mention") or event.get("subtype") not in ACCEPTED_SUBTYPES:
-            return None  # edits, deletions, joins, bot_message ...
-        if event.get("bot_id") or event.get("bot_profile") or event.get("hidden"):
-            return None
-        bot_user = self._bot_user(payload)
-        if not isinstance(user, str) or not user or user == bot_user:
-            return None
-        if not (isinstance(channel, str) and SLACK_ID.match(channel) and isinstance(ts, str) and TS.match(ts)):
-            return None
-        thread_ts = event.get("thread_ts")
-        thread_ts = thread_ts if isinstance(thread_ts, str) and TS.match(thread_ts) else None
-        if kind == "app_mention":
-            place = Place(team, channel, thread_ts or ts)
-            self._mentioned_threads[place.key()] = None
-            while len(self._mentioned_threads) > MAX_MENTIONED_THREADS:
-                self._mentioned_threads.popitem(last=False)
-        elif event.get("channel_type") == "im":
-            place = Place(team, channel)
-        elif thread_ts and event.get("channel_type") in ("channel", "group"):
-            place = Place(team, channel, thread_ts)
-            manager = self.runtime.manager
-            if place.key() not in self._mentioned_threads and await manager.db(
-                manager.store.conversation_by_key, CHANNEL, place.key()
-            ) is None:
-                return None  # a thread the bot is not part of
-        else:
-            return None
-        files = tuple(f for f in (event.get("files") or ()) if isinstance(f, dict))[:MAX_FILES]
-        text = from_slack(event.get("text") or "", bot_user)
-        return Route(team, place, place.key(), ts, user, text, files)
 
     @asynccontextmanager
     async def _intake_lock(self, key: str) -> AsyncIterator[None]:
@@ -433,7 +423,7 @@ class SlackAdapter:
         """
         manager = self.runtime.manager
         try:
-            route = await self.route(payload)
+            route = self._route(payload)
             accepted = None
             if route is not None:
                 async with self._intake_lock(route.conversation_key):
@@ -501,7 +491,7 @@ class SlackAdapter:
         name = file.get("name") or file.get("id") or "file"
         try:
             if file.get("file_access") == "check_file_info" and file.get("id"):
-                file = (await self.api.call("files.info", file=file["id"], attempts=2)).get("file") or file
+                file = (await self.api.call("files.info", quick=True, file=file["id"])).get("file") or file
             mimetype = str(file.get("mimetype") or "")
             if mimetype and not mimetype.startswith("image/"):
                 return "not_image"
@@ -525,7 +515,7 @@ class SlackAdapter:
         if cached and cached[1] > time.monotonic():
             return cached[0]
         try:
-            info = (await self.api.call("users.info", user=user, attempts=2)).get("user") or {}
+            info = (await self.api.call("users.info", quick=True, user=user)).get("user") or {}
         except SlackCallError as exc:
             log.info("Slack users.info failed: %s", exc.error)
             return cached[0] if cached else ""

@@ -1,11 +1,10 @@
-"""Talking to Slack: Web API calls with retries, and downloading the files users share.
+"""Talking to Slack: Web API calls with slack_sdk's retry handlers, and downloading shared files.
 
-Web API calls go through slack_sdk's own client. `AsyncWebClient` is used when aiohttp (its
-optional transport) is installed; otherwise the same calls run on slack_sdk's `WebClient`
-(standard library only) in a small dedicated thread pool, so the event loop never blocks
-either way. Transient failures (HTTP 5xx, `ratelimited` with its Retry-After, network
-errors, Slack's own temporary errors) are retried with backoff for a bounded time; a
-permanent error (`channel_not_found`, `invalid_auth`, ...) is raised at once.
+Web API calls go through slack_sdk's `AsyncWebClient`, and transient failures are retried by
+slack_sdk's own `RetryHandler`s: connection errors, HTTP 500/503, `ratelimited` (429, after
+its Retry-After, up to a bound) and the errors Slack documents as temporary but answers with
+HTTP 200. A permanent error (`channel_not_found`, `invalid_auth`, ...) is raised at once as
+`SlackCallError`, the one exception the Slack channel deals with.
 
 Files are fetched with httpx: the bot token goes only to Slack's file host, the declared
 size is checked first, the download stops as soon as it passes the limit, and the first
@@ -16,34 +15,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry import HttpRequest, HttpResponse, RetryState
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
+from slack_sdk.web.async_client import AsyncWebClient
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
 SLACK_FILE_HOST = "files.slack.com"
 
-# Errors Slack documents as temporary: worth another try.
-TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+# Errors Slack documents as temporary but answers with HTTP 200: worth another try.
+TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 # Errors that mean the token itself is unusable.
 AUTH_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "no_permission",
                "missing_scope", "not_allowed_token_type", "invalid_token"}
-
-try:  # slack_sdk's async client needs aiohttp, an optional dependency of slack_sdk
-    import aiohttp  # noqa: F401
-
-    from slack_sdk.web.async_client import AsyncWebClient
-except ImportError:  # pragma: no cover - depends on what is installed
-    AsyncWebClient = None  # type: ignore[assignment,misc]
 
 
 class SlackCallError(Exception):
@@ -54,88 +51,88 @@ class SlackCallError(Exception):
         self.method, self.error, self.status = method, error, status
 
 
-class SlackApi:
-    """`await api.call("chat.postMessage", channel=..., text=...)` -> the response's data."""
+class TemporaryErrorRetryHandler(AsyncRetryHandler):
+    """Slack's temporary errors (`internal_error`, ...) come with HTTP 200, which no built-in handler retries."""
 
-    def __init__(self, token: str, base_url: str = DEFAULT_API_URL, *, attempts: int = 4,
-                 retry_base_s: float = 0.5, max_total_s: float = 30.0, timeout_s: int = 15) -> None:
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
-        self.attempts = attempts
-        self.retry_base_s = retry_base_s
-        self.max_total_s = max_total_s
-        self._pool: ThreadPoolExecutor | None = None
-        if AsyncWebClient is not None:
-            self.client: Any = AsyncWebClient(token=token, base_url=self.base_url, timeout=timeout_s, retry_handlers=[])
-            self.is_async = True
-        else:
-            from slack_sdk import WebClient
-
-            self.client = WebClient(token=token, base_url=self.base_url, timeout=timeout_s, retry_handlers=[])
-            self.is_async = False
-            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="slack-api")
-
-    async def _once(self, method: str, kwargs: dict[str, Any]) -> dict:
-        function = getattr(self.client, method.replace(".", "_"))
-        if self.is_async:
-            response = await function(**kwargs)
-        else:
-            loop = asyncio.get_running_loop()
-            response = await loop.run_in_executor(self._pool, partial(function, **kwargs))
-        return response.data if isinstance(response.data, dict) else {"ok": True}
-
-    async def call(self, method: str, *, attempts: int | None = None, max_total_s: float | None = None,
-                   **kwargs: Any) -> dict:
-        attempts = attempts or self.attempts
-        max_total_s = self.max_total_s if max_total_s is None else max_total_s
-        started = time.monotonic()
-        for attempt in range(1, attempts + 1):
-            wait: float | None
-            try:
-                return await self._once(method, kwargs)
-            except SlackApiError as exc:
-                response = exc.response
-                data = response.data if isinstance(response.data, dict) else {}
-                error = str(data.get("error") or f"http_{response.status_code}")
-                if error.startswith("Received a response in a non-JSON"):  # slack_sdk's wording
-                    error = "non_json_response"
-                status = response.status_code
-                if status == 429 or error == "ratelimited":
-                    wait = _retry_after(response.headers)
-                elif status >= 500 or error in TRANSIENT_ERRORS or error == "non_json_response":
-                    wait = None
-                else:
-                    raise SlackCallError(method, error, status if status != 200 else None) from None
-                failure = SlackCallError(method, error, status if status != 200 else None)
-            except SlackCallError:
-                raise
-            except Exception as exc:  # network trouble: connection refused, reset, timeout
-                failure, wait = SlackCallError(method, type(exc).__name__), None
-            if wait is None:
-                wait = self.retry_base_s * (2 ** (attempt - 1)) * (1 + random.random() / 4)
-            elapsed = time.monotonic() - started
-            if attempt == attempts or elapsed + wait > max_total_s:
-                raise failure
-            log.info("Slack %s failed (%s); retrying in %.1f s", method, failure.error, wait)
-            await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        session = getattr(self.client, "session", None)
-        if session is not None and not session.closed:  # pragma: no cover - aiohttp only
-            await session.close()
+    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
+                               response: Optional[HttpResponse] = None, error: Optional[Exception] = None) -> bool:
+        body = response.body if response is not None else None
+        return isinstance(body, dict) and body.get("error") in TRANSIENT_ERRORS
 
 
-def _retry_after(headers: Any) -> float:
-    for key, value in dict(headers or {}).items():
+class BoundedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
+    """Waits out a 429's Retry-After, unless it asks for longer than `max_wait_s`: then the call fails."""
+
+    def __init__(self, max_retry_count: int, max_wait_s: float) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait_s = max_wait_s
+
+    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest,
+                               response: Optional[HttpResponse] = None, error: Optional[Exception] = None) -> bool:
+        if response is None or response.status_code != 429:
+            return False
+        return retry_after(response.headers) <= self.max_wait_s
+
+
+def retry_after(headers: dict[str, list[str]]) -> float:
+    for key, values in (headers or {}).items():
         if key.lower() == "retry-after":
-            value = value[0] if isinstance(value, (list, tuple)) else value
             try:
-                return max(0.0, float(value))
-            except (TypeError, ValueError):
+                return max(0.0, float(values[0]))
+            except (TypeError, ValueError, IndexError):
                 break
     return 1.0
+
+
+def retry_handlers(retries: int, max_wait_s: float,
+                   backoff: BackoffRetryIntervalCalculator) -> list[AsyncRetryHandler]:
+    """slack_sdk's retry handlers; `retries` bounds them all together (they share one count per call)."""
+    return [
+        BoundedRateLimitRetryHandler(retries, max_wait_s),
+        AsyncServerErrorRetryHandler(max_retry_count=retries, interval_calculator=backoff),
+        AsyncConnectionErrorRetryHandler(max_retry_count=retries, interval_calculator=backoff),
+        TemporaryErrorRetryHandler(max_retry_count=retries, interval_calculator=backoff),
+    ]
+
+
+def web_client(token: str | None, base_url: str, handlers: list[AsyncRetryHandler],
+               timeout_s: int = 15) -> AsyncWebClient:
+    return AsyncWebClient(token=token, base_url=base_url, timeout=timeout_s, retry_handlers=handlers)
+
+
+class SlackApi:
+    """`await api.call("chat.postMessage", channel=..., text=...)` -> the response's data.
+
+    Two clients with one backoff: the default one retries up to `retries` times and waits out a
+    Retry-After of up to 30 s; the `quick` one (for courtesies such as the placeholder) retries
+    once and never waits more than 3 s.
+    """
+
+    def __init__(self, token: str, base_url: str = DEFAULT_API_URL, *, retries: int = 3,
+                 timeout_s: int = 15) -> None:
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.attempts = retries + 1
+        self.backoff = BackoffRetryIntervalCalculator(backoff_factor=0.5)
+        self.client = web_client(token, self.base_url, retry_handlers(retries, 30.0, self.backoff), timeout_s)
+        self.quick_client = web_client(token, self.base_url, retry_handlers(1, 3.0, self.backoff), timeout_s)
+
+    async def call(self, method: str, *, quick: bool = False, **kwargs: Any) -> dict:
+        client = self.quick_client if quick else self.client
+        try:
+            response = await getattr(client, method.replace(".", "_"))(**kwargs)
+        except SlackApiError as exc:
+            data = exc.response.data if isinstance(exc.response.data, dict) else {}
+            status = exc.response.status_code
+            error = str(data.get("error") or ("non_json_response" if status == 200 else f"http_{status}"))
+            raise SlackCallError(method, error, status if status != 200 else None) from None
+        except Exception as exc:  # network trouble after the retries: refused, reset, timeout
+            raise SlackCallError(method, type(exc).__name__) from None
+        return response.data if isinstance(response.data, dict) else {"ok": True}
+
+    async def close(self) -> None:
+        for client in (self.client, self.quick_client):
+            if client.session is not None and not client.session.closed:
+                await client.session.close()
 
 
 # Files ------------------------------------------------------------------------------------------

@@ -88,13 +88,13 @@ class SlackChannel:
         self._placeholders: OrderedDict[tuple[int, int], tuple[str, str]] = OrderedDict()
 
     # Posting ------------------------------------------------------------------------------------
-    async def post(self, place: Place, text: str, **extra) -> dict:
+    async def post(self, place: Place, text: str, *, quick: bool = False, **extra) -> dict:
         """Post already-rendered mrkdwn at `place` (in its thread, if it has one)."""
         arguments = {"channel": place.channel, "text": text or "…", "unfurl_links": False, "unfurl_media": False,
                      **extra}
         if place.thread_ts:
             arguments["thread_ts"] = place.thread_ts
-        return await self.api.call("chat.postMessage", **arguments)
+        return await self.api.call("chat.postMessage", quick=quick, **arguments)
 
     async def post_text(self, place: Place, text: str) -> None:
         """Post plain text (escaped, split) at `place`."""
@@ -108,8 +108,7 @@ class SlackChannel:
             return
         place = Place.of(conversation.conversation_key)
         # A courtesy: never hold the answer back for long over it.
-        response = await self.post(place, escape(localized(PLACEHOLDER, conversation.language)),
-                                   attempts=2, max_total_s=3.0)
+        response = await self.post(place, escape(localized(PLACEHOLDER, conversation.language)), quick=True)
         self._placeholders[key] = (response.get("channel") or place.channel, response["ts"])
         while len(self._placeholders) > MAX_PLACEHOLDERS:  # answers that never came (e.g. a crash)
             self._placeholders.popitem(last=False)

@@ -146,7 +146,7 @@ def env(tmp_path_factory, fake):
         image_max_bytes=2 * 1024 * 1024,
     ) as (base, app):
         adapter = app.state.runtime.adapters[0]
-        adapter.api.retry_base_s = 0.01  # backoff stays real, just short
+        adapter.api.backoff.backoff_factor = 0.01  # backoff stays real, just short
         yield Env(base, app, engine, adapter, fake)
 
 
