@@ -1160,40 +1160,31 @@ import {
     }, button);
   }
 
-  function claim() {
-    act("claim", async function (id) {
-      await post(id, "claim");
-      toast("You claimed this conversation", TOAST_MS);
+  /** Claim, resolve or hand back (the button's id is the verb): say so, then refresh what shows it. */
+  function changeOwner(verb, done, focus) {
+    act(verb, async function (id) {
+      await post(id, verb);
+      toast(done, TOAST_MS);
       if (id === state.currentId) {
-        $("composer").focus();
+        focus();
         threadRefresher.now();
       }
       queueRefresher.now();
-    }, $("claim"));
+    }, $(verb));
+  }
+
+  function claim() {
+    changeOwner("claim", "You claimed this conversation", function () {
+      $("composer").focus();
+    });
   }
 
   function resolve() {
-    act("resolve", async function (id) {
-      await post(id, "resolve");
-      toast("Conversation resolved", TOAST_MS);
-      if (id === state.currentId) {
-        focusThreadHeading();
-        threadRefresher.now();
-      }
-      queueRefresher.now();
-    }, $("resolve"));
+    changeOwner("resolve", "Conversation resolved", focusThreadHeading);
   }
 
   function handBack() {
-    act("hand-back", async function (id) {
-      await post(id, "hand-back");
-      toast("Handed back to the bot", TOAST_MS);
-      if (id === state.currentId) {
-        focusThreadHeading();
-        threadRefresher.now();
-      }
-      queueRefresher.now();
-    }, $("hand-back"));
+    changeOwner("hand-back", "Handed back to the bot", focusThreadHeading);
   }
 
   // ---------------------------------------------------------------------------------------

@@ -72,6 +72,13 @@ import {
     while (node.firstChild) node.removeChild(node.firstChild);
   }
 
+  /** A button at work: disabled and announced as busy, or back to normal. */
+  function setBusy(button, busy) {
+    button.disabled = busy;
+    if (busy) button.setAttribute("aria-busy", "true");
+    else button.removeAttribute("aria-busy");
+  }
+
   function setStatus(node, text, tone) {
     setText(node, text || "");
     if (tone) node.setAttribute("data-tone", tone);
@@ -1672,8 +1679,7 @@ import {
         input.focus();
         return;
       }
-      save.disabled = true;
-      save.setAttribute("aria-busy", "true");
+      setBusy(save, true);
       try {
         await api(userPath(name, "/reset-password"), { method: "POST", json: { password: input.value } });
         input.value = "";
@@ -1682,35 +1688,36 @@ import {
         await loadUsers();
       } catch (err) {
         showError("The password was not reset: " + err.message);
-        save.disabled = false;
-        save.removeAttribute("aria-busy");
+        setBusy(save, false);
         input.focus();
       }
     });
     input.focus();
   }
 
-  async function enableUser(name, button) {
-    button.disabled = true;
-    button.setAttribute("aria-busy", "true");
+  /** Enable or disable an account, then list the accounts again. */
+  async function switchAccount(name, button, verb, done, failed) {
+    setBusy(button, true);
     try {
-      await api(userPath(name, "/enable"), { method: "POST" });
+      await api(userPath(name, "/" + verb), { method: "POST" });
       clearError();
-      toast("Enabled " + name + ": they can sign in again.");
+      toast(done);
     } catch (e) {
-      showError("The account was not enabled: " + e.message);
-      button.disabled = false;
-      button.removeAttribute("aria-busy");
+      showError(failed + e.message);
+      setBusy(button, false);
       return;
     }
     await loadUsers();
     $("users-heading").focus();
   }
 
+  async function enableUser(name, button) {
+    await switchAccount(name, button, "enable", "Enabled " + name + ": they can sign in again.", "The account was not enabled: ");
+  }
+
   async function signOutUser(name, button) {
     if (!window.confirm("Sign “" + name + "” out everywhere? Every open console of theirs closes; they can sign in again.")) return;
-    button.disabled = true;
-    button.setAttribute("aria-busy", "true");
+    setBusy(button, true);
     try {
       const data = await api(userPath(name, "/sign-out"), { method: "POST" });
       clearError();
@@ -1719,8 +1726,7 @@ import {
     } catch (e) {
       showError(name + " was not signed out: " + e.message);
     } finally {
-      button.disabled = false;
-      button.removeAttribute("aria-busy");
+      setBusy(button, false);
     }
   }
 
@@ -1759,8 +1765,7 @@ import {
           input.focus();
           return;
         }
-        save.disabled = true;
-        save.setAttribute("aria-busy", "true");
+        setBusy(save, true);
         try {
           const data = await api(userPath(name, "/display-name"), { method: "POST", json: { display_name: value } });
           clearError();
@@ -1770,8 +1775,7 @@ import {
           if (again) again.focus();
         } catch (err) {
           showError("The display name was not changed: " + err.message);
-          save.disabled = false;
-          save.removeAttribute("aria-busy");
+          setBusy(save, false);
           input.focus();
         }
       });
@@ -1816,8 +1820,7 @@ import {
     }
     state.addingUser = true;
     const button = $("add-user");
-    button.disabled = true;
-    button.setAttribute("aria-busy", "true");
+    setBusy(button, true);
     setStatus($("add-user-status"), "Adding…", "busy");
     try {
       const payload = { name: name, role: role, password: password };
@@ -1839,27 +1842,13 @@ import {
       else if (e.status === 422) nameInput.focus();
     } finally {
       state.addingUser = false;
-      button.disabled = false;
-      button.removeAttribute("aria-busy");
+      setBusy(button, false);
     }
   }
 
   async function disableUser(name, button) {
     if (!window.confirm("Disable the account “" + name + "”? It is signed out at once and can no longer sign in; conversations it has claimed go back to the queue.")) return;
-    button.disabled = true;
-    button.setAttribute("aria-busy", "true");
-    try {
-      await api(userPath(name, "/disable"), { method: "POST" });
-      clearError();
-      toast("Disabled " + name + ".");
-    } catch (e) {
-      showError("The account was not disabled: " + e.message);
-      button.disabled = false;
-      button.removeAttribute("aria-busy");
-      return;
-    }
-    await loadUsers();
-    $("users-heading").focus();
+    await switchAccount(name, button, "disable", "Disabled " + name + ".", "The account was not disabled: ");
   }
 
   // ---------------------------------------------------------------------------------------
