@@ -226,6 +226,56 @@ def test_bad_missing_or_stale_signatures_are_refused_and_nothing_is_stored(env):
     assert (env.count("platform_events"), env.count("messages"), len(env.fake.calls)) == before
 
 
+def test_signed_payloads_that_cannot_be_read_get_400_and_unsigned_ones_401(env):
+    """Bodies bolt fails on while building its request: a clear 4xx, never a 500, nothing stored."""
+    before = (env.count("platform_events"), env.count("messages"))
+    event = dm_event("D0ODDBODY", "why was I charged?")
+    for body in (b"[1, 2]", json.dumps({**event_callback(event), "authorizations": "x"}).encode(),
+                 json.dumps({**event_callback(event), "enterprise": 5}).encode()):
+        response = env.post(body)
+        assert response.status_code == 400 and response.json() == {"error": "unreadable payload"}, body[:40]
+        assert env.post(body, secret="not-the-secret").status_code == 401
+    env.idle()
+    assert (env.count("platform_events"), env.count("messages")) == before
+
+
+def test_events_snapdesk_does_not_answer_are_acknowledged_so_slack_stops_sending_them(env):
+    before = (env.count("platform_events"), len(env.fake.calls))
+    for event in ({"type": "reaction_added", "user": "U1", "reaction": "thumbsup", "event_ts": new_ts(),
+                   "item": {"type": "message", "channel": "D0REACT", "ts": new_ts()}},
+                  {"type": "app_home_opened", "user": "U1", "channel": "D0REACT", "tab": "messages",
+                   "event_ts": new_ts()},
+                  {"type": "member_joined_channel", "user": "U2", "channel": "C0REACT", "channel_type": "C",
+                   "team": TEAM, "event_ts": new_ts()}):
+        assert env.post(event_callback(event)).status_code == 200, event["type"]
+    env.idle()
+    assert (env.count("platform_events"), len(env.fake.calls)) == before
+
+
+def test_an_event_that_comes_while_slack_cannot_say_who_the_bot_is_is_refused_then_answered(tmp_path, fake):
+    """A 500 lets Slack deliver the event again; an acknowledgement would lose it."""
+    channel = "D0NOAUTH"
+    fake.fail("auth.test", times=4, status=500)  # every attempt at start
+    with live_server(tmp_path, engine=StubEngine(script=script), slack_bot_token=BOT_TOKEN,
+                     slack_signing_secret=SECRET, slack_api_url=fake.api_url) as (base, app):
+        adapter = app.state.runtime.adapters[0]
+        adapter.api.backoff.backoff_factor = 0.01
+        assert adapter.bot_user_id is None
+        fake.fail("auth.test", times=4, status=503)  # still down when the event comes
+        payload = event_callback(dm_event(channel, "Is my order lost?"))
+        body = json.dumps(payload).encode()
+        first = httpx.post(f"{base}/slack/events", content=body, headers=sign(SECRET, body), timeout=10)
+        assert first.status_code == 500
+        store = app.state.runtime.store
+        stored = asyncio.run_coroutine_threadsafe(app.state.runtime.manager.db(
+            lambda: store.db["platform_events"].count), adapter.loop).result(5)
+        assert stored == 0
+        retry = {**sign(SECRET, body), "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_error"}
+        assert httpx.post(f"{base}/slack/events", content=body, headers=retry, timeout=10).status_code == 200
+        assert answer_in(fake, channel)[0]["text"] == "Answer to: Is my order lost?"
+        assert adapter.bot_user_id == BOT_USER
+
+
 # Direct messages -------------------------------------------------------------------------------
 def test_dm_with_text_is_answered_by_replacing_the_placeholder(env):
     channel = "D0TEXT01"
@@ -550,6 +600,21 @@ def test_delivery_gives_up_after_bounded_attempts(env):
     with pytest.raises(SlackCallError, match="channel_not_found"):  # permanent: no retry
         env.on_loop(env.adapter.channel.send(conversation, Outbound("hello")))
     assert len(env.fake.calls_to("chat.postMessage", channel=channel)) == env.adapter.api.attempts + 1
+
+
+def test_temporary_slack_errors_are_retried_and_a_long_rate_limit_fails_at_once(env):
+    channel = "D0TEMPERR"
+    conversation = Conversation(999_998, "slack", f"{TEAM}:{channel}", "U1")
+    env.fake.fail("chat.postMessage", times=2, error="service_unavailable", channel=channel)  # with HTTP 200
+    env.on_loop(env.adapter.channel.send(conversation, Outbound("first")))
+    assert len(env.fake.calls_to("chat.postMessage", channel=channel)) == 3
+    assert [m["text"] for m in env.fake.channel_messages(channel)] == ["first"]
+    env.fake.fail("chat.postMessage", retry_after=3600, channel=channel)  # an hour: not worth holding a reply
+    started = time.monotonic()
+    with pytest.raises(SlackCallError, match="ratelimited"):
+        env.on_loop(env.adapter.channel.send(conversation, Outbound("second")))
+    assert time.monotonic() - started < 10
+    assert len(env.fake.calls_to("chat.postMessage", channel=channel)) == 4
 
 
 # People ----------------------------------------------------------------------------------------
