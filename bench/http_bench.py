@@ -31,7 +31,7 @@ def run() -> list[Figure]:
             server.wait(timeout=30)
     cuts = statistics.quantiles(result.ack_ms, n=100)
     return [
-        Figure("http_msgs_per_s", result.messages_per_s, "", f"answered widget messages per second, {VISITORS} visitors"),
+        Figure("http_msgs_per_s", result.messages_per_s, "", f"replies arrived per second, {VISITORS} visitors"),
         Figure("http_p50_ms", cuts[49], "", "median time to the 202 acknowledgement"),
         Figure("http_p99_ms", cuts[98], "<= 100", "99th percentile time to the 202 acknowledgement"),
         Figure("http_errors", result.errors, "<= 0", "requests not acknowledged or not answered"),

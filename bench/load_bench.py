@@ -2,8 +2,9 @@
 
 Runs a real `snapdesk serve` on loopback twice: with the tiny Qwen3-VL checkpoint (the model
 really runs: batching, vision encoder, streaming) and with the zero-cost stub engine (`_stub`
-figures: the server's own cost). Latency is from sending a message until its reply arrives on
-the event stream. The tiny model's confidence is always low, so an operator-published
+figures: the server's own cost). Latency is from sending a message until its reply (answer or
+hand-over notice) arrives on the event stream; a message with no reply counts at the wait bound
+(`widget_load.ANSWER_WAIT_S`). The tiny model's confidence is always low, so an operator-published
 template version with a zero threshold keeps the bot answering, as a confident model would.
 """
 
@@ -23,7 +24,7 @@ from engine.tiny import build_tiny_checkpoint
 from tests.live_server import free_port
 
 from .figures import Figure
-from .widget_load import busy_handovers, peak_rss_mb, run_visitors, start_server
+from .widget_load import ANSWER_WAIT_S, busy_handovers, peak_rss_mb, run_visitors, start_server
 
 VISITORS = 200
 MESSAGES = 3
@@ -66,10 +67,15 @@ def _run(env: dict[str, str], data_dir: str) -> tuple:
 def _figures(suffix: str, what: str, result, rss: float) -> list[Figure]:
     cuts = statistics.quantiles(result.answer_ms, n=100) if len(result.answer_ms) > 1 else [0.0] * 99
     return [
-        Figure(f"load_msgs_per_s{suffix}", result.messages_per_s, "", f"answered messages per second, {what}"),
-        Figure(f"load_p50_ms{suffix}", cuts[49], "", f"median time from sending to the reply, {what}"),
-        Figure(f"load_p99_ms{suffix}", cuts[98], "", f"99th percentile time from sending to the reply, {what}"),
-        Figure(f"load_errors{suffix}", result.errors, "<= 0", f"requests refused or replies not arriving, {what}"),
+        Figure(f"load_msgs_per_s{suffix}", result.messages_per_s, "",
+               f"replies (answer or hand-over notice) arrived per second, {what}"),
+        Figure(f"load_answers_per_s{suffix}", result.answers_per_s, "", f"of those, the bot's answers per second, {what}"),
+        Figure(f"load_p50_ms{suffix}", cuts[49], "",
+               f"median time from sending to the reply (none: {ANSWER_WAIT_S:.0f} s), {what}"),
+        Figure(f"load_p99_ms{suffix}", cuts[98], "",
+               f"99th percentile time from sending to the reply (none: {ANSWER_WAIT_S:.0f} s), {what}"),
+        Figure(f"load_errors{suffix}", result.errors, "<= 0",
+               f"messages refused or without a reply within {ANSWER_WAIT_S:.0f} s, {what}"),
         Figure(f"load_lost_messages{suffix}", result.lost, "<= 0",
                f"acknowledged messages without a stored answer or hand-over (or kept for the person who has "
                f"the conversation), {what}"),
