@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from bot.context import attachment_ids
 from bot.messages import Conversation, Inbound, Outbound, utcnow
+from bot.queries import ChannelReads
 from bot.text import clean_user_text
 from bot.web.client_address import client_key
 from bot.web.ratelimit import RateLimiter
@@ -40,7 +41,6 @@ TOKEN_MAX_CHARS = 200  # "v1." + 32 hex + a timestamp + 43 of signature: about 9
 KEEPALIVE_S = 15.0
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,100}$")
 KIND_ROLE = {"answer": "bot", "handover": "system", "notice": "system", "agent": "agent", "status": "system"}
-HIDDEN_ROLES = ("note", "draft")  # agents' notes and unsent drafts never reach the visitor
 MAX_FEEDBACK_CHARS = 1000
 
 
@@ -253,38 +253,19 @@ def _attachment_url(sha256: str, token: str) -> str:
     return f"/widget/api/attachments/{sha256}?token={token}"
 
 
-def _history(runtime: Runtime, visitor: str) -> tuple[dict | None, list[dict], dict]:
-    conversation = runtime.store.conversation_by_key(CHANNEL, visitor)
-    if conversation is None:
-        return None, [], {}
-    rows = [row for row in runtime.store.messages(conversation["id"])
-            if row["role"] not in HIDDEN_ROLES and row["delivered"] != -1]  # withheld: never sent
-    attachments = runtime.store.attachments({i for row in rows for i in attachment_ids(row)})
-    return _with_owner(runtime, conversation), rows, attachments
+def _reads(runtime: RuntimeDep) -> ChannelReads:
+    """What the widget may read of its visitors' conversations (run on the database thread)."""
+    return ChannelReads(runtime.manager, CHANNEL)
 
 
-def _with_owner(runtime: Runtime, conversation: dict | None) -> dict | None:
-    """The conversation with what the visitor may see of its owner and of the rating."""
-    if conversation is None:
-        return None
-    agent = conversation["assigned_agent"]
-    return {
-        **conversation,
-        "agent_name": runtime.store.display_name(agent) if agent else None,
-        "feedback_requested": conversation["status"] == "resolved"
-        and not runtime.store.feedback_given(conversation["id"], conversation["episode"]),
-    }
-
-
-def _visitor_conversation(runtime: Runtime, visitor: str) -> dict | None:
-    return _with_owner(runtime, runtime.store.conversation_by_key(CHANNEL, visitor))
+Reads = Annotated[ChannelReads, Depends(_reads)]
 
 
 @router.get("/conversation", response_model=ConversationOut, summary="The visitor's conversation so far")
-async def conversation(runtime: RuntimeDep, visitor: Visitor,
+async def conversation(reads: Reads, visitor: Visitor,
                        authorization: Annotated[str, Header()]) -> ConversationOut:
     token = authorization[7:].strip()
-    found, rows, attachments = await runtime.manager.db(_history, runtime, visitor)
+    found, rows, attachments = await reads.history(visitor)
     if found is None:
         return ConversationOut(status="bot", agent=None, messages=[])
     messages = [_message_out(row, attachments, token) for row in rows]
@@ -294,8 +275,8 @@ async def conversation(runtime: RuntimeDep, visitor: Visitor,
 
 
 @router.post("/handover", summary="Ask for a person (the widget's \"Talk to a person\")")
-async def handover(runtime: RuntimeDep, visitor: Visitor) -> dict:
-    if await runtime.manager.db(runtime.store.conversation_by_key, CHANNEL, visitor) is None:
+async def handover(runtime: RuntimeDep, reads: Reads, visitor: Visitor) -> dict:
+    if await reads.conversation(visitor) is None:
         raise ApiError(409, "no_conversation", "Please write your question first, then ask for a person.")
     if not await runtime.manager.ask_for_person(CHANNEL, visitor):
         raise ApiError(409, "already_with_person", "A person from our support team already has your conversation.")
@@ -321,11 +302,6 @@ def _message_out(row: dict, attachments: dict, token: str) -> MessageOut:
     )
 
 
-def _stored_message(runtime: Runtime, message_id: int) -> tuple[dict, dict]:
-    row = runtime.store.message(message_id)
-    return row, runtime.store.attachments(set(attachment_ids(row)))
-
-
 async def _read_images(form: Any, runtime: Runtime) -> list[bytes]:
     files = [value for key, value in form.multi_items() if key == "images" and hasattr(value, "read")]
     if len(files) > runtime.settings.widget_max_images:
@@ -345,7 +321,7 @@ async def _read_images(form: Any, runtime: Runtime) -> list[bytes]:
              description="Fields: `client_message_id` (8-100 characters of A-Z a-z 0-9 _ -, reused when retrying), "
                          "`text`, and one `images` file per screenshot. The message is stored before this answers; "
                          "the reply arrives on the event stream.")
-async def post_message(request: Request, runtime: RuntimeDep, visitor: Visitor) -> AcceptedOut:
+async def post_message(request: Request, runtime: RuntimeDep, reads: Reads, visitor: Visitor) -> AcceptedOut:
     settings = runtime.settings  # the body's size is bounded while it streams (bot.web.body_limits)
     retry = request.app.state.widget_limits.visitor.check(visitor)
     if retry is not None:
@@ -373,7 +349,7 @@ async def post_message(request: Request, runtime: RuntimeDep, visitor: Visitor) 
     accepted = await runtime.manager.accept(inbound)
     if not accepted.duplicate:
         # The visitor's other open tabs show the message before its reply arrives.
-        row, attachments = await runtime.manager.db(_stored_message, runtime, accepted.message_id)
+        row, attachments = await reads.message(accepted.message_id)
         token = request.headers.get("authorization", "")[7:].strip()
         runtime.widget_channel.publish(visitor, "message", _message_out(row, attachments, token).model_dump())
         runtime.spawn(runtime.process(accepted.message_id, accepted.conversation_id))
@@ -388,7 +364,7 @@ def _sse(event: str, data: dict) -> str:
             response_class=StreamingResponse,
             description="Open streams are capped per visitor, per address and in total: beyond a cap the answer is "
                         "429 `too_many_streams` with Retry-After, before the stream starts.")
-async def events(request: Request, runtime: RuntimeDep,
+async def events(request: Request, runtime: RuntimeDep, reads: Reads,
                  token: Annotated[str, Query(max_length=TOKEN_MAX_CHARS)]) -> StreamingResponse:
     visitor = verify_token(runtime.secret_key, token)
     if visitor is None:
@@ -398,7 +374,7 @@ async def events(request: Request, runtime: RuntimeDep,
             ("ip", client_key(request)): settings.widget_streams_per_ip}
     check_caps(request, caps)
     channel: WidgetChannel = request.app.state.widget_channel
-    found = await runtime.manager.db(_visitor_conversation, runtime, visitor)
+    found = await reads.conversation(visitor)
 
     async def stream() -> AsyncIterator[str]:
         queue = channel.subscribe(visitor)  # only once the stream runs: an unsent response holds nothing
@@ -422,23 +398,15 @@ async def events(request: Request, runtime: RuntimeDep,
                                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-def _attachment_for(runtime: Runtime, visitor: str, sha256: str):
-    conversation = runtime.store.conversation_by_key(CHANNEL, visitor)
-    if conversation is None:
-        return None
-    ids = {i for row in runtime.store.messages(conversation["id"]) for i in attachment_ids(row)}
-    return next((a for a in runtime.store.attachments(ids).values() if a.sha256 == sha256), None)
-
-
 @router.get("/attachments/{sha256}", summary="A screenshot from the visitor's own conversation",
             response_class=FileResponse)
-async def attachment(runtime: RuntimeDep, sha256: str, token: Annotated[str, Query()]):
+async def attachment(runtime: RuntimeDep, reads: Reads, sha256: str, token: Annotated[str, Query()]):
     visitor = verify_token(runtime.secret_key, token)
     if visitor is None:
         raise ApiError(401, "bad_token", "Your chat session has expired. Please reload the page.")
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ApiError(404, "not_found", "No such image.")
-    found = await runtime.manager.db(_attachment_for, runtime, visitor, sha256)
+    found = await reads.attachment(visitor, sha256)
     if found is None or not found.path.is_file():
         raise ApiError(404, "not_found", "No such image.")
     return FileResponse(found.path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})

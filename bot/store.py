@@ -841,6 +841,15 @@ class Store:
         removed["attachments"] = len(orphans)
         return removed
 
+    # Named reads ------------------------------------------------------------------
+    def select(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        """The rows of one read-only statement, for the named queries of `bot.queries`: the
+        consoles' and channels' reads live there, tested, instead of as SQL in route modules.
+        A statement that would change something is refused."""
+        if not sql.lstrip().lower().startswith("select"):
+            raise ValueError("Store.select runs select statements only.")
+        return self._all(sql, params)
+
 
 class _Transaction:
     def __init__(self, store: Store) -> None:

@@ -15,9 +15,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
+from .. import queries
 from ..accounts import Session
 from ..context import attachment_ids
-from ..store import CLAIMED, WAITING, Store
+from ..store import CLAIMED, Store
 from ..text import clean_user_text
 from .auth import SESSION_COOKIE, console_page, current_session, require
 from .console_events import session_is_open
@@ -27,7 +28,7 @@ from .stream_caps import CappedStreamingResponse, check_caps
 
 AgentSession = Annotated[Session, Depends(require("agent"))]
 router = APIRouter(tags=["agent console"])
-QUEUE_LIMIT = 200
+QUEUE_LIMIT = queries.QUEUE_LIMIT
 # What each bot turn cost and how sure it was, shown under the bot's messages.
 TURN_FIGURES = ("confidence", "prompt_tokens", "image_tokens", "completion_tokens", "latency_ms")
 PREVIEW_CHARS = 140
@@ -53,31 +54,10 @@ def _image_urls(row: dict, attachments: dict) -> list[str]:
 
 
 def queue_rows(store: Store, channel: str | None, reason: str | None) -> list[dict]:
-    where = ["c.status in (?, ?)"]
-    params: list = [WAITING, CLAIMED]
-    if channel:
-        where.append("c.channel = ?")
-        params.append(channel)
-    if reason:
-        where.append("e.reason = ?")
-        params.append(reason)
-    rows = store._all(
-        f"""select c.id, c.channel, c.user_name, c.user_id, c.status, c.assigned_agent, c.episode, c.updated_at,
-                  e.reason, e.detail, e.confidence, e.created_at as escalated_at
-           from conversations c
-           left join escalations e on e.id = (select id from escalations where conversation_id = c.id
-                                               and status in ('open', 'claimed') order by id desc limit 1)
-           where {' and '.join(where)}
-           order by case c.status when 'waiting' then 0 else 1 end, coalesce(e.created_at, c.updated_at)
-           limit {QUEUE_LIMIT}""",
-        params,
-    )
+    rows = queries.queue(store, channel, reason, QUEUE_LIMIT)
     out = []
     for row in rows:
-        messages = store._all(
-            "select text, attachment_ids from messages where conversation_id = ? and episode = ? and role = 'user' "
-            "order by id", [row["id"], row["episode"]],
-        )
+        messages = queries.episode_user_messages(store, row["id"], row["episode"])
         first_image = next((i for m in messages for i in attachment_ids(m)), None)
         thumbnail = None
         if first_image is not None:
@@ -136,23 +116,9 @@ def _snippet(text: str, query: str, width: int = 60) -> str:
     return ("…" if start else "") + text[start: at + len(query) + width] + ("…" if at + len(query) + width < len(text) else "")
 
 
-def search(store: Store, query: str, limit: int = 50) -> list[dict]:
+def search(store: Store, query: str, limit: int = queries.SEARCH_LIMIT) -> list[dict]:
     query = query.strip()
-    if len(query) >= 3:  # trigram index: a phrase query, quotes doubled
-        rows = store._all(
-            """select m.id, m.conversation_id, m.role, m.text, m.created_at, c.channel, c.user_name
-               from messages_fts f join messages m on m.id = f.rowid join conversations c on c.id = m.conversation_id
-               where messages_fts match ? order by m.id desc limit ?""",
-            ['"' + query.replace('"', '""') + '"', limit],
-        )
-    else:
-        like = "%" + re.sub(r"([%_\\])", r"\\\1", query) + "%"
-        rows = store._all(
-            """select m.id, m.conversation_id, m.role, m.text, m.created_at, c.channel, c.user_name
-               from messages m join conversations c on c.id = m.conversation_id
-               where m.text like ? escape '\\' order by m.id desc limit ?""",
-            [like, limit],
-        )
+    rows = queries.search_messages(store, query, limit)
     return [
         {"conversation_id": r["conversation_id"], "message_id": r["id"], "role": r["role"],
          "snippet": _snippet(r["text"] or "", query), "created_at": r["created_at"], "channel": r["channel"],
@@ -286,8 +252,7 @@ async def events(request: Request, runtime: RuntimeDep, session: AgentSession) -
 async def attachment(sha256: str, runtime: RuntimeDep, session: AgentSession):
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise HTTPException(404, detail={"error": "not_found", "message": "No such image."})
-    row = await runtime.manager.db(runtime.store._one, "select path from attachments where sha256 = ?", [sha256])
-    path = runtime.store.attachments_dir / row["path"] if row else None
+    path = await runtime.manager.db(queries.attachment_path, runtime.store, sha256)
     if path is None or not path.is_file():
         raise HTTPException(404, detail={"error": "not_found", "message": "No such image."})
     return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})

@@ -21,6 +21,7 @@ from fastapi import Request
 
 from ..accounts import Accounts, _digest
 from ..messages import utcnow
+from ..queries import console_session
 from ..store import iso
 
 KEEPALIVE_S = 15.0
@@ -50,9 +51,7 @@ def session_is_open(accounts: Accounts, token: str, role: str) -> bool:
     refreshing its idle timer: an open page alone does not keep a session alive."""
     if not token:
         return False
-    row = accounts.store._one(
-        "select s.expires_at, s.last_seen_at, u.disabled, u.role from sessions s join users u on u.id = s.user_id "
-        "where s.id = ?", [_digest(token)])
+    row = console_session(accounts.store, _digest(token))
     if row is None or row["disabled"] or row["role"] not in ("admin", role):
         return False
     now = iso(utcnow())

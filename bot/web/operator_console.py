@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from engine.base import ChatMessage, EngineError, GenerationRequest, SamplingParams
 from engine.images import ImageRejected, prepare_image
 
+from .. import queries
 from ..accounts import Session
 from ..escalation import Decision
 from ..language import detect_language
@@ -113,15 +114,13 @@ async def engine_place(request: Request, runtime: Runtime) -> Ticket:
 
 def _channels(runtime: Runtime) -> list[str]:
     names = set(runtime.manager.channels.names())
-    names.update(r["channel"] for r in runtime.store._all("select channel from channel_templates"))
+    names.update(queries.configured_channels(runtime.store))
     return sorted(names)
 
 
 def template_overview(runtime: Runtime) -> dict:
     store, templates = runtime.store, runtime.manager.templates
-    names = set(templates.library.names()) | {
-        r["name"] for r in store._all("select distinct name from template_versions")
-    }
+    names = set(templates.library.names()) | set(queries.stored_template_names(store))
     channels = [{"channel": c, "template": templates.template_name_for(c)} for c in _channels(runtime)]
     out = []
     for name in sorted(names):
@@ -210,12 +209,7 @@ def _percentile(values: list[float], fraction: float) -> float | None:
 
 def stats(store: Store, days: int) -> dict:
     since = iso(utcnow() - timedelta(days=days))
-    per_day = {r["day"]: r for r in store._all(
-        """select substr(created_at, 1, 10) as day,
-                  sum(role = 'user') as messages,
-                  sum(role = 'bot' and kind = 'answer') as answered,
-                  sum(role = 'system' and kind = 'handover') as handed_over
-           from messages where created_at >= ? group by day order by day""", [since])}
+    per_day = queries.daily_volume(store, since)
     today = utcnow().date()
     series = []
     for offset in range(days - 1, -1, -1):
@@ -225,19 +219,11 @@ def stats(store: Store, days: int) -> dict:
                        "handed_over": row.get("handed_over") or 0})
     answered = sum(d["answered"] for d in series)
     handed = sum(d["handed_over"] for d in series)
-    reasons = {r["reason"]: r["n"] for r in store._all(
-        "select reason, count(*) as n from escalations where created_at >= ? group by reason order by n desc", [since])}
-    latencies = sorted(r["latency_ms"] for r in store._all(
-        "select latency_ms from messages where created_at >= ? and latency_ms is not null", [since]))
-    confidences = [r["confidence"] for r in store._all(
-        "select confidence from messages where created_at >= ? and confidence is not null "
-        "and kind in ('answer', 'handover')", [since])]
-    verdicts = store._one(
-        "select coalesce(sum(helpful = 1), 0) as helpful, coalesce(sum(helpful = 0), 0) as not_helpful "
-        "from feedback where created_at >= ?", [since])
-    comments = store._all(
-        "select conversation_id, episode, helpful, comment, created_at from feedback "
-        "where created_at >= ? and coalesce(comment, '') != '' order by created_at desc, id desc limit 10", [since])
+    reasons = queries.handovers_by_reason(store, since)
+    latencies = queries.turn_latencies(store, since)
+    confidences = queries.turn_confidences(store, since)
+    verdicts = queries.feedback_counts(store, since)
+    comments = queries.feedback_comments(store, since)
     histogram = [{"from": i / 10, "to": (i + 1) / 10,
                   "count": sum(1 for c in confidences if i / 10 <= c < (i + 1) / 10 or (i == 9 and c == 1.0))}
                  for i in range(10)]
@@ -366,17 +352,15 @@ async def list_versions(name: Name, runtime: RuntimeDep, session: OperatorSessio
 
 @router.post("/operator/api/templates/{name}/restore", summary="Publish an old version again, as a new version")
 async def restore(name: Name, body: RestoreIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
-    old = await runtime.manager.db(runtime.store._one, "select body from template_versions where name = ? and "
-                                   "version = ?", [name, body.version])
+    old = await runtime.manager.db(queries.template_version_body, runtime.store, name, body.version)
     if old is not None:
-        await _parse(old["body"])  # a version stored before today's limits may be past them
+        await _parse(old)  # a version stored before today's limits may be past them
 
     def apply() -> int | None:
-        row = runtime.store._one("select body from template_versions where name = ? and version = ?",
-                                 [name, body.version])
-        if row is None:
+        stored = queries.template_version_body(runtime.store, name, body.version)
+        if stored is None:
             return None
-        version = runtime.store.add_template_version(name, row["body"], author=session.user.name, publish=True)
+        version = runtime.store.add_template_version(name, stored, author=session.user.name, publish=True)
         runtime.store.audit(session.user.name, "template_restore", f"template:{name}",
                             restored=body.version, version=version)
         return version

@@ -56,12 +56,12 @@ class StreamCaps:
     def count(self, kind: str, key: str) -> int:
         return self._open[(kind, key)]
 
-    def _all(self, caps: Caps) -> dict[tuple[str, str], int]:
+    def _with_total(self, caps: Caps) -> dict[tuple[str, str], int]:
         return {**caps, TOTAL: self.total}
 
     def full(self, caps: Caps) -> tuple[str, int] | None:
         """The (kind, cap) of the first full cap, or None when a stream would be admitted."""
-        for (kind, key), cap in self._all(caps).items():
+        for (kind, key), cap in self._with_total(caps).items():
             if self._open[(kind, key)] >= cap:
                 return kind, cap
         return None
@@ -70,12 +70,12 @@ class StreamCaps:
         """Take a place under every key, or none: returns the full cap if refused."""
         refused = self.full(caps)
         if refused is None:
-            for key in self._all(caps):
+            for key in self._with_total(caps):
                 self._open[key] += 1
         return refused
 
     def release(self, caps: Caps) -> None:
-        for key in self._all(caps):
+        for key in self._with_total(caps):
             self._open[key] -= 1
             if self._open[key] <= 0:
                 del self._open[key]
