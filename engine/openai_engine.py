@@ -1,9 +1,16 @@
-"""The remote backend: generation on OpenAI-compatible inference servers (vLLM, SGLang).
+"""The remote backend: generation on OpenAI-compatible inference servers (vLLM, SGLang, llama.cpp).
 
-When one GPU is not enough, Snapdesk keeps its conversation core and sends generation to
-one or several servers that speak `/v1/chat/completions`. Screenshots travel as PNG data
-URLs, answers come back as server-sent events, and the log-probability of every chosen
-token is requested so that `confidence` is computed exactly as for the in-process engine.
+When one GPU is not enough, or the model runs on an edge machine, Snapdesk keeps its
+conversation core and sends generation to one or several servers that speak
+`/v1/chat/completions`. Screenshots travel as PNG data URLs, answers come back as
+server-sent events, and the log-probability of every chosen token is requested so that
+`confidence` is computed exactly as for the in-process engine.
+
+Every sampling setting the in-process engine uses is sent explicitly, neutral values
+included: a server fills a missing field from its own defaults (vLLM from the checkpoint's
+generation_config, llama.cpp with repeat_penalty 1.1, min_p 0.05 and top_k 40), and the
+answer would no longer be the in-process engine's. Prompt and image token counts are the
+local tokenizer's and the image budget's (engine/prompt_tokens.py), not the server's.
 
 Several base URLs are used round-robin. An endpoint that cannot be reached is marked down
 for a backoff period (doubling on each failure) and skipped; when its backoff has passed,
@@ -21,10 +28,10 @@ import io
 import json
 import logging
 import math
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 from urllib.parse import urlsplit
 
@@ -46,16 +53,23 @@ from .base import (
     TextPart,
     Timings,
 )
-from .control_tokens import neutralize, untrusted
+from .control_tokens import GENERIC_PATTERN, neutralize, untrusted
 from .loading import visual_tokens
+from .prompt_tokens import LocalTokenizer, load_local_tokenizer
 
 if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
 
-# Request fields that vLLM and SGLang accept beyond the OpenAI schema.
-EXTENDED_SAMPLING_FIELDS = ("top_k", "min_tokens", "repetition_penalty")
+# Request fields that vLLM, SGLang and llama.cpp accept beyond the OpenAI schema.
+EXTENDED_SAMPLING_FIELDS = ("top_k", "min_p", "min_tokens", "repetition_penalty", "repeat_penalty")
+# How servers name themselves in `GET /models` (`owned_by`): llama-server says "llamacpp",
+# llama-cpp-python's server "me". vLLM says "vllm", SGLang "sglang".
+LLAMA_CPP_OWNERS = ("llamacpp", "me")
+LLAMA_CPP = "llama.cpp"
+STRICT = "openai-only"  # refused the fields beyond OpenAI's schema (transformers serve does)
+SERVER_KINDS = ("", LLAMA_CPP, STRICT)  # "": vLLM, SGLang and the rest
 
 
 class _Retry(Exception):
@@ -81,6 +95,7 @@ class Endpoint:
     last_error: str = ""
     requests: int = 0
     checking: bool = False
+    kind: str = ""  # LLAMA_CPP, STRICT, or "" (vLLM, SGLang and the rest; also while unknown)
 
     @property
     def root(self) -> str:
@@ -132,15 +147,16 @@ def image_data_url(image: "Image.Image") -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def to_openai_messages(request: GenerationRequest) -> list[dict]:
+def to_openai_messages(request: GenerationRequest, control: re.Pattern[str] = GENERIC_PATTERN) -> list[dict]:
     """The request's messages in the chat-completions shape, images as PNG data URLs.
 
-    Encoding images costs milliseconds per screenshot: call it off the event loop.
+    `control`: the control-token strings to neutralize in untrusted text. Encoding images
+    costs milliseconds per screenshot: call it off the event loop.
     """
     messages = []
     for message in request.messages:
         def text(value: str) -> str:  # the server's template would turn control-token strings into tokens
-            return neutralize(value) if untrusted(message.role) else value
+            return neutralize(value, control) if untrusted(message.role) else value
 
         if all(not isinstance(part, ImagePart) for part in message.parts):
             content: Any = text("".join(part.text for part in message.parts))  # type: ignore[union-attr]
@@ -194,30 +210,29 @@ def _error_message(response_text: str) -> str:
     return response_text.strip()[:300]
 
 
-def _load_local_tokenizer(name: str) -> Any | None:
-    """The model's tokenizer when it is on this machine (a directory or the HF cache); never downloads."""
+@dataclass(frozen=True)
+class _Payload:
+    """A request body, serialized once (screenshots make it megabytes), and the sampling
+    fields whose names or values differ between kinds of server, added per kind."""
+
+    common: bytes
+    by_kind: dict[str, dict[str, Any]]
+
+    def for_kind(self, kind: str) -> bytes:
+        extra = self.by_kind.get(kind) or {}
+        if not extra:
+            return self.common
+        return self.common[:-1] + b", " + json.dumps(extra, ensure_ascii=False)[1:].encode("utf-8")
+
+
+def server_kind(response: httpx.Response) -> str:
+    """LLAMA_CPP when a `GET /models` answer says so, else ""."""
     try:
-        from tokenizers import Tokenizer
-
-        path = Path(name).expanduser()
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            if name.count("/") != 1:
-                return None
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(name, "tokenizer.json")
-            if not isinstance(cached, str):
-                return None
-            path = Path(cached)
-        tokenizer = Tokenizer.from_file(str(path))
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        return tokenizer
-    except Exception as exc:  # counting falls back to an estimate
-        log.debug("no local tokenizer for %s: %s", name, exc)
-        return None
+        data = response.json().get("data")
+        owners = {str(item.get("owned_by", "")).lower() for item in data if isinstance(item, dict)}
+    except (ValueError, AttributeError, TypeError):
+        return ""
+    return LLAMA_CPP if owners & set(LLAMA_CPP_OWNERS) else ""
 
 
 class OpenAICompatibleEngine:
@@ -231,10 +246,11 @@ class OpenAICompatibleEngine:
     `request_timeout_s` (or `timeout=` per call) for the whole request. A request that fails
     before its first token is retried `retries` times on another endpoint; an endpoint that
     cannot be reached is skipped for `down_backoff_s`, doubling up to `max_down_backoff_s`.
-    `extended_sampling`: send top_k / min_tokens / repetition_penalty, fields vLLM and SGLang
-    accept beyond the OpenAI schema (servers that refuse unknown fields need False).
-    `tokenizer`: a local directory, tokenizer.json or cached hub id for exact token counts
-    (default: the model name; never downloaded); without it counts are estimated.
+    `extended_sampling`: send top_k / min_p / min_tokens / repetition_penalty (repeat_penalty
+    for llama.cpp), fields vLLM, SGLang and llama.cpp accept beyond the OpenAI schema (servers
+    that refuse unknown fields need False). `tokenizer`: a local directory, tokenizer.json or
+    cached hub id for exact token counts (default: the model name; never downloaded); without
+    it counts are estimated.
     """
 
     def __init__(
@@ -274,7 +290,7 @@ class OpenAICompatibleEngine:
         self.extended_sampling = extended_sampling
         self.tokenizer_name = tokenizer or model
         self.endpoints: list[Endpoint] = []
-        self._tokenizer: Any | None = None
+        self._tokenizer: LocalTokenizer | None = None
         self._ready = False
         self._closed = False
         self._next = 0
@@ -302,12 +318,16 @@ class OpenAICompatibleEngine:
             with ThreadPoolExecutor(max_workers=min(8, len(self.endpoints))) as pool:
                 checks = list(pool.map(lambda ep: self._check_sync(client, ep), self.endpoints))
         self._apply_checks(checks)
-        self._tokenizer = _load_local_tokenizer(self.tokenizer_name)
+        self._tokenizer = load_local_tokenizer(self.tokenizer_name)
+        counts = "estimated"
+        if self._tokenizer is not None:
+            counts = "exact, from the local tokenizer" if self._tokenizer.exact else "from the local tokenizer (no chat template)"
         log.info(
             "remote engine ready: model %s on %s (token counts %s)",
             self.model_name,
-            ", ".join(ep.url for ep in self.endpoints if ep.available(time.monotonic())),
-            "from the local tokenizer" if self._tokenizer is not None else "estimated",
+            ", ".join(f"{ep.url}{f' ({ep.kind})' if ep.kind else ''}" for ep in self.endpoints
+                      if ep.available(time.monotonic())),
+            counts,
         )
         self._ready = True
 
@@ -320,6 +340,7 @@ class OpenAICompatibleEngine:
         if response.status_code in (401, 403):
             return "auth", f"HTTP {response.status_code}", None
         if response.status_code == 200:
+            endpoint.kind = server_kind(response)
             served = _model_ids(response)
             if served is not None and self.model_name in served:
                 return "ok", "", served
@@ -433,7 +454,7 @@ class OpenAICompatibleEngine:
     def count_text_tokens(self, text: str) -> int:
         """Exact with the model's tokenizer when it is on this machine, else a generous estimate."""
         if self._tokenizer is not None:
-            return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+            return self._tokenizer.count_text(text)
         return len(text.encode("utf-8")) // 3 + 1
 
     def count_image_tokens(self, width: int, height: int) -> int:
@@ -504,12 +525,13 @@ class OpenAICompatibleEngine:
                 acquired = True
                 self._in_flight += 1
                 slot_at = time.perf_counter()
-                if request.images:  # PNG encoding and a JSON body of megabytes: not on the loop
-                    payload = await asyncio.to_thread(self._payload, request)
+                if request.images or (self._tokenizer is not None and self._tokenizer.exact):
+                    # PNG encoding, a JSON body of megabytes, a template render: not on the loop
+                    payload, prompt_tokens = await asyncio.to_thread(self._prepare, request)
                 else:
-                    payload = self._payload(request)
+                    payload, prompt_tokens = self._prepare(request)
                 attempt = await self._with_retries(payload, stream)
-            stream.push_result(self._generation(request, attempt, submitted, slot_at, time.perf_counter()))
+            stream.push_result(self._generation(request, attempt, prompt_tokens, submitted, slot_at, time.perf_counter()))
         except TimeoutError:
             stream.push_error(EngineTimeout(f"generation took longer than {limit:g} s"))
         except EngineError as exc:
@@ -529,18 +551,29 @@ class OpenAICompatibleEngine:
                 semaphore.release()
             self._outstanding -= 1
 
-    def _payload(self, request: GenerationRequest) -> bytes:
-        return json.dumps(self.build_body(request), ensure_ascii=False).encode("utf-8")
+    def _prepare(self, request: GenerationRequest) -> tuple[_Payload, int | None]:
+        """The body to send and the prompt's exact token count (None when it cannot be counted here)."""
+        common = json.dumps(self._common_body(request), ensure_ascii=False).encode("utf-8")
+        payload = _Payload(common, {kind: self._sampling_fields(request, kind) for kind in SERVER_KINDS})
+        prompt_tokens = None
+        if self._tokenizer is not None:
+            prompt_tokens = self._tokenizer.count_prompt(request, self.count_image_tokens)
+        return payload, prompt_tokens
 
-    def build_body(self, request: GenerationRequest) -> dict:
-        """The `/chat/completions` request body (encodes images: call off the event loop)."""
+    def build_body(self, request: GenerationRequest, kind: str = "") -> dict:
+        """The `/chat/completions` request body for a kind of server (encodes images: call off the event loop)."""
+        return {**self._common_body(request), **self._sampling_fields(request, kind)}
+
+    def _common_body(self, request: GenerationRequest) -> dict[str, Any]:
         sampling = request.sampling
+        control = self._tokenizer.control if self._tokenizer is not None else GENERIC_PATTERN
         body: dict[str, Any] = {
             "model": self.model_name,
-            "messages": to_openai_messages(request),
+            "messages": to_openai_messages(request, control),
             "stream": True,
             "stream_options": {"include_usage": True},
             "logprobs": True,
+            "top_logprobs": 0,  # llama.cpp returns log-probs only when this is given too
             "max_tokens": request.max_new_tokens,
         }
         if sampling.greedy:
@@ -548,19 +581,30 @@ class OpenAICompatibleEngine:
         else:
             body["temperature"] = sampling.temperature
             body["top_p"] = sampling.top_p
-        if self.extended_sampling:
-            if not sampling.greedy:
-                # -1 disables top-k on vLLM and SGLang; left out, vLLM would apply the checkpoint's
-                # generation_config default (Qwen ships top_k 20) where the in-process engine uses none.
-                body["top_k"] = sampling.top_k if sampling.top_k > 0 else -1
-            if request.min_new_tokens > 0:
-                body["min_tokens"] = request.min_new_tokens
-            if sampling.repetition_penalty != 1.0:
-                body["repetition_penalty"] = sampling.repetition_penalty
         return body
 
+    def _sampling_fields(self, request: GenerationRequest, kind: str) -> dict[str, Any]:
+        """What the in-process engine uses, neutral values included, in the server kind's names."""
+        if not self.extended_sampling or kind == STRICT:
+            return {}
+        sampling = request.sampling
+        # "No top-k" is -1 on vLLM and SGLang (SGLang refuses 0) and 0 on llama.cpp (which
+        # refuses -1). Left out, vLLM would apply the checkpoint's generation_config default
+        # (Qwen ships top_k 20) and llama.cpp its own 40. Greedy decoding ignores it everywhere.
+        no_top_k = 0 if kind == LLAMA_CPP else -1
+        fields: dict[str, Any] = {
+            "top_k": sampling.top_k if sampling.top_k > 0 and not sampling.greedy else no_top_k,
+            "min_p": 0.0,
+            "repetition_penalty": sampling.repetition_penalty,
+        }
+        if kind == LLAMA_CPP:
+            fields["repeat_penalty"] = sampling.repetition_penalty  # llama.cpp's name (vLLM logs a warning for it)
+        if request.min_new_tokens > 0:
+            fields["min_tokens"] = request.min_new_tokens
+        return fields
+
     # Endpoint choice and retries ------------------------------------------------------
-    async def _with_retries(self, payload: bytes, stream: GenerationStream) -> _Attempt:
+    async def _with_retries(self, payload: _Payload, stream: GenerationStream) -> _Attempt:
         tried: set[int] = set()
         last: _Retry | None = None
         for number in range(self.retries + 1):
@@ -617,6 +661,8 @@ class OpenAICompatibleEngine:
                     self._mark_down(endpoint, f"health check: {_describe(exc)}")
                     return False
                 if response.status_code == 200:
+                    if url.endswith("/models"):
+                        endpoint.kind = server_kind(response) or (STRICT if endpoint.kind == STRICT else "")
                     log.info("inference server %s is answering again", endpoint.url)
                     endpoint.failures = 0
                     endpoint.down_until = 0.0
@@ -635,14 +681,14 @@ class OpenAICompatibleEngine:
         log.warning("inference server %s marked down for %.1f s: %s", endpoint.url, backoff, reason)
 
     # One attempt on one endpoint --------------------------------------------------------
-    async def _attempt(self, endpoint: Endpoint, payload: bytes, stream: GenerationStream) -> _Attempt:
+    async def _attempt(self, endpoint: Endpoint, payload: _Payload, stream: GenerationStream) -> _Attempt:
         assert self._client is not None
         endpoint.requests += 1
         state = _Attempt()
         url = f"{endpoint.url}/chat/completions"
         headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         try:
-            async with self._client.stream("POST", url, content=payload, headers=headers) as response:
+            async with self._client.stream("POST", url, content=payload.for_kind(endpoint.kind), headers=headers) as response:
                 if response.status_code != 200:
                     await response.aread()
                     self._raise_for_status(endpoint, response)
@@ -684,6 +730,13 @@ class OpenAICompatibleEngine:
             raise _Retry(f"{where}: {detail}", mark_down=True)
         if status >= 500:  # maybe this request, maybe the server: another replica may do better
             raise _Retry(f"{where}: {detail}", mark_down=False, same_endpoint_ok=False)
+        if status in (400, 422) and self.extended_sampling and endpoint.kind != STRICT and _names_a_sampling_field(detail):
+            endpoint.kind = STRICT
+            log.warning(
+                "%s refuses sampling fields beyond OpenAI's (%s): it gets OpenAI's fields only from now on, so its "
+                "own defaults apply to top_k, min_p and the repetition penalty", endpoint.url, detail,
+            )
+            raise _Retry(f"{where}: {detail}", mark_down=False)
         raise EngineError(f"{where}: {detail}")
 
     def _take_chunk(self, endpoint: Endpoint, data: str, state: _Attempt, stream: GenerationStream) -> None:
@@ -730,8 +783,8 @@ class OpenAICompatibleEngine:
             if choice.get("finish_reason"):
                 state.finish_reason = choice["finish_reason"]
 
-    def _generation(self, request: GenerationRequest, state: _Attempt, submitted: float, slot_at: float,
-                    finished: float) -> Generation:
+    def _generation(self, request: GenerationRequest, state: _Attempt, counted: int | None, submitted: float,
+                    slot_at: float, finished: float) -> Generation:
         reason = state.finish_reason or "stop"
         if reason == "abort":
             raise EngineError("the inference server aborted the request")
@@ -739,7 +792,11 @@ class OpenAICompatibleEngine:
         completion = state.completion_tokens
         if completion is None:
             completion = len(state.logprobs) or state.content_chunks
-        prompt = state.prompt_tokens
+        # The local count when there is one; a server's count only for text (llama.cpp's is
+        # wrong for Qwen3-VL images, and any server counts with its own image budget).
+        prompt = counted
+        if prompt is None:
+            prompt = state.prompt_tokens if state.prompt_tokens is not None and not request.images else None
         if prompt is None:
             prompt = self._estimate_prompt_tokens(request)
         return Generation(
@@ -749,7 +806,7 @@ class OpenAICompatibleEngine:
             token_ids=tuple(state.token_ids) if len(state.token_ids) == len(state.logprobs) else (),
             prompt_tokens=prompt,
             completion_tokens=completion,
-            image_tokens=0,  # the server does not say
+            image_tokens=sum(self.count_image_tokens(*image.size) for image in request.images),
             timings=Timings(
                 queued_ms=(slot_at - submitted) * 1000.0,
                 first_token_ms=((state.first_token_at or finished) - submitted) * 1000.0,
@@ -763,6 +820,10 @@ class OpenAICompatibleEngine:
             for message in request.messages
             for part in message.parts
         )
+
+
+def _names_a_sampling_field(message: str) -> bool:
+    return any(re.search(rf"\b{name}\b", message) for name in EXTENDED_SAMPLING_FIELDS)
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,12 +7,23 @@
 - "openai-snapdesk": `OpenAICompatibleEngine` talking to Snapdesk's own OpenAI-compatible
   API (`snapdesk serve`, bot/web/openai_api.py) on loopback, in-process engine behind it.
   It returns log-probs, so the remote confidence path is checked against a real server.
+- "external": `OpenAICompatibleEngine` talking to the server named by SNAPDESK_TEST_ENGINE_URL
+  (a vLLM, SGLang or llama.cpp server started by hand; see README, Development), with
+  SNAPDESK_TEST_ENGINE_MODEL (default: the first model the server lists) and
+  SNAPDESK_TEST_ENGINE_API_KEY. Skipped when the URL is not set. These variables belong to
+  this test run only, not to Snapdesk's settings. When the served model is a checkpoint
+  directory written by `snapdesk tiny-model`, the confidence checks load it here too.
+
+Confidence is checked against an independent teacher-forced pass: a separate copy of the
+model scores the answer's tokens in one forward pass (tests/test_engine.py), and the
+backend's per-token log-probs, their geometric mean and their minimum must match it.
 
 `transformers serve` (transformers 5.23) has no log-probs: `cli/serving/chat_completion.py`
 lists `logprobs` in UNUSED_CHAT_COMPLETION_FIELDS, `BaseHandler._validate_request` only logs
 "Ignoring unsupported fields" for it, and no chunk it sends carries `choices[].logprobs`.
 Against it the remote engine must report the confidence as unknown (None); the numeric
-check is skipped there and covered for vLLM-shaped streams in tests/test_openai_engine.py.
+checks are skipped there. It also refuses every field beyond OpenAI's (HTTP 422), so the
+remote engine sends it OpenAI's fields only after the first refusal.
 """
 
 from __future__ import annotations
@@ -31,16 +42,21 @@ import pytest
 from engine.base import ChatMessage, EngineOverloaded, EngineTimeout, GenerationRequest
 from engine.loading import LoadOptions, visual_tokens
 from engine.openai_engine import OpenAICompatibleEngine
+from engine.tiny import is_tiny_checkpoint
 from engine.transformers_engine import TransformersEngine
 from tests.live_server import free_port, live_server
-from tests.test_engine import screenshot
+from tests.test_engine import screenshot, teacher_forced_logprobs
 
-BACKENDS = ["transformers", "openai", "openai-snapdesk"]
+BACKENDS = ["transformers", "openai", "openai-snapdesk", "external"]
 GUARD_S = 60.0  # a failing backend fails the test instead of hanging it
 NO_LOGPROBS = (
     "transformers serve 5.23 returns no log-probs: it lists `logprobs` in UNUSED_CHAT_COMPLETION_FIELDS "
     "(transformers/cli/serving/chat_completion.py) and only logs 'Ignoring unsupported fields', so the remote "
-    "engine reports confidence None; exp(mean logprob) on vLLM-style streams is checked in test_openai_engine.py"
+    "engine reports confidence None; the other remote backends check it"
+)
+NO_IMAGE_BUDGET = (
+    "transformers serve takes no image budget: it scales screenshots with the checkpoint's own processor settings "
+    "(the tiny checkpoint's are not Snapdesk's 256-1280 visual tokens), so the model sees another image"
 )
 # The tiny random checkpoint answers this with several tokens, then repeats itself.
 QUESTION = "Why was I charged?"
@@ -122,20 +138,62 @@ def snapdesk_server(tiny_model_dir, tmp_path_factory):
         yield f"{base}/v1", key
 
 
+@pytest.fixture(scope="session")
+def external_server():
+    """(base URLs, served model, API key) from SNAPDESK_TEST_ENGINE_*; skipped when no URL is set."""
+    urls = [url.strip() for url in os.environ.get("SNAPDESK_TEST_ENGINE_URL", "").split(",") if url.strip()]
+    if not urls:
+        pytest.skip("SNAPDESK_TEST_ENGINE_URL is not set: no external inference server to check")
+    key = os.environ.get("SNAPDESK_TEST_ENGINE_API_KEY") or None
+    model = os.environ.get("SNAPDESK_TEST_ENGINE_MODEL", "").strip()
+    if not model:
+        base = urls[0].rstrip("/") if urls[0].rstrip("/").endswith("/v1") else urls[0].rstrip("/") + "/v1"
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        listed = httpx.get(f"{base}/models", headers=headers, timeout=10).json().get("data") or []
+        if not listed:
+            pytest.fail(f"{base}/models lists no model: set SNAPDESK_TEST_ENGINE_MODEL")
+        model = str(listed[0]["id"])
+    return urls, model, key
+
+
+@pytest.fixture(scope="session")
+def external_reference(external_server):
+    """The in-process engine on the checkpoint the external server serves, and its directory."""
+    model = Path(external_server[1]).expanduser()
+    if not (model.is_dir() and is_tiny_checkpoint(model)):
+        pytest.skip(f"the external server's model {external_server[1]!r} is not a checkpoint directory written by "
+                    "`snapdesk tiny-model DIR`: serve one under its path to compare with the in-process engine")
+    engine = TransformersEngine(LoadOptions(model=str(model)), batch_window_ms=5.0)
+    engine.start()
+    yield engine, model
+    engine.close()
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request, tiny_model_dir):
-    """A started engine of each kind; all of them serve the same tiny checkpoint."""
+    """A started engine of each kind; all but the external one serve the same tiny checkpoint."""
     if request.param == "transformers":
         yield request.getfixturevalue("engine")  # the session's in-process engine (conftest)
         return
     if request.param == "openai":
-        url, key = request.getfixturevalue("transformers_server"), None
-    else:
+        urls, model, key = [request.getfixturevalue("transformers_server")], str(tiny_model_dir), None
+    elif request.param == "openai-snapdesk":
         url, key = request.getfixturevalue("snapdesk_server")
-    remote = OpenAICompatibleEngine(urls=[url], model=str(tiny_model_dir), api_key=key, request_timeout_s=GUARD_S)
+        urls, model = [url], str(tiny_model_dir)
+    else:
+        urls, model, key = request.getfixturevalue("external_server")
+    remote = OpenAICompatibleEngine(urls=urls, model=model, api_key=key, request_timeout_s=GUARD_S)
     remote.start()
     yield remote
     remote.close()
+
+
+@pytest.fixture
+def reference(request, backend, engine, tiny_model_dir):
+    """(in-process engine, checkpoint directory) for the checkpoint `backend` serves."""
+    if request.node.callspec.params["backend"] == "external":
+        return request.getfixturevalue("external_reference")
+    return engine, tiny_model_dir
 
 
 @pytest.fixture
@@ -184,6 +242,7 @@ async def test_image_request(backend):
     assert with_image.completion_tokens >= 1 and with_image.finish_reason in ("stop", "length")
     # The screenshot reached the model: its visual tokens are part of the prompt.
     assert with_image.prompt_tokens > text_only.prompt_tokens
+    assert with_image.image_tokens == backend.count_image_tokens(640, 480) and text_only.image_tokens == 0
 
 
 async def test_stream_deltas_join_to_the_final_text(backend):
@@ -197,18 +256,26 @@ async def test_stream_deltas_join_to_the_final_text(backend):
     assert "".join(deltas) == generation.text
 
 
-async def test_confidence_is_the_geometric_mean_token_probability(backend):
-    generation = await generate(backend, ask(QUESTION))
+@pytest.mark.parametrize("with_screenshot", [False, True], ids=["text", "screenshot"])
+async def test_confidence_is_the_geometric_mean_of_teacher_forced_token_probs(backend, reference, with_screenshot):
+    model, model_dir = reference
+    request = ask(screenshot(300, 200, "E-4012"), QUESTION) if with_screenshot else ask(QUESTION)
+    generation = await generate(backend, request)
     if not generation.token_logprobs:
         assert isinstance(backend, OpenAICompatibleEngine), "the in-process engine always has log-probs"
         assert generation.confidence is None and generation.min_token_prob is None
         pytest.skip(NO_LOGPROBS)
-    assert len(generation.token_logprobs) == generation.completion_tokens
-    assert all(logprob <= 0 for logprob in generation.token_logprobs)
+    token_ids = list(generation.token_ids)
+    if not token_ids:  # a server that names tokens by their text: the in-process answer's, once it is the same answer
+        local = await generate(model, request)
+        assert (local.text, local.finish_reason) == (generation.text, generation.finish_reason)
+        token_ids = list(local.token_ids)
+    expected = await asyncio.to_thread(teacher_forced_logprobs, model_dir, model, request, token_ids)
+    assert len(generation.token_logprobs) == len(expected) == generation.completion_tokens
+    assert generation.token_logprobs == pytest.approx(expected, abs=1e-4)
+    assert generation.confidence == pytest.approx(math.exp(math.fsum(expected) / len(expected)), abs=1e-4)
+    assert generation.min_token_prob == pytest.approx(math.exp(min(expected)), abs=1e-4)
     assert 0 < generation.confidence <= 1
-    mean = math.fsum(generation.token_logprobs) / len(generation.token_logprobs)
-    assert generation.confidence == pytest.approx(math.exp(mean))
-    assert generation.min_token_prob == pytest.approx(math.exp(min(generation.token_logprobs)))
 
 
 @pytest.mark.parametrize("limit", [1, 3, 6])
@@ -255,17 +322,21 @@ async def test_token_counts(backend):
     assert backend.count_image_tokens(1920, 1080) == visual_tokens(1920, 1080, 256, 1280)
 
 
-async def test_remote_confidence_is_the_in_process_confidence(engine, snapdesk_server, tiny_model_dir):
-    """The same greedy request, in process and through a remote server: same tokens, same confidence."""
-    url, key = snapdesk_server
-    remote = OpenAICompatibleEngine(urls=[url], model=str(tiny_model_dir), api_key=key)
-    remote.start()
-    try:
-        request = ask(screenshot(300, 200, "E-4012"), QUESTION, max_new_tokens=12)
-        local, far = await generate(engine, request), await generate(remote, request)
-    finally:
-        remote.close()
+@pytest.mark.parametrize("with_screenshot", [False, True], ids=["text", "screenshot"])
+async def test_remote_confidence_is_the_in_process_confidence(request, backend, reference, with_screenshot):
+    """The same greedy request, in process and through a remote server: same tokens, counts and confidence."""
+    if not isinstance(backend, OpenAICompatibleEngine):
+        pytest.skip("the in-process engine is the reference")
+    if with_screenshot and request.node.callspec.params["backend"] == "openai":
+        pytest.skip(NO_IMAGE_BUDGET)
+    model, _ = reference
+    parts = (screenshot(300, 200, "E-4012"), QUESTION) if with_screenshot else (QUESTION,)
+    request = ask(*parts, max_new_tokens=12)
+    local, far = await generate(model, request), await generate(backend, request)
+    assert (far.prompt_tokens, far.image_tokens) == (local.prompt_tokens, local.image_tokens)
     assert far.text == local.text and far.finish_reason == local.finish_reason
-    assert (far.prompt_tokens, far.completion_tokens) == (local.prompt_tokens, local.completion_tokens)
+    assert far.completion_tokens == local.completion_tokens
+    if not far.token_logprobs:
+        pytest.skip(NO_LOGPROBS)
     assert far.token_logprobs == pytest.approx(local.token_logprobs, abs=1e-4)
     assert far.confidence == pytest.approx(local.confidence, abs=1e-4)

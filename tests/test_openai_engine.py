@@ -1,8 +1,12 @@
-"""The remote engine's failure behaviour, against small OpenAI-compatible servers on loopback.
+"""The remote engine's wire format and failure behaviour, against small OpenAI-compatible servers on loopback.
 
 Each fake server speaks `/v1/chat/completions` the way vLLM does (server-sent events,
 `choices[].logprobs.content`, a final usage chunk, `data: [DONE]`) and can be told to
-fail: HTTP 500, hang, close the stream half-way, send no log-probs, or be down.
+fail: HTTP 500, hang, close the stream half-way, send no log-probs, or be down. It can
+also be told to be llama.cpp (llama-cpp-python's server or llama-server), with that
+server's rules: its own defaults for sampling fields a request leaves out, `top_k` at
+least 0, and log-probs only when `top_logprobs` is given. Its usage chunk always says 42
+prompt tokens, whatever the prompt.
 """
 
 from __future__ import annotations
@@ -34,11 +38,20 @@ from engine.base import (
     ModelLoadError,
     SamplingParams,
 )
+from engine.loading import visual_tokens
 from engine.openai_engine import OpenAICompatibleEngine, iter_sse_data, normalize_base_url
 from tests.live_server import free_port
 
 MODEL = "Qwen/Qwen3-VL-8B-Instruct"
 REPLY = [("The ", -0.1), ("renewal ", -0.5), ("of ", -0.2), ("88", -1.0), ("", -0.05)]  # the last: end of turn
+# What a server answers when it applies a repetition penalty Snapdesk did not ask for.
+PENALIZED = [("The ", -0.1), ("fee ", -2.5), ("was ", -1.7), ("88", -1.9), ("", -0.3)]
+SERVER_PROMPT_TOKENS = 42
+OWNERS = {"vllm": "vllm", "llama-cpp-python": "me", "llama-server": "llamacpp", "strict": "Qwen"}
+OPENAI_FIELDS = {"model", "messages", "stream", "stream_options", "logprobs", "top_logprobs", "max_tokens",
+                 "temperature", "top_p"}
+# llama-cpp-python's server defaults (llama_cpp/server/types.py) for fields a request leaves out.
+LLAMA_CPP_DEFAULTS = {"repeat_penalty": 1.1, "min_p": 0.05, "top_k": 40, "top_p": 0.95, "temperature": 0.2}
 GUARD_S = 15.0  # a test fails instead of hanging when the engine does not answer
 
 
@@ -46,12 +59,17 @@ class FakeServer:
     """A vLLM-shaped chat-completions server in a thread; `mode` says how it behaves."""
 
     def __init__(self, *, models: tuple[str, ...] = (MODEL,), api_key: str | None = None, mode: str = "ok",
-                 port: int | None = None) -> None:
+                 port: int | None = None, kind: str = "vllm", defaults: dict | None = None) -> None:
         self.models = list(models)
         self.api_key = api_key
         self.mode = mode
         self.port = port or free_port()
+        self.kind = kind
+        self.llama_cpp = kind.startswith("llama")
+        # What the server uses for a field a request leaves out (vLLM: the checkpoint's generation_config).
+        self.defaults = dict(LLAMA_CPP_DEFAULTS if self.llama_cpp else {}, **(defaults or {}))
         self.requests: list[dict] = []
+        self.applied: list[dict] = []  # per streamed request: the settings the server decoded with
         self.health_checks = 0
         self.active = 0
         self.max_active = 0
@@ -77,7 +95,7 @@ class FakeServer:
             self.health_checks += 1
             if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
                 return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
-            return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "vllm"} for m in self.models]}
+            return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": OWNERS[self.kind]} for m in self.models]}
 
         @app.get("/health")
         async def health():
@@ -96,6 +114,15 @@ class FakeServer:
                 return {"id": "x", "object": "chat.completion", "model": body["model"],
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "T"}, "finish_reason": "length"}],
                         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+            if self.kind == "strict" and body.keys() - OPENAI_FIELDS:  # transformers serve's answer
+                return JSONResponse({"detail": f"Unexpected fields in the request: {set(body.keys() - OPENAI_FIELDS)}"},
+                                    status_code=422)
+            if self.llama_cpp and not (isinstance(body.get("top_k", 0), int) and body.get("top_k", 0) >= 0):
+                return JSONResponse({"detail": [{"type": "greater_than_equal", "loc": ["body", "top_k"],
+                                                 "msg": "Input should be greater than or equal to 0"}]}, status_code=422)
+            penalty = "repeat_penalty" if self.llama_cpp else "repetition_penalty"
+            self.applied.append({name: body.get(name, default) for name, default in
+                                 {penalty: 1.0, "min_p": 0.0, "top_k": -1, **self.defaults}.items()})
             if self.mode == "error500":
                 return JSONResponse({"object": "error", "message": "CUDA error: an illegal memory access", "code": 500},
                                     status_code=500)
@@ -130,7 +157,12 @@ class FakeServer:
             yield self._chunk(body, {"role": "assistant", "content": ""})
             if self.mode == "slow":
                 await asyncio.sleep(0.2)
-            tokens = REPLY[: body.get("max_tokens") or len(REPLY)]
+            applied = self.applied[-1]
+            penalized = applied.get("repeat_penalty", applied.get("repetition_penalty")) != 1.0
+            reply = PENALIZED if penalized and body.get("temperature") == 0 else REPLY
+            # llama-cpp-python passes `top_logprobs if logprobs else None` on: no log-probs without it.
+            with_logprobs = body.get("logprobs") and (body.get("top_logprobs") is not None or not self.llama_cpp)
+            tokens = reply[: body.get("max_tokens") or len(reply)]
             for i, (text, logprob) in enumerate(tokens):
                 if self.mode == "error_event" and i == 2:
                     yield 'data: {"error": {"message": "the engine died", "type": "InternalServerError", "code": 500}}\n\n'
@@ -142,14 +174,15 @@ class FakeServer:
                     if self.disconnects:
                         return
                 logprobs = None
-                if self.mode != "no_logprobs":
+                if self.mode != "no_logprobs" and with_logprobs:
                     logprobs = {"content": [{"token": text, "logprob": logprob, "bytes": list(text.encode()),
                                              "top_logprobs": []}]}
                 finish = None
                 if i == len(tokens) - 1:
-                    finish = "stop" if len(tokens) == len(REPLY) else "length"
+                    finish = "stop" if len(tokens) == len(reply) else "length"
                 yield self._chunk(body, {"content": text}, logprobs, finish)
-            usage = {"prompt_tokens": 42, "completion_tokens": len(tokens), "total_tokens": 42 + len(tokens)}
+            usage = {"prompt_tokens": SERVER_PROMPT_TOKENS, "completion_tokens": len(tokens),
+                     "total_tokens": SERVER_PROMPT_TOKENS + len(tokens)}
             yield "data: " + json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0,
                                          "model": body["model"], "choices": [], "usage": usage}) + "\n\n"
             yield "data: [DONE]\n\n"
@@ -247,9 +280,11 @@ async def test_request_body_headers_and_result(servers, engines):
     assert headers["authorization"] == "Bearer sekrit"
     assert body["model"] == MODEL
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
-    assert body["logprobs"] is True
+    assert body["logprobs"] is True and body["top_logprobs"] == 0
     assert body["max_tokens"] == 7 and body["temperature"] == 0
-    assert not {"top_k", "top_p", "min_tokens", "repetition_penalty"} & body.keys()
+    # Every setting the in-process engine decodes with, neutral ones included, in vLLM's names.
+    assert (body["top_k"], body["min_p"], body["repetition_penalty"]) == (-1, 0.0, 1.0)
+    assert not {"top_p", "min_tokens", "repeat_penalty"} & body.keys()
     system, user = body["messages"]
     assert system == {"role": "system", "content": "You are the support assistant of Acme."}
     image_part, text_part = user["content"]
@@ -265,8 +300,13 @@ async def test_request_body_headers_and_result(servers, engines):
     assert generation.finish_reason == "stop"
     assert generation.token_logprobs == (-0.1, -0.5, -0.2, -1.0, -0.05)
     assert generation.confidence == pytest.approx(math.exp((-0.1 - 0.5 - 0.2 - 1.0 - 0.05) / 5))
-    assert generation.prompt_tokens == 42 and generation.completion_tokens == 5
+    assert generation.completion_tokens == 5
+    # No tokenizer of this model here: estimated, with the image's visual tokens, not the server's 42.
+    assert generation.image_tokens == visual_tokens(320, 200, 256, 1280)
+    assert generation.prompt_tokens > generation.image_tokens and generation.prompt_tokens != SERVER_PROMPT_TOKENS
     assert 0 <= generation.timings.queued_ms <= generation.timings.first_token_ms <= generation.timings.total_ms
+    text_only = await generate(engine, ask("Why was I charged?"))
+    assert text_only.prompt_tokens == SERVER_PROMPT_TOKENS and text_only.image_tokens == 0  # text: the server's count
 
 
 async def test_sampling_settings_on_the_wire(servers, engines):
@@ -278,14 +318,101 @@ async def test_sampling_settings_on_the_wire(servers, engines):
     first, second = (r["body"] for r in server.chat_requests)
     assert first["temperature"] == 0.7 and first["top_p"] == 0.9
     assert first["top_k"] == -1  # "no top-k", so the server does not apply the checkpoint's default
+    assert first["min_p"] == 0.0
     assert first["min_tokens"] == 2 and first["repetition_penalty"] == 1.05 and first["max_tokens"] == 5
-    assert second["top_k"] == 20 and "min_tokens" not in second
+    assert second["top_k"] == 20 and second["repetition_penalty"] == 1.0 and "min_tokens" not in second
+    assert "repeat_penalty" not in first  # llama.cpp's name: vLLM would log a warning on every request
 
     plain = await started(engines([server.url], extended_sampling=False))
     await generate(plain, ask("hello", max_new_tokens=5, min_new_tokens=2, sampling=sampling))
     body = server.chat_requests[-1]["body"]
     assert body["temperature"] == 0.7 and body["top_p"] == 0.9
-    assert not {"top_k", "min_tokens", "repetition_penalty"} & body.keys()
+    assert body["logprobs"] is True and body["top_logprobs"] == 0  # OpenAI's own fields
+    assert not {"top_k", "min_p", "min_tokens", "repetition_penalty", "repeat_penalty"} & body.keys()
+
+
+async def test_a_neutral_repetition_penalty_is_sent_so_the_checkpoints_does_not_apply(servers, engines):
+    """vLLM started without `--generation-config vllm` fills a missing field from the checkpoint's
+    generation_config.json: a penalty there would change Snapdesk's greedy answers."""
+    server = servers(defaults={"repetition_penalty": 1.05})
+    engine = await started(engines([server.url]))
+    generation = await generate(engine)
+    assert server.applied[-1]["repetition_penalty"] == 1.0
+    assert generation.text == "The renewal of 88"
+    assert generation.token_logprobs == (-0.1, -0.5, -0.2, -1.0, -0.05)
+
+
+@pytest.mark.parametrize("kind", ["llama-cpp-python", "llama-server"])
+async def test_a_llama_cpp_server_decodes_as_in_process_and_returns_log_probs(servers, engines, kind):
+    server = servers(kind=kind)
+    engine = await started(engines([server.url]))
+    assert engine.endpoints[0].kind == "llama.cpp"
+    generation = await generate(engine)
+    # Without top_logprobs the server returns no log-probs (confidence unknown); without
+    # repeat_penalty it applies 1.1 and answers something else.
+    assert generation.text == "The renewal of 88"
+    assert generation.token_logprobs == (-0.1, -0.5, -0.2, -1.0, -0.05)
+    assert generation.confidence == pytest.approx(math.exp((-0.1 - 0.5 - 0.2 - 1.0 - 0.05) / 5))
+    body = server.chat_requests[-1]["body"]
+    assert body["logprobs"] is True and body["top_logprobs"] == 0
+    assert server.applied[-1] == {"repeat_penalty": 1.0, "min_p": 0.0, "top_k": 0, "top_p": 0.95, "temperature": 0}
+
+    # Sampling without top-k: llama.cpp's "none" is 0 (it refuses -1 with a 422), min_p 0 as in process.
+    sampled = await generate(engine, ask("hello", sampling=SamplingParams(temperature=0.7, top_p=0.9,
+                                                                          repetition_penalty=1.05)))
+    assert sampled.confidence is not None
+    assert server.applied[-1] == {"repeat_penalty": 1.05, "min_p": 0.0, "top_k": 0, "top_p": 0.9, "temperature": 0.7}
+    await generate(engine, ask("hello", sampling=SamplingParams(temperature=0.7, top_k=20)))
+    assert server.applied[-1]["top_k"] == 20
+
+
+async def test_a_server_that_was_down_at_start_gets_its_own_field_names_once_back(servers, engines):
+    steady = servers()
+    port = free_port()
+    engine = await started(engines([f"http://127.0.0.1:{port}/v1", steady.url], down_backoff_s=0.2))
+    llama = FakeServer(port=port, kind="llama-cpp-python").start()
+    try:
+        await asyncio.sleep(0.25)
+        for _ in range(4):
+            await generate(engine)
+        assert llama.chat_requests, "the revived server got no traffic"
+        body = llama.chat_requests[-1]["body"]
+        assert body["top_k"] == 0 and body["repeat_penalty"] == 1.0
+        assert all("repeat_penalty" not in r["body"] for r in steady.chat_requests)
+    finally:
+        llama.stop()
+
+
+async def test_a_server_that_refuses_fields_beyond_openais_gets_openais_only(servers, engines, caplog):
+    server = servers(kind="strict")
+    engine = await started(engines([server.url]))
+    with caplog.at_level("WARNING", logger="engine.openai_engine"):
+        results = [await generate(engine) for _ in range(3)]
+    assert all(r.text == "The renewal of 88" for r in results)
+    refused, *accepted = (r["body"] for r in server.chat_requests)
+    assert "top_k" in refused and len(accepted) == 3  # refused once, then never again
+    assert all(body.keys() <= OPENAI_FIELDS and body["top_logprobs"] == 0 for body in accepted)
+    assert any("refuses sampling fields beyond OpenAI's" in record.getMessage() for record in caplog.records)
+
+
+async def test_prompt_and_image_tokens_are_counted_here_as_in_process(servers, engines, engine, tiny_model_dir):
+    """The server's usage says 42 whatever the prompt; Snapdesk reports the in-process engine's counts."""
+    server = servers()
+    remote = await started(engines([server.url], tokenizer=str(tiny_model_dir)))
+    system = ChatMessage.of("system", "You are the support assistant of Acme. <|im_start|> stays for the operator.")
+    requests = [
+        GenerationRequest((system, ChatMessage.of("user", Image.new("RGB", (640, 480), "white"), "为什么扣我钱?")),
+                          max_new_tokens=4),
+        GenerationRequest((ChatMessage.of("user", Image.new("RGB", (800, 600)), Image.new("RGB", (300, 900)), "两张"),
+                           ChatMessage.of("assistant", "I see two screenshots."),
+                           ChatMessage.of("user", "And <|im_end|> this? <|image_pad|>")), max_new_tokens=4),
+        GenerationRequest((system, ChatMessage.of("user", "Where is my parcel?")), max_new_tokens=4),
+    ]
+    for request in requests:
+        far, local = await generate(remote, request), await generate(engine, request)
+        assert (far.prompt_tokens, far.image_tokens) == (local.prompt_tokens, local.image_tokens)
+        assert far.prompt_tokens != SERVER_PROMPT_TOKENS
+    assert remote.count_text_tokens("为什么扣我钱?") == engine.count_text_tokens("为什么扣我钱?")
 
 
 async def test_streaming_delivers_each_chunk(servers, engines):
@@ -567,8 +694,6 @@ async def test_sse_parsing():
 
 
 def test_token_counts():
-    from engine.loading import visual_tokens
-
     estimated = OpenAICompatibleEngine(urls=["http://127.0.0.1:9/v1"], model="org/not-cached-anywhere")
     assert estimated.count_text_tokens("hello") == 2
     assert estimated.count_text_tokens("为什么扣我钱") == 7
