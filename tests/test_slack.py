@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -682,6 +683,38 @@ def test_socket_mode_stores_acknowledges_and_answers(tmp_path, fake):
         wait_for(lambda: {a.get("envelope_id") for a in fake.acks} >= {again, ignored}, what="both acks")
         wait_for(lambda: not app.state.runtime.tasks, what="background work")
         assert len(fake.calls_to("chat.update", channel=channel)) == 1
+
+
+def test_an_event_that_cannot_be_stored_is_not_acknowledged_over_http_or_socket_mode(tmp_path, fake, caplog):
+    """Another program holds the database's write lock: no 200, no envelope ack, so Slack sends it again."""
+    http_channel, socket_channel = "D0LOCKHTTP", "D0LOCKSOCK"
+    with live_server(tmp_path, engine=StubEngine(script=script), slack_bot_token=BOT_TOKEN,
+                     slack_signing_secret=SECRET, slack_app_token=APP_TOKEN, slack_api_url=fake.api_url,
+                     db_lock_wait_s=0.3) as (base, app):
+        wait_for(lambda: fake.sockets, what="the Socket Mode connection")
+        http_payload = event_callback(dm_event(http_channel, "Was I charged twice?"))
+        socket_payload = event_callback(dm_event(socket_channel, "Is my parcel on its way?"))
+        body = json.dumps(http_payload).encode()
+        holder = sqlite3.connect(tmp_path / "snapdesk.db", timeout=5)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            refused = httpx.post(f"{base}/slack/events", content=body, headers=sign(SECRET, body), timeout=10)
+            assert refused.status_code == 500
+            envelope = fake.send_envelope(socket_payload)
+            # bolt logs each listener that failed: the HTTP event's, then the socket event's
+            wait_for(lambda: [r for r in caplog.records if r.name == "adapters.slack.bolt" and r.levelname == "ERROR"
+                              and "locked by another program" in r.getMessage()][1:], what="the socket event to fail")
+        finally:
+            holder.rollback()
+            holder.close()
+        assert envelope not in {a.get("envelope_id") for a in fake.acks}
+        # Slack's redeliveries, once the database is free again, are stored, acknowledged and answered.
+        retry = {**sign(SECRET, body), "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_error"}
+        assert httpx.post(f"{base}/slack/events", content=body, headers=retry, timeout=10).status_code == 200
+        again = fake.send_envelope(socket_payload, retry_attempt=1)
+        wait_for(lambda: again in {a.get("envelope_id") for a in fake.acks}, what="the ack of the redelivery")
+        assert answer_in(fake, http_channel)[0]["text"] == "Answer to: Was I charged twice?"
+        assert answer_in(fake, socket_channel)[0]["text"] == "Answer to: Is my parcel on its way?"
 
 
 # Text helpers ----------------------------------------------------------------------------------
