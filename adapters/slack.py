@@ -46,7 +46,6 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request, to_starlette_response
 from slack_bolt.async_app import AsyncApp, AsyncBoltRequest
 from slack_bolt.authorization import AuthorizeResult
-from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
 from bot.language import detect_language
@@ -74,8 +73,6 @@ MAX_FILES = 10  # Slack attaches at most 10 files to a message
 ACCEPTED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 USER_NAME_TTL_S = 3600.0
 MAX_MENTIONED_THREADS = 10_000
-# A Socket Mode connection that failed at start is tried again in the background, this many times.
-SOCKET_RETRIES = 10
 
 FILE_NOTICE = {
     "too_big": {
@@ -202,6 +199,7 @@ class SlackAdapter:
         self.app = self._make_app()
         self.router: APIRouter | None = self._make_router() if settings.slack_signing_secret else None
         self.socket: AsyncSocketModeHandler | None = None
+        self._connecting: asyncio.Task | None = None
         self._intake_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._user_cache: dict[str, tuple[str, float]] = {}
         # Threads a mention has opened whose conversation may not be stored yet (a quick follow-up).
@@ -211,6 +209,8 @@ class SlackAdapter:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         await self._identify()
+        if self.settings.slack_app_token:
+            await self._start_socket_mode()
         # Events acknowledged but not finished later on (a failure after the acknowledgement)
         # are taken in again by the periodic round.
         self.runtime.manager.on_pending_events(CHANNEL, self._recover)
@@ -218,10 +218,10 @@ class SlackAdapter:
         if pending:
             log.info("Slack: %d stored events were not finished; processing them now", len(pending))
             self.runtime.spawn(self._recover(pending))
-        if self.settings.slack_app_token:
-            await self._start_socket_mode()
 
     async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self.socket is not None:
             socket, self.socket = self.socket, None
             await socket.close_async()
@@ -344,39 +344,23 @@ class SlackAdapter:
 
     # Socket Mode ------------------------------------------------------------------------------
     async def _start_socket_mode(self) -> None:
+        """Check the app-level token, then let slack_sdk connect (and reconnect) in the background.
+
+        slack_sdk's client retries a failed connection by itself, forever, so a token Slack
+        rejects is found out first, with one `apps.connections.open`, to refuse the start.
+        """
         self.socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token,
                                              logger=logging.getLogger("adapters.slack.socket"),
                                              web_client=self.api.client)
         try:
-            await self.socket.connect_async()
-        except SlackApiError as exc:
-            error = exc.response.get("error") if isinstance(exc.response.data, dict) else "?"
-            if error in AUTH_ERRORS:
+            await self.api.call("apps.connections.open", quick=True, app_token=self.settings.slack_app_token)
+        except SlackCallError as exc:
+            if exc.error in AUTH_ERRORS:
                 raise AdapterConfigError(
-                    f"Slack rejected SNAPDESK_SLACK_APP_TOKEN ({error}); it needs the connections:write scope."
+                    f"Slack rejected SNAPDESK_SLACK_APP_TOKEN ({exc.error}); it needs the connections:write scope."
                 ) from None
-            self._connect_later(error)
-        except Exception as exc:
-            self._connect_later(type(exc).__name__)
-
-    def _connect_later(self, error: str) -> None:
-        """Slack is unreachable at start: slack_sdk's retry handlers keep trying in the background."""
-        log.warning("Slack Socket Mode connection failed (%s); retrying in the background", error)
-        assert self.socket is not None
-        self.socket.client.web_client = web_client(None, self.api.base_url, retry_handlers(
-            SOCKET_RETRIES, 60.0, self.api.backoff))
-
-        async def connect() -> None:
-            if self.socket is None:
-                return
-            try:
-                await self.socket.connect_async()
-                log.info("Slack Socket Mode connected")
-            except Exception as exc:
-                log.error("Slack Socket Mode could not connect (%s); restart Snapdesk to try again",
-                          type(exc).__name__)
-
-        self.runtime.spawn(connect())
+            log.warning("Slack Socket Mode is not reachable yet (%s); connecting in the background", exc.error)
+        self._connecting = asyncio.create_task(self.socket.connect_async())
 
     # Intake -----------------------------------------------------------------------------------
     async def receive(self, payload: dict) -> str:

@@ -202,6 +202,18 @@ async def test_a_token_slack_rejects_stops_the_start(tmp_path, fake):
         await adapter.stop()
 
 
+async def test_an_app_token_slack_rejects_stops_the_start(tmp_path, fake):
+    settings = Settings(data_dir=tmp_path, slack_bot_token=BOT_TOKEN, slack_app_token="xapp-revoked",
+                        slack_api_url=fake.api_url)
+    adapter = SlackAdapter(settings, runtime=None)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(AdapterConfigError, match=r"rejected SNAPDESK_SLACK_APP_TOKEN \(invalid_auth\)"):
+            await adapter.start()
+    finally:
+        await adapter.stop()
+    assert fake.calls_to("apps.connections.open")[-1].token == "xapp-revoked"
+
+
 # Verification ----------------------------------------------------------------------------------
 def test_url_verification_answers_the_challenge(env):
     challenge = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
@@ -683,6 +695,22 @@ def test_socket_mode_stores_acknowledges_and_answers(tmp_path, fake):
         wait_for(lambda: {a.get("envelope_id") for a in fake.acks} >= {again, ignored}, what="both acks")
         wait_for(lambda: not app.state.runtime.tasks, what="background work")
         assert len(fake.calls_to("chat.update", channel=channel)) == 1
+
+
+def test_socket_mode_connects_in_the_background_when_slack_is_down_at_start(tmp_path, fake):
+    channel = "D0SOCKLATE"
+    opened = len(fake.calls_to("apps.connections.open"))
+    fake.fail("apps.connections.open", times=2, status=503)  # both attempts of the check at start
+    with live_server(tmp_path, engine=StubEngine(script=script), slack_bot_token=BOT_TOKEN, slack_app_token=APP_TOKEN,
+                     slack_api_url=fake.api_url) as (base, app):
+        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200  # the server runs meanwhile
+        calls = wait_for(lambda: [c for c in fake.calls_to("apps.connections.open")[opened:] if c.status == 200],
+                         timeout=30, what="a connection once Slack is back")
+        assert len(fake.calls_to("apps.connections.open")) - opened == 3 and calls[0].token == APP_TOKEN
+        wait_for(lambda: fake.sockets, what="the Socket Mode connection")
+        envelope = fake.send_envelope(event_callback(dm_event(channel, "Hello after the outage")))
+        wait_for(lambda: envelope in {a.get("envelope_id") for a in fake.acks}, what="the ack")
+        assert answer_in(fake, channel)[0]["text"] == "Answer to: Hello after the outage"
 
 
 def test_an_event_that_cannot_be_stored_is_not_acknowledged_over_http_or_socket_mode(tmp_path, fake, caplog):
