@@ -265,8 +265,8 @@ class GpuBench:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="the small configuration (automatic without CUDA)")
-    parser.add_argument("--tokens", type=int, default=None, help="tokens per answer (256; small: 8)")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per figure, median kept (3; small: 1)")
+    parser.add_argument("--tokens", type=int, default=None, help="tokens per answer (128; small: 8)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per figure, median kept (2; small: 1)")
     args = parser.parse_args(argv)
 
     import torch
@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = torch.cuda.is_available()
     small = args.small or not on_gpu
     device = "cuda" if on_gpu else "cpu"
-    tokens = args.tokens or (8 if small else 256)
-    repeats = args.repeats or (1 if small else 3)
+    tokens = args.tokens or (8 if small else 128)
+    repeats = args.repeats or (1 if small else 2)
     label = (f"small configuration on {'GPU' if on_gpu else 'CPU'} (not a GPU figure)" if small
              else f"Qwen3-VL-8B shapes, bf16, {torch.cuda.get_device_name(0)}")
     with tempfile.TemporaryDirectory() as tmp:
