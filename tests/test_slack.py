@@ -252,6 +252,25 @@ def test_signed_payloads_that_cannot_be_read_get_400_and_unsigned_ones_401(env):
     assert (env.count("platform_events"), env.count("messages")) == before
 
 
+def test_a_body_past_one_megabyte_is_refused_before_bolt_reads_it(env):
+    before = env.count("platform_events")
+    payload = event_callback(dm_event("D0HUGEBODY", "x" * (1024 * 1024)))
+    response = env.post(payload)
+    assert response.status_code == 413
+    def chunks():  # no Content-Length: the limit holds for a streamed body too
+        body = json.dumps(payload).encode()
+        for i in range(0, len(body), 65536):
+            yield body[i:i + 65536]
+    headers = sign(SECRET, json.dumps(payload).encode())
+    try:
+        streamed = httpx.post(f"{env.base}/slack/events", content=chunks(), headers=headers, timeout=10)
+        assert streamed.status_code == 413
+    except httpx.HTTPError:  # the server may reset the connection once it has answered
+        pass
+    env.idle()
+    assert env.count("platform_events") == before
+
+
 def test_events_snapdesk_does_not_answer_are_acknowledged_so_slack_stops_sending_them(env):
     before = (env.count("platform_events"), len(env.fake.calls))
     for event in ({"type": "reaction_added", "user": "U1", "reaction": "thumbsup", "event_ts": new_ts(),
