@@ -12,8 +12,9 @@ How an update flows:
 2. Intake, per chat in arrival order (a lock per chat): the update is parsed with
    `Update.de_json`; album parts (same `media_group_id`) wait in a buffer until no part has
    come for `album_window_s`, then go on together. Commands /start, /help and /reset are
-   answered here without the model; /human becomes the user message "I would like to talk
-   to a human agent, please." so the core hands over. Photos (largest size within the
+   answered here without the model; /human is stored as the user message "I would like to
+   talk to a human agent, please." (what the agent reads) and goes to the core's
+   request-a-person path, which hands the chat over without asking the model. Photos (largest size within the
    limit) and image documents (checked by their magic bytes) are downloaded with
    `getFile`; files over the limit, failed downloads and non-image files get a short reply
    of their own while the text of the message is still answered. The result is one
@@ -36,9 +37,8 @@ import hmac
 import json
 import logging
 import re
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, Sequence
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -50,8 +50,8 @@ from telegram.ext import ExtBot
 from telegram.request import HTTPXRequest
 
 from bot.conversation import Accepted
+from bot.keyed_locks import KeyedLocks
 from bot.messages import Inbound
-from bot.store import HUMAN_OWNED
 from bot.text import clean_user_text
 from bot.web.runtime import AdapterConfigError, Runtime
 
@@ -134,26 +134,6 @@ class _Album:
     timer: asyncio.Task | None = None
 
 
-class _ChatLocks:
-    """One lock per chat, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[int, asyncio.Lock] = {}
-        self._users: dict[int, int] = {}
-
-    @asynccontextmanager
-    async def hold(self, chat_id: int) -> AsyncIterator[None]:
-        self._users[chat_id] = self._users.get(chat_id, 0) + 1
-        lock = self._locks.setdefault(chat_id, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[chat_id] -= 1
-            if not self._users[chat_id]:
-                del self._users[chat_id], self._locks[chat_id]
-
-
 def pick_photo(sizes: Sequence[PhotoSize], limit: int) -> PhotoSize | None:
     """The largest size of a photo whose declared file size is within `limit`."""
     fitting = [size for size in sizes if size.file_size is None or size.file_size <= limit]
@@ -203,7 +183,7 @@ class TelegramAdapter:
         self.ready = asyncio.Event()  # getMe answered: the bot's identity is known
         self._intake_open = asyncio.Event()  # stored updates from before the start are in
         self._albums: dict[str, _Album] = {}
-        self._locks = _ChatLocks()
+        self._locks = KeyedLocks()
         self._main: asyncio.Task | None = None
 
     # Lifecycle ------------------------------------------------------------------------------
@@ -446,7 +426,7 @@ class TelegramAdapter:
         """One turn from one message or one album: store it, then finish its events."""
         parts = sorted(parts, key=lambda part: part[1].message_id)
         messages = [message for _, message in parts]
-        async with self._locks.hold(messages[0].chat.id):
+        async with self._locks(messages[0].chat.id):
             accepted = await self._take(messages)
             for key, _ in parts:
                 await self.manager.finish_event(CHANNEL, key)
@@ -471,10 +451,7 @@ class TelegramAdapter:
                     return None  # probably another bot's command
                 await self._command_reply(name, chat.id, user, language, reply_to)
                 return None
-            body = text("human_request", language)
-            conversation = await self.manager.db(self.manager.store.conversation_by_key, CHANNEL, str(chat.id))
-            if conversation is not None and conversation["status"] in HUMAN_OWNED:
-                await self._notify(chat.id, text("already_with_human", language), reply_to)
+            body = text("human_request", language)  # what the agent reads; the request itself is below
         else:
             body = self._body(messages, group)
         images, notices = await self._images(messages, language)
@@ -492,7 +469,11 @@ class TelegramAdapter:
             images=tuple(images),
             received_at=first.date,
         )
-        return await self.manager.accept(inbound)
+        accepted = await self.manager.accept(inbound)
+        if command is not None and not accepted.duplicate:  # /human: straight to the agents' queue
+            if not await self.manager.request_human(accepted.conversation_id):
+                await self._notify(chat.id, text("already_with_human", language), reply_to)
+        return accepted
 
     def _command(self, message: Message) -> tuple[str, str | None] | None:
         match = COMMAND_PATTERN.match((message.text or "").strip())

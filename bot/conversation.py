@@ -28,6 +28,7 @@ from engine.images import ImageLimits, ImageRejected, prepare_image
 from .db_thread import DatabaseThread
 from .context import ContextBuilder, ContextOptions, attachment_ids, describe_from_answer, template_values
 from .escalation import Decision, EscalationPolicy, Reason
+from .keyed_locks import KeyedLocks
 from .language import detect_language
 from .masking import mask_card_numbers
 from .messages import ChannelRegistry, Conversation, Inbound, Outbound, utcnow
@@ -983,29 +984,6 @@ class ConversationManager:
             return False
         self._emit("feedback", conversation_id=conversation_id, helpful=helpful)
         return True
-
-
-class KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[int, asyncio.Lock] = {}
-        self._users: dict[int, int] = {}
-
-    def busy(self, key: int) -> bool:
-        return key in self._users
-
-    @asynccontextmanager
-    async def __call__(self, key: int):
-        self._users[key] = self._users.get(key, 0) + 1
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if self._users[key] == 0:
-                del self._users[key], self._locks[key]
 
 
 class NoSuchConversation(LookupError):

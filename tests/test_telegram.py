@@ -440,9 +440,12 @@ def test_the_human_command_hands_over(served, fake):
     [escalation] = query(served.data_dir, "select * from escalations where conversation_id = ?",
                          conversation(served.data_dir, chat)["id"])
     assert escalation["reason"] == "user_request"
+    assert escalation["detail"] == "user asked for a person"  # the request path, not a phrase the bot matched
     assert conversation(served.data_dir, chat)["status"] == "waiting"
     post(served.base, make_update(chat, text="/human"))  # asking again while waiting
     assert "already in line" in fake.wait_for_texts(chat, 2)[1]
+    assert len(query(served.data_dir, "select * from escalations where conversation_id = ?",
+                     conversation(served.data_dir, chat)["id"])) == 1, "handed over once"
 
 
 def test_reset_starts_over(served, fake):
