@@ -1,4 +1,4 @@
-"""The Slack channel, end to end: the real server, slack_sdk, and a local fake Slack.
+"""The Slack channel, end to end: the real server, slack-bolt and slack_sdk, and a local fake Slack.
 
 Events are POSTed to /slack/events shaped as Slack documents them and signed with the real
 v0 scheme (or sent over Socket Mode); what the bot does is read back from the calls the
