@@ -35,10 +35,8 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -50,6 +48,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.language import detect_language
 from bot.conversation import Accepted
+from bot.keyed_locks import KeyedLocks
 from bot.messages import Inbound
 from bot.settings import Settings
 from bot.web.runtime import AdapterConfigError, Runtime
@@ -200,7 +199,7 @@ class SlackAdapter:
         self.router: APIRouter | None = self._make_router() if settings.slack_signing_secret else None
         self.socket: AsyncSocketModeHandler | None = None
         self._connecting: asyncio.Task | None = None
-        self._intake_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._intake_locks = KeyedLocks()  # messages of one conversation are taken in in arrival order
         self._user_cache: dict[str, tuple[str, float]] = {}
         # Threads a mention has opened whose conversation may not be stored yet (a quick follow-up).
         self._mentioned_threads: OrderedDict[str, None] = OrderedDict()
@@ -378,21 +377,6 @@ class SlackAdapter:
         self.runtime.spawn(self._process(key, payload))
         return "stored"
 
-    @asynccontextmanager
-    async def _intake_lock(self, key: str) -> AsyncIterator[None]:
-        """Messages of one conversation are taken in one at a time, in arrival order."""
-        lock, users = self._intake_locks.get(key) or (asyncio.Lock(), 0)
-        self._intake_locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._intake_locks[key]
-            if users == 1:
-                del self._intake_locks[key]
-            else:
-                self._intake_locks[key] = (lock, users - 1)
-
     async def _process(self, event_key: str, payload: dict) -> None:
         """A stored event -> one stored Inbound -> the answer."""
         accepted = await self._intake(event_key, payload)
@@ -410,7 +394,7 @@ class SlackAdapter:
             route = self._route(payload)
             accepted = None
             if route is not None:
-                async with self._intake_lock(route.conversation_key):
+                async with self._intake_locks(route.conversation_key):
                     known = await manager.db(manager.store.find_inbound, CHANNEL, route.message_id)
                     if known is None:  # the same message may come as app_mention and as message
                         inbound = await self._inbound(route)
