@@ -19,8 +19,8 @@ How an update flows:
    `getFile`; files over the limit, failed downloads and non-image files get a short reply
    of their own while the text of the message is still answered. The result is one
    `Inbound` (key: the chat id; message id: "<bot id>:<chat id>:<message id>", the first
-   part's for an album) given to `manager.accept`; then the stored events are finished.
-3. Answering: `runtime.process` (after the model is ready) generates the answer; the
+   part's for an album) given to `gateway.accept`; then the stored events are finished.
+3. Answering: `gateway.answer` (after the model is ready) generates the answer; the
    channel shows "typing..." meanwhile and delivers the reply (`adapters.telegram_channel`).
 
 Crash safety: events stored but not finished are handled again at `start()` (album parts
@@ -50,10 +50,10 @@ from telegram.ext import ExtBot
 from telegram.request import HTTPXRequest
 
 from bot.conversation import Accepted
+from bot.gateway import AdapterConfigError, Gateway
 from bot.keyed_locks import KeyedLocks
 from bot.messages import Inbound
 from bot.text import clean_user_text
-from bot.web.runtime import AdapterConfigError, Runtime
 
 from .api_urls import api_url_problem
 from .telegram_channel import CHANNEL, TelegramChannel
@@ -87,7 +87,7 @@ UNSUPPORTED_CONTENT = (
 TOO_BIG = object()  # a download result: the file is over the limit
 
 
-def setup_telegram(settings: Any, runtime: Runtime) -> "TelegramAdapter | None":
+def setup_telegram(settings: Any, gateway: Gateway) -> "TelegramAdapter | None":
     """The Telegram adapter for these settings (None without a token)."""
     token = settings.telegram_token.strip()
     if not token:
@@ -119,7 +119,7 @@ def setup_telegram(settings: Any, runtime: Runtime) -> "TelegramAdapter | None":
         raise AdapterConfigError(problem)
     return TelegramAdapter(
         token=token,
-        runtime=runtime,
+        gateway=gateway,
         webhook_secret=secret,
         webhook_url=url,
         api_url=api_url,
@@ -147,15 +147,14 @@ class TelegramAdapter:
         self,
         *,
         token: str,
-        runtime: Runtime,
+        gateway: Gateway,
         webhook_secret: str = "",
         webhook_url: str = "",
         api_url: str = "https://api.telegram.org",
         image_max_bytes: int = DOWNLOAD_LIMIT,
     ) -> None:
         install_redaction(token, webhook_secret)
-        self.runtime = runtime
-        self.manager = runtime.manager
+        self.gateway = gateway
         self.bot_id = int(token.split(":", 1)[0])
         self.webhook_secret = webhook_secret
         self.webhook_url = webhook_url
@@ -174,7 +173,7 @@ class TelegramAdapter:
             get_updates_request=self._requests[1],
             rate_limiter=make_rate_limiter(),
         )
-        self.channel = TelegramChannel(self.bot, runtime)
+        self.channel = TelegramChannel(self.bot, gateway)
         self.router = self._make_router() if self.mode == "webhook" else None
         self.album_window_s = 1.0  # an album is complete when no part came for this long
         self.poll_timeout_s = 30  # long-polling timeout of getUpdates
@@ -190,8 +189,8 @@ class TelegramAdapter:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         # Updates acknowledged but not finished later on are taken in again by the periodic round.
-        self.manager.on_pending_events(CHANNEL, self._recover)
-        pending = await self.manager.pending_events(CHANNEL)
+        self.gateway.on_pending_events(CHANNEL, self._recover)
+        pending = await self.gateway.pending_events(CHANNEL)
         self._main = asyncio.create_task(self._run(pending))
         self._main.add_done_callback(self._main_ended)
 
@@ -272,7 +271,7 @@ class TelegramAdapter:
             try:
                 accepted = await self._route(row["event_key"], row["payload"])
                 if accepted is not None:
-                    self.runtime.spawn(self._process(accepted))
+                    self.gateway.spawn(self._process(accepted))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -308,9 +307,9 @@ class TelegramAdapter:
     async def receive(self, update: dict) -> bool:
         """Store an update, then handle it in the background; False for one already stored."""
         key = f"{self.bot_id}:{update['update_id']}"
-        if not await self.manager.record_event(CHANNEL, key, update):
+        if not await self.gateway.record_event(CHANNEL, key, update):
             return False
-        self.runtime.spawn(self._dispatch(key, update))
+        self.gateway.spawn(self._dispatch(key, update))
         return True
 
     async def _poll(self) -> None:
@@ -336,14 +335,14 @@ class TelegramAdapter:
                     payload = update.to_dict()
                     key = f"{self.bot_id}:{update.update_id}"
                     try:
-                        new = await self.manager.record_event(CHANNEL, key, payload)
+                        new = await self.gateway.record_event(CHANNEL, key, payload)
                     except Exception as exc:  # not stored: do not confirm it, fetch it again
                         log.error("telegram: storing update %s failed (%s)", key, type(exc).__name__)
                         stored_all = False
                         break
                     offset = update.update_id + 1
                     if new:
-                        self.runtime.spawn(self._dispatch(key, payload))
+                        self.gateway.spawn(self._dispatch(key, payload))
                 if stored_all:
                     delay = 1.0
                     continue
@@ -359,7 +358,7 @@ class TelegramAdapter:
 
     async def _process(self, accepted: Accepted) -> None:
         if not accepted.duplicate:
-            await self.runtime.process(accepted.message_id, accepted.conversation_id)
+            await self.gateway.answer(accepted)
 
     def _message_of(self, key: str, payload: dict) -> Message | None:
         try:
@@ -377,7 +376,7 @@ class TelegramAdapter:
     async def _route(self, key: str, payload: dict) -> Accepted | None:
         message = self._message_of(key, payload)
         if message is None:
-            await self.manager.finish_event(CHANNEL, key)
+            await self.gateway.finish_event(CHANNEL, key)
             return None
         if message.media_group_id:
             self._add_album_part(key, message)
@@ -396,7 +395,7 @@ class TelegramAdapter:
         if album.timer is not None:
             album.timer.cancel()
         delay = 0.0 if len(album.parts) >= ALBUM_MAX_PARTS else self.album_window_s
-        album.timer = self.runtime.spawn(self._album_due(group, album, delay))
+        album.timer = self.gateway.spawn(self._album_due(group, album, delay))
 
     async def _album_due(self, group: str, album: _Album, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -420,7 +419,7 @@ class TelegramAdapter:
                 log.warning("telegram: an album could not be taken in (%s)", type(exc).__name__)
                 continue
             if accepted is not None:
-                self.runtime.spawn(self._process(accepted))
+                self.gateway.spawn(self._process(accepted))
 
     async def _intake(self, parts: list[tuple[str, Message]]) -> Accepted | None:
         """One turn from one message or one album: store it, then finish its events."""
@@ -429,7 +428,7 @@ class TelegramAdapter:
         async with self._locks(messages[0].chat.id):
             accepted = await self._take(messages)
             for key, _ in parts:
-                await self.manager.finish_event(CHANNEL, key)
+                await self.gateway.finish_event(CHANNEL, key)
         return accepted
 
     async def _take(self, messages: list[Message]) -> Accepted | None:
@@ -469,9 +468,9 @@ class TelegramAdapter:
             images=tuple(images),
             received_at=first.date,
         )
-        accepted = await self.manager.accept(inbound)
+        accepted = await self.gateway.accept(inbound)
         if command is not None and not accepted.duplicate:  # /human: straight to the agents' queue
-            if not await self.manager.request_human(accepted.conversation_id):
+            if not await self.gateway.request_human(accepted.conversation_id):
                 await self._notify(chat.id, text("already_with_human", language), reply_to)
         return accepted
 
@@ -512,7 +511,7 @@ class TelegramAdapter:
         elif name == "help":
             reply = text("help", language, mb=megabytes(self.file_limit))
         elif name == "reset":
-            await self.manager.restart(CHANNEL, str(chat_id))
+            await self.gateway.restart(CHANNEL, str(chat_id))
             reply = text("reset", language)
         else:
             reply = text("unknown_command", language)

@@ -23,6 +23,7 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.ext import ExtBot
 
+from bot.gateway import Gateway
 from bot.messages import Conversation, Outbound
 
 from .telegram_support import retry_after_seconds, split_message, text
@@ -36,9 +37,9 @@ NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 class TelegramChannel:
     name = CHANNEL
 
-    def __init__(self, bot: ExtBot, runtime: Any = None) -> None:
+    def __init__(self, bot: ExtBot, gateway: Gateway | None = None) -> None:
         self.bot = bot
-        self.runtime = runtime
+        self.gateway = gateway
         self.max_attempts = 4  # per request, the first try included
         self.backoff_s = 0.5  # doubled after each failed try (network errors, 5xx)
         self.max_retry_after_s = 60.0  # a longer flood wait is not waited out inside `send`
@@ -150,12 +151,10 @@ class TelegramChannel:
     # Threading replies in groups ------------------------------------------------------------
     async def _reply_target(self, chat_id: int, outbound: Outbound) -> int | None:
         """In a group, the Telegram message an answer replies to (so it is clear whom it answers)."""
-        if chat_id >= 0 or outbound.reply_to is None or self.runtime is None:
+        if chat_id >= 0 or outbound.reply_to is None or self.gateway is None:
             return None
         try:
-            manager = self.runtime.manager
-            row = await manager.db(manager.store.message, outbound.reply_to)
-            platform_id = (row or {}).get("platform_message_id") or ""
+            platform_id = await self.gateway.platform_message_id(outbound.reply_to) or ""
             return int(platform_id.rsplit(":", 1)[-1])
-        except (ValueError, LookupError, AttributeError):
+        except (ValueError, LookupError):
             return None

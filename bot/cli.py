@@ -161,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StoreError as exc:
         return _fail(str(exc))
     from .web.app import serve
-    from .web.runtime import AdapterConfigError
+    from .gateway import AdapterConfigError
 
     try:
         serve(settings)

@@ -922,6 +922,10 @@ class ConversationManager:
         self.store.audit(actor, action, f"conversation:{conversation_id}")
         return conversation_id, [self._status_message(conversation, status, None)] if line else []
 
+    async def platform_message_id(self, message_id: int) -> str | None:
+        row = await self.db(self.store.message, message_id)
+        return (row or {}).get("platform_message_id") or None
+
     async def restart(self, channel: str, conversation_key: str) -> bool:
         """The user starts over (e.g. /reset): the next message opens a fresh bot episode."""
         conversation = await self.db(self.store.conversation_by_key, channel, conversation_key)

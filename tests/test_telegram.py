@@ -31,7 +31,7 @@ from adapters.telegram_support import FloodLimiter, sniff_image, split_message, 
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
-from bot.web.runtime import AdapterConfigError
+from bot.gateway import AdapterConfigError
 from engine.base import ImagePart
 from engine.stub import DEFAULT_REPLY, StubEngine, last_user_text
 from tests.fake_telegram import FakeTelegram

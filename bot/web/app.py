@@ -192,7 +192,7 @@ def platform_adapters(settings: Settings, runtime: Runtime) -> list:
     if settings.telegram_token:
         from adapters.telegram import setup_telegram
 
-        adapters.append(setup_telegram(settings, runtime))
+        adapters.append(setup_telegram(settings, runtime.gateway))
     return [adapter for adapter in adapters if adapter is not None]
 
 

@@ -12,15 +12,12 @@ from fastapi import APIRouter, Depends, Request
 from engine.base import Engine
 
 from ..conversation import ConversationManager
+from ..gateway import AdapterConfigError, Gateway  # noqa: F401  (AdapterConfigError: older imports)
 from ..settings import Settings
 from ..store import Store
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-class AdapterConfigError(Exception):
-    """A channel's settings are unsafe or incomplete; the server refuses to start."""
 
 
 class Adapter(Protocol):
@@ -52,6 +49,10 @@ class Runtime:
     loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once it runs
     accounts: Any = None  # bot.accounts.Accounts
     api_limiter: Any = None  # bot.web.ratelimit.RateLimiter, per /v1 API key
+    gateway: Gateway = field(init=False)  # what platform channels may ask of Snapdesk
+
+    def __post_init__(self) -> None:
+        self.gateway = Gateway(self.manager, self.ready, self.spawn)
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run work after the response, keeping a reference so it is not collected."""
