@@ -50,8 +50,8 @@ from bot.language import detect_language
 from bot.conversation import Accepted
 from bot.keyed_locks import KeyedLocks
 from bot.messages import Inbound
+from bot.gateway import AdapterConfigError, Gateway
 from bot.settings import Settings
-from bot.web.runtime import AdapterConfigError, Runtime
 
 from .api_urls import api_url_problem
 from .slack_api import (
@@ -115,11 +115,11 @@ def check_settings(settings: Settings) -> None:
         )
 
 
-def setup_slack(settings: Settings, runtime: Runtime) -> "SlackAdapter":
+def setup_slack(settings: Settings, gateway: Gateway) -> "SlackAdapter":
     check_settings(settings)
     if settings.slack_agent_channel and not settings.public_url:
         log.warning("SNAPDESK_PUBLIC_URL is not set: hand-over announcements in Slack will carry no console link")
-    return SlackAdapter(settings, runtime)
+    return SlackAdapter(settings, gateway)
 
 
 # What an event means -----------------------------------------------------------------------------
@@ -184,9 +184,9 @@ def route_of(payload: dict, bot_user: str | None) -> Route | None:
 
 # The adapter ------------------------------------------------------------------------------------
 class SlackAdapter:
-    def __init__(self, settings: Settings, runtime: Runtime) -> None:
+    def __init__(self, settings: Settings, gateway: Gateway) -> None:
         self.settings = settings
-        self.runtime = runtime
+        self.gateway = gateway
         self.api = SlackApi(settings.slack_bot_token, settings.slack_api_url)
         self.channel = SlackChannel(self.api, agent_channel=settings.slack_agent_channel,
                                     public_url=settings.public_url, user_name=self._user_name)
@@ -212,11 +212,11 @@ class SlackAdapter:
             await self._start_socket_mode()
         # Events acknowledged but not finished later on (a failure after the acknowledgement)
         # are taken in again by the periodic round.
-        self.runtime.manager.on_pending_events(CHANNEL, self._recover)
-        pending = await self.runtime.manager.pending_events(CHANNEL)
+        self.gateway.on_pending_events(CHANNEL, self._recover)
+        pending = await self.gateway.pending_events(CHANNEL)
         if pending:
             log.info("Slack: %d stored events were not finished; processing them now", len(pending))
-            self.runtime.spawn(self._recover(pending))
+            self.gateway.spawn(self._recover(pending))
 
     async def stop(self) -> None:
         if self._connecting is not None:
@@ -251,7 +251,7 @@ class SlackAdapter:
                 log.warning("Slack: stored event %s failed again (%s)", row["event_key"], type(exc).__name__)
                 continue
             if accepted is not None:
-                self.runtime.spawn(self._answer(accepted))
+                self.gateway.spawn(self._answer(accepted))
 
     # bolt -------------------------------------------------------------------------------------
     def _make_app(self) -> AsyncApp:
@@ -306,8 +306,7 @@ class SlackAdapter:
             return False
         if route.conversation_key in self._mentioned_threads:
             return True
-        manager = self.runtime.manager
-        return await manager.db(manager.store.conversation_by_key, CHANNEL, route.conversation_key) is not None
+        return await self.gateway.conversation_language(CHANNEL, route.conversation_key) is not None
 
     async def _on_event(self, body: dict, request: AsyncBoltRequest) -> None:
         retry = (request.headers.get("x-slack-retry-num") or ["0"])[0]
@@ -372,9 +371,9 @@ class SlackAdapter:
             while len(self._mentioned_threads) > MAX_MENTIONED_THREADS:
                 self._mentioned_threads.popitem(last=False)
         key = f"{route.team}:{payload.get('event_id')}"
-        if not await self.runtime.manager.record_event(CHANNEL, key, payload):
+        if not await self.gateway.record_event(CHANNEL, key, payload):
             return "duplicate"  # a retry of an event already stored: it is (being) answered
-        self.runtime.spawn(self._process(key, payload))
+        self.gateway.spawn(self._process(key, payload))
         return "stored"
 
     async def _process(self, event_key: str, payload: dict) -> None:
@@ -389,20 +388,19 @@ class SlackAdapter:
         Returns what to answer (None when there is nothing new); if anything fails, the event
         stays pending and is taken in again at the next start.
         """
-        manager = self.runtime.manager
         try:
             route = self._route(payload)
             accepted = None
             if route is not None:
                 async with self._intake_locks(route.conversation_key):
-                    known = await manager.db(manager.store.find_inbound, CHANNEL, route.message_id)
-                    if known is None:  # the same message may come as app_mention and as message
+                    # the same message may come as app_mention and as message
+                    if not await self.gateway.knows_message(CHANNEL, route.message_id):
                         inbound = await self._inbound(route)
                         if inbound is not None:
-                            accepted = await manager.accept(inbound)
-                    await manager.finish_event(CHANNEL, event_key)
+                            accepted = await self.gateway.accept(inbound)
+                    await self.gateway.finish_event(CHANNEL, event_key)
             else:
-                await manager.finish_event(CHANNEL, event_key)
+                await self.gateway.finish_event(CHANNEL, event_key)
             return accepted if accepted is not None and not accepted.duplicate else None
         except asyncio.CancelledError:
             raise
@@ -412,7 +410,7 @@ class SlackAdapter:
 
     async def _answer(self, accepted: Accepted) -> None:
         try:
-            await self.runtime.process(accepted.message_id, accepted.conversation_id)
+            await self.gateway.answer(accepted)
         except asyncio.CancelledError:
             raise
         except Exception:  # the message is stored as pending: the manager's recovery answers it
@@ -423,9 +421,7 @@ class SlackAdapter:
         language = detect_language(route.text)
         if problems:
             if not route.text.strip():
-                manager = self.runtime.manager
-                existing = await manager.db(manager.store.conversation_by_key, CHANNEL, route.conversation_key)
-                language = (existing or {}).get("language") or "en"
+                language = await self.gateway.conversation_language(CHANNEL, route.conversation_key) or "en"
             notice = "\n".join(
                 localized(FILE_NOTICE[kind], language).format(name=name, limit=_megabytes(self.fetcher.max_bytes))
                 for name, kind in problems

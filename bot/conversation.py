@@ -922,6 +922,15 @@ class ConversationManager:
         self.store.audit(actor, action, f"conversation:{conversation_id}")
         return conversation_id, [self._status_message(conversation, status, None)] if line else []
 
+    async def conversation_language(self, channel: str, conversation_key: str) -> str | None:
+        """The language a conversation speaks ("" when not known yet); None when there is none."""
+        conversation = await self.db(self.store.conversation_by_key, channel, conversation_key)
+        return None if conversation is None else conversation["language"] or ""
+
+    async def knows_message(self, channel: str, platform_message_id: str) -> bool:
+        """A platform message already stored (it may arrive as two events)."""
+        return await self.db(self.store.find_inbound, channel, platform_message_id) is not None
+
     async def platform_message_id(self, message_id: int) -> str | None:
         row = await self.db(self.store.message, message_id)
         return (row or {}).get("platform_message_id") or None

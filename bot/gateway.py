@@ -52,6 +52,14 @@ class Gateway:
         """The user starts over: the next message opens a fresh bot episode."""
         return await self._manager.restart(channel, conversation_key)
 
+    async def conversation_language(self, channel: str, conversation_key: str) -> str | None:
+        """The language of the conversation under this key ("" unknown); None when there is none."""
+        return await self._manager.conversation_language(channel, conversation_key)
+
+    async def knows_message(self, channel: str, platform_message_id: str) -> bool:
+        """A platform message already stored (one message can come as two events)."""
+        return await self._manager.knows_message(channel, platform_message_id)
+
     async def platform_message_id(self, message_id: int) -> str | None:
         """The platform's own id of a stored user message (to thread a reply under it)."""
         return await self._manager.platform_message_id(message_id)

@@ -28,7 +28,7 @@ from bot.messages import Conversation, Outbound
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
-from bot.web.runtime import AdapterConfigError
+from bot.gateway import AdapterConfigError
 from engine.base import ImagePart
 from engine.stub import StubEngine, last_user_text
 from tests.fake_slack import (
@@ -181,7 +181,7 @@ def test_start_identifies_the_bot(env):
 )
 def test_unsafe_settings_refuse_to_start(tmp_path, settings, words):
     with pytest.raises(AdapterConfigError) as error:
-        setup_slack(Settings(data_dir=tmp_path, **settings), runtime=None)  # type: ignore[arg-type]
+        setup_slack(Settings(data_dir=tmp_path, **settings), gateway=None)  # type: ignore[arg-type]
     message = str(error.value)
     assert words in message and message.count(". ") == 0 and message.endswith(".")
 
@@ -194,7 +194,7 @@ def test_bot_token_without_signing_secret_stops_the_server(tmp_path):
 async def test_a_token_slack_rejects_stops_the_start(tmp_path, fake):
     settings = Settings(data_dir=tmp_path, slack_bot_token="xoxb-revoked", slack_signing_secret=SECRET,
                         slack_api_url=fake.api_url)
-    adapter = SlackAdapter(settings, runtime=None)  # type: ignore[arg-type]
+    adapter = SlackAdapter(settings, gateway=None)  # type: ignore[arg-type]
     try:
         with pytest.raises(AdapterConfigError, match=r"rejected SNAPDESK_SLACK_BOT_TOKEN \(invalid_auth\)"):
             await adapter.start()
@@ -205,7 +205,7 @@ async def test_a_token_slack_rejects_stops_the_start(tmp_path, fake):
 async def test_an_app_token_slack_rejects_stops_the_start(tmp_path, fake):
     settings = Settings(data_dir=tmp_path, slack_bot_token=BOT_TOKEN, slack_app_token="xapp-revoked",
                         slack_api_url=fake.api_url)
-    adapter = SlackAdapter(settings, runtime=None)  # type: ignore[arg-type]
+    adapter = SlackAdapter(settings, gateway=None)  # type: ignore[arg-type]
     try:
         with pytest.raises(AdapterConfigError, match=r"rejected SNAPDESK_SLACK_APP_TOKEN \(invalid_auth\)"):
             await adapter.start()

@@ -188,7 +188,7 @@ def platform_adapters(settings: Settings, runtime: Runtime) -> list:
     if settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret:
         from adapters.slack import setup_slack
 
-        adapters.append(setup_slack(settings, runtime))
+        adapters.append(setup_slack(settings, runtime.gateway))
     if settings.telegram_token:
         from adapters.telegram import setup_telegram
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from engine.base import Engine
 
 from ..conversation import ConversationManager
-from ..gateway import AdapterConfigError, Gateway  # noqa: F401  (AdapterConfigError: older imports)
+from ..gateway import Gateway
 from ..settings import Settings
 from ..store import Store
 from .metrics import Metrics
