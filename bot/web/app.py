@@ -21,8 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from adapters.widget import Limits, WidgetChannel, api_error_response
-from adapters.widget import router as widget_router
+from adapters.widget import WidgetChannel
 from engine.base import ChatMessage, Engine, GenerationRequest, ModelLoadError
 from engine.stub import StubEngine
 from engine.tiny import is_tiny_checkpoint
@@ -46,6 +45,8 @@ from .ratelimit import RateLimiter
 from .runtime import Runtime
 from .secret_key import load_secret_key
 from .static_files import router as static_router
+from .widget_api import Limits, api_error_response
+from .widget_api import router as widget_router
 from .static_files import static_text
 
 log = logging.getLogger("snapdesk")
