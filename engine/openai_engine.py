@@ -710,9 +710,13 @@ class OpenAICompatibleEngine:
             # Unreachable: skip the endpoint for a while. A connection that broke (a stale
             # keep-alive connection, a worker that died) is retried without that verdict.
             raise _Retry(f"{endpoint.url}: {_describe(exc)}", mark_down=isinstance(exc, httpx.ConnectError)) from None
-        if state.finish_reason is None and not state.done:
+        if state.finish_reason is None:
+            # An answer ends with a finish reason. Without one it was cut short, even when the
+            # stream says [DONE]: llama-cpp-python's server does that to a running answer when
+            # another request arrives (its --interrupt_requests, on by default).
             if state.got_token:
-                raise EngineError(f"{endpoint.url} closed the stream in the middle of an answer")
+                ended = "ended the answer without a finish reason" if state.done else "closed the stream"
+                raise EngineError(f"{endpoint.url} {ended} in the middle of an answer")
             raise _Retry(f"{endpoint.url} closed the stream before answering", mark_down=False)
         endpoint.failures = 0
         endpoint.down_until = 0.0

@@ -169,6 +169,9 @@ class FakeServer:
                     return
                 if self.mode == "close_mid_stream" and i == 2:
                     raise RuntimeError("the worker died")
+                if self.mode == "interrupted" and i == 2:  # llama-cpp-python's --interrupt_requests
+                    yield "data: [DONE]\n\n"
+                    return
                 if self.mode == "hang_mid_stream" and i == 2:
                     await self._wait_for_release(request)
                     if self.disconnects:
@@ -566,6 +569,19 @@ async def test_stream_closed_mid_answer_is_an_error_and_not_retried(servers, eng
     assert "middle of an answer" in str(caught.value)
     assert deltas == ["The ", "renewal "]
     assert healthy.chat_requests == []
+
+
+async def test_an_answer_cut_short_with_done_is_an_error_not_a_short_answer(servers, engines):
+    """llama-cpp-python's server ends a running answer with `[DONE]` when another request arrives."""
+    server = servers(mode="interrupted", kind="llama-cpp-python")
+    engine = await started(engines([server.url]))
+    stream = engine.stream(ask("Why was I charged?"))
+    deltas: list[str] = []
+    with pytest.raises(EngineError, match="without a finish reason in the middle of an answer"):
+        async with asyncio.timeout(GUARD_S):
+            async for delta in stream:
+                deltas.append(delta)
+    assert deltas == ["The ", "renewal "]
 
 
 async def test_stream_closed_before_any_token_is_retried_elsewhere(servers, engines):
