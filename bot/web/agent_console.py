@@ -235,7 +235,7 @@ async def search_route(runtime: RuntimeDep, session: AgentSession, q: str = "") 
             description="Open streams are capped per session and in total: beyond a cap the answer is 429 "
                         "`too_many_streams` with Retry-After. The stream ends when its session does.")
 async def events(request: Request, runtime: RuntimeDep, session: AgentSession) -> StreamingResponse:
-    hub = request.app.state.console_hub
+    hub = runtime.console_hub
     token = request.cookies.get(SESSION_COOKIE, "")
     caps = {("session", hashlib.sha256(token.encode()).hexdigest()): runtime.settings.console_streams_per_session}
     check_caps(request, caps)

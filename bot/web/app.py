@@ -39,13 +39,15 @@ from .auth import router as auth_router
 from .body_limits import BodyLimitMiddleware, BodyLimits
 from .console_events import ConsoleHub
 from .metrics import Metrics
+from .openai_api import ApiShare
 from .openai_api import router as openai_router
 from .private_responses import NoStoreMiddleware
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, WidgetLimits
+from .stream_caps import StreamCaps
 from .runtime import Runtime
 from .secret_key import load_secret_key
 from .static_files import router as static_router
-from .widget_api import Limits, api_error_response
+from .widget_api import api_error_response
 from .widget_api import router as widget_router
 from .static_files import static_text
 
@@ -142,7 +144,13 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
         widget_channel=widget,
         accounts=Accounts.for_settings(manager.store, settings, db=manager.db),
         api_limiter=RateLimiter(settings.api_rate_per_key),
+        api_share=ApiShare.from_settings(settings),
+        login_limiter=RateLimiter(settings.login_rate_per_ip),
+        widget_limits=WidgetLimits(settings.widget_rate_per_ip, settings.widget_rate_per_visitor),
+        console_hub=ConsoleHub(),
+        stream_caps=StreamCaps.from_settings(settings),
     )
+    manager.listeners.append(runtime.console_hub.on_event)
     for adapter in platform_adapters(settings, runtime):
         channels.register(adapter.channel)
         runtime.adapters.append(adapter)
@@ -237,11 +245,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.runtime = runtime
-    app.state.widget_channel = runtime.widget_channel
-    app.state.widget_limits = Limits(settings.widget_rate_per_ip, settings.widget_rate_per_visitor)
-    app.state.login_limiter = RateLimiter(settings.login_rate_per_ip)
-    app.state.console_hub = ConsoleHub()
-    runtime.manager.listeners.append(app.state.console_hub.on_event)
     # Inside CORS, so that a 413 still carries the headers a cross-origin widget needs to read it.
     app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(settings))
     app.add_middleware(NoStoreMiddleware)

@@ -25,7 +25,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from ..accounts import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, AccountError, Role, Session, TooManyAttempts, same_token
 from .client_address import client_key
-from .ratelimit import RateLimiter
 from .runtime import RuntimeDep
 
 SESSION_COOKIE = "snapdesk_session"
@@ -80,9 +79,7 @@ def require(role: Role | None = None, password_change: bool = False) -> Callable
 
 def end_streams(request: Request, user_name: str | None = None, session_token: str | None = None) -> None:
     """Close the console event streams of a session or an account that just ended."""
-    hub = getattr(request.app.state, "console_hub", None)
-    if hub is not None and hasattr(hub, "end_sessions"):
-        hub.end_sessions(user_name=user_name, session_token=session_token)
+    request.app.state.runtime.console_hub.end_sessions(user_name=user_name, session_token=session_token)
 
 
 router = APIRouter(tags=["console"])
@@ -202,7 +199,7 @@ async def login(
     fresh = secrets.token_urlsafe(24)
     if not same_token(request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf_token):
         return _page(_login_page("The sign-in form expired. Please try again.", next, fresh), request, 403, fresh)
-    limiter: RateLimiter = request.app.state.login_limiter
+    limiter = runtime.login_limiter
     if limiter.check(client_key(request)) is not None:
         return _page(_login_page("Too many sign-in attempts. Please wait a minute.", next, fresh), request, 429, fresh)
     try:

@@ -532,6 +532,10 @@ class ApiShare:
         self.limit = max(1, limit)
         self.active = 0
 
+    @classmethod
+    def from_settings(cls, settings) -> "ApiShare":
+        return cls(int(settings.queue_size * API_QUEUE_SHARE))
+
     def acquire(self) -> "Ticket":
         if self.active >= self.limit:
             raise busy(f"The model is busy: API requests may hold {self.limit} places in its queue and all are "
@@ -551,11 +555,7 @@ class Ticket:
 
 
 def api_share(request: Request, runtime: Runtime) -> ApiShare:
-    share = getattr(request.app.state, "openai_api_share", None)
-    if share is None:
-        share = ApiShare(int(runtime.settings.queue_size * API_QUEUE_SHARE))
-        request.app.state.openai_api_share = share
-    return share
+    return runtime.api_share
 
 
 class ClientGone(Exception):

@@ -38,3 +38,11 @@ class RateLimiter:
         for key, (tokens, updated) in list(self._buckets.items()):
             if tokens + (now - updated) * self.rate >= self.capacity:
                 del self._buckets[key]
+
+
+class WidgetLimits:
+    """The widget's per-address and per-visitor rate limiters (one set per server)."""
+
+    def __init__(self, per_ip: int, per_visitor: int) -> None:
+        self.ip = RateLimiter(per_ip)
+        self.visitor = RateLimiter(per_visitor)

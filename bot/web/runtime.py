@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Coroutine, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Coroutine, Protocol
 
 from fastapi import APIRouter, Depends, Request
 
@@ -16,6 +16,15 @@ from ..gateway import Gateway
 from ..settings import Settings
 from ..store import Store
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from adapters.widget import WidgetChannel
+
+    from ..accounts import Accounts
+    from .console_events import ConsoleHub
+    from .openai_api import ApiShare
+    from .ratelimit import RateLimiter, WidgetLimits
+    from .stream_caps import StreamCaps
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +41,7 @@ class Adapter(Protocol):
     async def stop(self) -> None: ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Runtime:
     settings: Settings
     store: Store
@@ -40,15 +49,20 @@ class Runtime:
     manager: ConversationManager
     metrics: Metrics
     secret_key: bytes
+    widget_channel: WidgetChannel
+    accounts: Accounts
+    api_limiter: RateLimiter  # /v1 requests per API key
+    api_share: ApiShare  # the engine places /v1 and the operator's "try it" may hold
+    login_limiter: RateLimiter  # sign-in attempts per client address
+    widget_limits: WidgetLimits  # widget requests per address and messages per visitor
+    console_hub: ConsoleHub  # live updates to the consoles' open pages
+    stream_caps: StreamCaps  # open event streams, widget and consoles
     demo_banner: str | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     load_error: str | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)
-    widget_channel: Any = None
     adapters: list[Adapter] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once it runs
-    accounts: Any = None  # bot.accounts.Accounts
-    api_limiter: Any = None  # bot.web.ratelimit.RateLimiter, per /v1 API key
     gateway: Gateway = field(init=False)  # what platform channels may ask of Snapdesk
 
     def __post_init__(self) -> None:

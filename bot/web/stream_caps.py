@@ -83,11 +83,7 @@ class StreamCaps:
 
 def stream_caps(request: Request) -> StreamCaps:
     """The server's one StreamCaps, made on first use from its settings."""
-    state = request.app.state
-    caps = getattr(state, "stream_caps", None)
-    if caps is None:
-        caps = state.stream_caps = StreamCaps.from_settings(state.runtime.settings)
-    return caps
+    return request.app.state.runtime.stream_caps
 
 
 def refusal_body(kind: str, cap: int) -> dict:

@@ -26,7 +26,6 @@ from bot.queries import ChannelReads
 from bot.text import clean_user_text
 
 from .client_address import client_key
-from .ratelimit import RateLimiter
 from .runtime import Runtime, RuntimeDep
 from .stream_caps import CappedStreamingResponse, check_caps
 
@@ -91,14 +90,6 @@ class AcceptedOut(BaseModel):
     client_message_id: str
 
 
-class Limits:
-    """The widget's per-IP and per-visitor rate limiters (one set per server)."""
-
-    def __init__(self, per_ip: int, per_visitor: int) -> None:
-        self.ip = RateLimiter(per_ip)
-        self.visitor = RateLimiter(per_visitor)
-
-
 def _too_many(retry_after: float) -> ApiError:
     seconds = max(1, int(retry_after + 0.999))
     return ApiError(
@@ -115,7 +106,7 @@ async def check_origin_and_rate(request: Request, runtime: RuntimeDep) -> None:
         allowed = set(runtime.settings.allowed_origins) | {own}
         if origin.rstrip("/") not in allowed:
             raise ApiError(403, "origin_not_allowed", "This site may not use the support chat.")
-    retry = request.app.state.widget_limits.ip.check(client_key(request))
+    retry = runtime.widget_limits.ip.check(client_key(request))
     if retry is not None:
         raise _too_many(retry)
 
@@ -233,7 +224,7 @@ async def _read_images(form: Any, runtime: Runtime) -> list[bytes]:
                          "the reply arrives on the event stream.")
 async def post_message(request: Request, runtime: RuntimeDep, reads: Reads, visitor: Visitor) -> AcceptedOut:
     settings = runtime.settings  # the body's size is bounded while it streams (bot.web.body_limits)
-    retry = request.app.state.widget_limits.visitor.check(visitor)
+    retry = runtime.widget_limits.visitor.check(visitor)
     if retry is not None:
         raise _too_many(retry)
     try:
@@ -283,7 +274,7 @@ async def events(request: Request, runtime: RuntimeDep, reads: Reads,
     caps = {("visitor", visitor): settings.widget_streams_per_visitor,
             ("ip", client_key(request)): settings.widget_streams_per_ip}
     check_caps(request, caps)
-    channel: WidgetChannel = request.app.state.widget_channel
+    channel: WidgetChannel = runtime.widget_channel
     found = await reads.conversation(visitor)
 
     async def stream() -> AsyncIterator[str]:
