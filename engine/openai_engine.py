@@ -819,10 +819,15 @@ class OpenAICompatibleEngine:
         )
 
     def _estimate_prompt_tokens(self, request: GenerationRequest) -> int:
-        return sum(
-            self.count_text_tokens(part.text) if isinstance(part, TextPart) else self.count_image_tokens(*part.image.size)
+        """The parts, and what Qwen's chat format adds around them: `<|im_start|>role\n ... <|im_end|>\n`
+        per message, `<|vision_start|>`/`<|vision_end|>` per image, `<|im_start|>assistant\n` at the end."""
+        return 3 + sum(
+            5 + sum(
+                self.count_text_tokens(part.text) if isinstance(part, TextPart)
+                else 2 + self.count_image_tokens(*part.image.size)
+                for part in message.parts
+            )
             for message in request.messages
-            for part in message.parts
         )
 
 

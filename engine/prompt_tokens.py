@@ -76,26 +76,25 @@ class LocalTokenizer:
     tokenizer: Any  # tokenizers.Tokenizer
     control: re.Pattern[str]  # what is neutralized in untrusted text: the generic pattern and the added tokens
     chat_template: str | None
+    render: Callable[..., Any] | None = None  # transformers' chat template renderer
 
     @property
     def exact(self) -> bool:
         """Whole prompts can be counted, not only texts."""
-        return self.chat_template is not None
+        return self.chat_template is not None and self.render is not None
 
     def count_text(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def count_prompt(self, request: GenerationRequest, image_tokens: Callable[[int, int], int]) -> int | None:
         """Tokens of the whole prompt, generation prompt included; None when the template cannot tell."""
-        if self.chat_template is None:
+        if self.chat_template is None or self.render is None:
             return None
-        from transformers.utils.chat_template_utils import render_jinja_template
-
         from .transformers_engine import to_chat_template_messages
 
         messages = to_chat_template_messages(request, self.control)  # neutralized as they are sent
         try:
-            (text,), _ = render_jinja_template([messages], chat_template=self.chat_template, add_generation_prompt=True)
+            (text,), _ = self.render([messages], chat_template=self.chat_template, add_generation_prompt=True)
         except Exception as exc:  # a template this renderer cannot run: estimate instead
             log.debug("cannot render the chat template locally: %s", exc)
             return None
@@ -122,7 +121,13 @@ def load_local_tokenizer(name: str) -> LocalTokenizer | None:
         tokenizer.no_truncation()
         added = pattern_for(token.content for token in tokenizer.get_added_tokens_decoder().values())
         control = re.compile(f"{GENERIC_PATTERN.pattern}|{added.pattern}") if added is not None else GENERIC_PATTERN
-        return LocalTokenizer(tokenizer, control, _chat_template(name))
+        template, render = _chat_template(name), None
+        if template is not None:
+            try:  # imported here, at start, rather than by the first request (it takes a second or two)
+                from transformers.utils.chat_template_utils import render_jinja_template as render
+            except ImportError as exc:
+                log.debug("no chat template renderer: %s", exc)
+        return LocalTokenizer(tokenizer, control, template, render)
     except Exception as exc:  # counting falls back to an estimate
         log.debug("no local tokenizer for %s: %s", name, exc)
         return None

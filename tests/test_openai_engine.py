@@ -16,6 +16,7 @@ import base64
 import io
 import json
 import math
+import shutil
 import threading
 import time
 from contextlib import suppress
@@ -416,6 +417,25 @@ async def test_prompt_and_image_tokens_are_counted_here_as_in_process(servers, e
         assert (far.prompt_tokens, far.image_tokens) == (local.prompt_tokens, local.image_tokens)
         assert far.prompt_tokens != SERVER_PROMPT_TOKENS
     assert remote.count_text_tokens("为什么扣我钱?") == engine.count_text_tokens("为什么扣我钱?")
+
+
+@pytest.mark.parametrize("where", ["chat_template.json", "tokenizer_config.json", "nowhere"])
+async def test_the_chat_template_is_found_where_checkpoints_keep_it(servers, engines, engine, tiny_model_dir,
+                                                                    tmp_path, where):
+    """Older checkpoints keep the template in chat_template.json or tokenizer_config.json, not a .jinja file."""
+    shutil.copy(tiny_model_dir / "tokenizer.json", tmp_path)
+    template = (tiny_model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    if where != "nowhere":
+        (tmp_path / where).write_text(json.dumps({"chat_template": template}), encoding="utf-8")
+    server = servers()
+    remote = await started(engines([server.url], tokenizer=str(tmp_path)))
+    request = ask(Image.new("RGB", (640, 480), "white"), "Why was I charged?", max_new_tokens=4)
+    far, local = await generate(remote, request), await generate(engine, request)
+    if where == "nowhere":  # text counted by the tokenizer, the template's own tokens unknown: an estimate
+        assert far.image_tokens < far.prompt_tokens and abs(far.prompt_tokens - local.prompt_tokens) <= 16
+    else:
+        assert far.prompt_tokens == local.prompt_tokens
+    assert far.image_tokens == local.image_tokens
 
 
 async def test_streaming_delivers_each_chunk(servers, engines):
