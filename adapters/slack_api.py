@@ -31,6 +31,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
 
+from engine.images import sniff_format
+
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
@@ -136,25 +138,6 @@ class SlackApi:
 
 
 # Files ------------------------------------------------------------------------------------------
-IMAGE_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"BM", "bmp"),
-)
-
-
-def sniff_image(data: bytes) -> str | None:
-    """The image format the first bytes announce (PNG, JPEG, GIF, WebP, BMP), or None."""
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    for signature, kind in IMAGE_SIGNATURES:
-        if data.startswith(signature):
-            return kind
-    return None
-
-
 class FileProblem(Exception):
     """A shared file that cannot be used; `kind` is too_big, not_image or unreadable."""
 
@@ -241,7 +224,7 @@ class FileFetcher:
                     data += chunk
                     if len(data) > self.max_bytes:
                         raise FileProblem("too_big", "more than the limit")
-                if sniff_image(bytes(data[:16])) is None:
+                if sniff_format(bytes(data[:32])) is None:
                     content_type = response.headers.get("content-type", "?").split(";")[0]
                     raise FileProblem("unreadable", f"not an image ({content_type})")
                 return bytes(data)

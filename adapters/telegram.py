@@ -54,6 +54,7 @@ from bot.gateway import AdapterConfigError, Gateway
 from bot.keyed_locks import KeyedLocks
 from bot.messages import Inbound
 from bot.text import clean_user_text
+from engine.images import sniff_format
 
 from .api_urls import api_url_problem
 from .telegram_channel import CHANNEL, TelegramChannel
@@ -66,7 +67,6 @@ from .telegram_support import (
     make_rate_limiter,
     megabytes,
     retry_after_seconds,
-    sniff_image,
     text,
 )
 
@@ -551,7 +551,7 @@ class TelegramAdapter:
                 notices.append(too_big)
             elif result is None:
                 notices.append(text("download_failed", language))
-            elif is_document and sniff_image(result) is None:
+            elif is_document and sniff_format(result) is None:
                 log.info("telegram: the document “%s” is not an image; the user is told", file_name)
                 name = f"“{file_name}”" if file_name else ("这个文件" if language == "zh" else "That file")
                 notices.append(text("not_image", language, name=name))

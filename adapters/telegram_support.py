@@ -194,22 +194,6 @@ def bot_api_file_path(file_path: str | None, base_file_url: str) -> str | None:
     return path
 
 
-# What a downloaded file really is ---------------------------------------------------------
-def sniff_image(data: bytes) -> str | None:
-    """The image format from the magic bytes (the client's mime type is only a guess)."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if len(data) >= 26 and data[:2] == b"BM":
-        return "bmp"
-    return None
-
-
 def retry_after_seconds(exc: RetryAfter) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -133,7 +133,7 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
         raise ImageRejected("empty", limits)
     if len(data) > limits.max_bytes:
         raise ImageRejected("too_large", limits)
-    source_format = _sniff_format(data)
+    source_format = sniff_format(data)
     if source_format is None:
         raise ImageRejected("unsupported_format", limits)
 
@@ -177,8 +177,13 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
     )
 
 
-def _sniff_format(data: bytes) -> str | None:
-    """The Pillow format name for the accepted formats' magic bytes, else None."""
+def sniff_format(data: bytes) -> str | None:
+    """The Pillow format name for the accepted formats' magic bytes, else None.
+
+    The one check of what a file really is, for intake and for the channels that must tell a
+    screenshot from another file before downloading all of it (a name or mime type is only a
+    claim). A file that starts right but is cut short is still that format: intake then calls it
+    damaged, which tells the user more than "not an image"."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if data.startswith(b"\xff\xd8\xff"):

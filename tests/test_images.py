@@ -652,3 +652,20 @@ def test_pillow_global_settings_are_left_alone():
         except ImageRejected:
             pass
     assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before
+
+
+def test_one_sniffer_tells_what_a_file_really_is_for_intake_and_the_channels():
+    """Slack and Telegram ask the same question before they keep a download as a screenshot."""
+    def encoded(fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), "red").save(buffer, fmt)
+        return buffer.getvalue()
+
+    for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP"):
+        assert images.sniff_format(encoded(fmt)) == fmt
+    assert images.sniff_format(b"BM" + bytes(12)) == "BMP"  # cut short: intake calls it damaged
+    for not_an_image in (b"%PDF-1.7\n", b"<!DOCTYPE html><svg>", b"PK\x03\x04", b"", b"RIFF\0\0\0\0WAVEfmt "):
+        assert images.sniff_format(not_an_image) is None, not_an_image
+    from adapters import slack_api, telegram
+
+    assert slack_api.sniff_format is telegram.sniff_format is images.sniff_format

@@ -27,7 +27,7 @@ from telegram.ext import ExtBot
 from adapters.base import Conversation, Outbound
 from adapters.telegram import TelegramAdapter, setup_telegram
 from adapters.telegram_channel import TelegramChannel
-from adapters.telegram_support import FloodLimiter, sniff_image, split_message, utf16_len
+from adapters.telegram_support import FloodLimiter, split_message, utf16_len
 from bot.settings import Settings
 from bot.store import Store
 from bot.web.app import create_app
@@ -637,16 +637,13 @@ async def test_the_flood_limiter_holds_back_a_busy_group_and_pauses_after_a_429(
     assert await limiter.process_request(request, ("updates",), {}, "getMe", {}, None)  # not aimed at a chat
 
 
-def test_splitting_and_sniffing():
+def test_splitting():
     emoji = "😀" * 3000  # 6,000 UTF-16 code units, no spaces: cut between code points
     pieces = split_message(emoji)
     assert "".join(pieces) == emoji and [utf16_len(p) for p in pieces] == [4096, 1904]
     lines = "\n".join(f"line {i} " + "x" * 50 for i in range(200))
     assert all(p.startswith("line ") for p in split_message(lines))
     assert split_message("short") == ["short"]
-    assert sniff_image(png_bytes()) == "png" and sniff_image(jpeg_bytes()) == "jpeg"
-    assert sniff_image(b"GIF89a" + b"\0" * 10) == "gif" and sniff_image(b"RIFF\0\0\0\0WEBPVP8 ") == "webp"
-    assert sniff_image(b"%PDF-1.7") is None and sniff_image(b"") is None
 
 
 # Other modes ---------------------------------------------------------------------------------------
