@@ -11,8 +11,6 @@ that still receives updates for a session that no longer exists.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import AsyncIterator, Awaitable, Callable
@@ -23,9 +21,8 @@ from ..accounts import Accounts, _digest
 from ..messages import utcnow
 from ..queries import console_session
 from ..store import iso
+from .event_stream import KEEPALIVE_S, live_events
 
-KEEPALIVE_S = 15.0
-KEEPALIVE = object()
 FORWARDED = {"handover", "answer", "message", "note", "status", "inbound", "delivered"}
 
 
@@ -71,7 +68,7 @@ class ConsoleHub:
         update = {"type": "message" if event == "inbound" else event, "conversation_id": data["conversation_id"]}
         for subscriber in list(self._subscribers):
             try:
-                subscriber.queue.put_nowait(update)
+                subscriber.queue.put_nowait(("update", update))
             except asyncio.QueueFull:  # a stalled page is ended; it re-fetches everything when it reconnects
                 self._subscribers.discard(subscriber)
                 subscriber.closed = True
@@ -101,25 +98,9 @@ class ConsoleHub:
         interval, a backstop for a session that ended without `end_sessions` being called."""
         subscriber = _Subscriber(user_name, session_token, asyncio.Queue(self._max_buffered))
         self._subscribers.add(subscriber)
-        checked = time.monotonic()
         try:
-            yield "retry: 2000\n\n"
-            while not subscriber.closed:
-                try:
-                    update = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE_S)
-                except asyncio.TimeoutError:
-                    update = KEEPALIVE
-                if update is None or subscriber.closed:
-                    return
-                if time.monotonic() - checked >= KEEPALIVE_S:
-                    checked = time.monotonic()
-                    if await request.is_disconnected():
-                        return
-                    if still_valid is not None and not await still_valid():
-                        return
-                if update is KEEPALIVE:
-                    yield ": keep-alive\n\n"
-                else:
-                    yield f"event: update\ndata: {json.dumps(update)}\n\n"
+            async for line in live_events(request, subscriber.queue, closed=lambda: subscriber.closed,
+                                          still_valid=still_valid, keepalive_s=KEEPALIVE_S):
+                yield line
         finally:
             self._subscribers.discard(subscriber)

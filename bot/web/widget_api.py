@@ -8,8 +8,6 @@ client's rate; the visitor is the one named by the signed token (`adapters.widge
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import re
 import secrets
@@ -26,13 +24,13 @@ from bot.queries import ChannelReads
 from bot.text import clean_user_text
 
 from .client_address import client_key
+from .event_stream import live_events, sse
 from .runtime import Runtime, RuntimeDep
 from .stream_caps import CappedStreamingResponse, check_caps
 
 log = logging.getLogger(__name__)
 
 TOKEN_MAX_CHARS = 200  # "v1." + 32 hex + a timestamp + 43 of signature: about 90
-KEEPALIVE_S = 15.0
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{8,100}$")
 MAX_FEEDBACK_CHARS = 1000
 
@@ -257,10 +255,6 @@ async def post_message(request: Request, runtime: RuntimeDep, reads: Reads, visi
     return AcceptedOut(message_id=accepted.message_id, duplicate=accepted.duplicate, client_message_id=client_id)
 
 
-def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
 @router.get("/events", summary="Server-sent events: message, delta and status",
             response_class=StreamingResponse,
             description="Open streams are capped per visitor, per address and in total: beyond a cap the answer is "
@@ -279,19 +273,10 @@ async def events(request: Request, runtime: RuntimeDep, reads: Reads,
 
     async def stream() -> AsyncIterator[str]:
         queue = channel.subscribe(visitor)  # only once the stream runs: an unsent response holds nothing
+        opening = [sse("status", {"status": found["status"], "agent": found["agent_name"]})] if found else []
         try:
-            yield "retry: 2000\n\n"
-            if found is not None:
-                yield _sse("status", {"status": found["status"], "agent": found["agent_name"]})
-            while True:
-                try:
-                    event, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    yield ": keep-alive\n\n"
-                    continue
-                yield _sse(event, data)
+            async for line in live_events(request, queue, opening=opening):
+                yield line
         finally:
             channel.unsubscribe(visitor, queue)
 
