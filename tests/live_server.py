@@ -43,9 +43,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PASSWORD = "correct horse battery"  # every console account the test servers create has it
+
+
+def add_accounts(data_dir: Path, users: dict[str, str]) -> None:
+    """Console accounts (name -> role), all with PASSWORD, before a server opens the data."""
+    from bot.accounts import Accounts
+    from bot.store import Store
+
+    store = Store(data_dir)
+    try:
+        accounts = Accounts(store)
+        for name, role in users.items():
+            accounts.add_user(name, role, PASSWORD)
+    finally:
+        store.close()
+
+
 @contextmanager
-def live_server(data_dir: Path, engine=None, **settings):
-    """Serve create_app(...) on 127.0.0.1 until the block ends; yields (base_url, app)."""
+def live_server(data_dir: Path, engine=None, users: dict[str, str] | None = None, **settings):
+    """Serve create_app(...) on 127.0.0.1 until the block ends; yields (base_url, app).
+    `users` (name -> role) are console accounts created first, with PASSWORD."""
+    if users:
+        add_accounts(data_dir, users)
     port = free_port()
     config = Settings(data_dir=data_dir, host="127.0.0.1", port=port, **settings)
     app = create_app(config, engine=engine)

@@ -16,11 +16,9 @@ from bot.web.agent_console import router as agent_router
 from bot.web.auth import router as auth_router
 from bot.web.operator_console import router as operator_router
 
-from bot.accounts import Accounts
-from bot.store import Store
 from engine.stub import StubEngine
 from tests.live_server import live_server
-from tests.test_agent_console import PASSWORD, ROLES, signed_in, visitor_hands_over
+from tests.test_agent_console import ROLES, signed_in, visitor_hands_over
 
 ALLOWED = {"/agent": {"agent", "admin"}, "/operator": {"operator", "admin"}, "/admin": {"admin"},
            "/console": set(ROLES), "/logout": set(ROLES)}
@@ -29,11 +27,8 @@ PARAMS = {"conversation_id": "{conversation_id}", "name": "billing", "sha256": "
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("matrix")
-    accounts = Accounts(Store(data))
-    for role in ROLES:
-        accounts.add_user(role, role, PASSWORD)
-    with live_server(data, engine=StubEngine(), login_rate_per_ip=10_000, widget_rate_per_ip=10_000) as (base, app):
+    with live_server(tmp_path_factory.mktemp("matrix"), engine=StubEngine(), login_rate_per_ip=10_000,
+                     widget_rate_per_ip=10_000, users={role: role for role in ROLES}) as (base, app):
         visitor_hands_over(base, image=False)
         yield base, app
 

@@ -17,9 +17,8 @@ import pytest
 from bot.accounts import Accounts
 from bot.store import CLAIMED, WAITING, Store
 from engine.stub import StubEngine
-from tests.live_server import live_server
+from tests.live_server import PASSWORD, live_server
 
-PASSWORD = "correct horse battery"
 TEMPORARY = "temporary password 1"
 CHOSEN = "my very own password"
 
@@ -27,11 +26,9 @@ CHOSEN = "my very own password"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("account-admin")
-    accounts = Accounts(Store(data))
-    accounts.add_user("admin", "admin", PASSWORD)
-    accounts.add_user("olga", "operator", PASSWORD)
-    with live_server(data, engine=StubEngine(), login_rate_per_ip=100_000) as (base, app):
-        yield base, app, accounts
+    with live_server(data, engine=StubEngine(), login_rate_per_ip=100_000,
+                     users={"admin": "admin", "olga": "operator"}) as (base, app):
+        yield base, app, Accounts(Store(data))
 
 
 def sign_in(base: str, name: str, password: str = PASSWORD) -> tuple[httpx.Client, httpx.Response]:

@@ -16,19 +16,14 @@ from bot.accounts import HASHER, Accounts, AccountError, NoSuchUser
 from bot.messages import utcnow
 from bot.store import Store
 from engine.stub import StubEngine
-from tests.live_server import live_server
+from tests.live_server import PASSWORD, live_server
 
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("accounts")
-    accounts = Accounts(Store(data))
-    accounts.add_user("mei", "agent", PASSWORD)
-    accounts.add_user("olga", "operator", PASSWORD)
-    accounts.add_user("lock", "agent", PASSWORD)
-    with live_server(data, engine=StubEngine(), login_rate_per_ip=1000) as (base, app):
+    with live_server(tmp_path_factory.mktemp("accounts"), engine=StubEngine(), login_rate_per_ip=1000,
+                     users={"mei": "agent", "olga": "operator", "lock": "agent"}) as (base, app):
         yield base, app
 
 

@@ -13,21 +13,18 @@ from bot.store import Store
 from engine.stub import StubEngine
 from tests.browser import chromium, needs_chromium
 from tests.browser import sign_in as console_sign_in
-from tests.live_server import live_server
+from tests.live_server import PASSWORD, live_server
 
 pytestmark = needs_chromium
-PASSWORD = "correct horse battery"
 SHOTS = Path(os.environ.get("SNAPDESK_SCREENSHOTS", tempfile.gettempdir()))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("admin-console")
-    accounts = Accounts(Store(data))
-    accounts.add_user("admin", "admin", PASSWORD)
-    accounts.add_user("olga", "operator", PASSWORD)
-    with live_server(data, engine=StubEngine(), login_rate_per_ip=1000) as (base, app):
-        yield base, accounts
+    with live_server(data, engine=StubEngine(), login_rate_per_ip=1000,
+                     users={"admin": "admin", "olga": "operator"}) as (base, app):
+        yield base, Accounts(Store(data))
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,17 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot.accounts import Accounts
-from bot.store import Store
 from engine.stub import StubEngine
-from tests.live_server import live_server
+from tests.live_server import PASSWORD, live_server
 
-PASSWORD = "correct horse battery"
 ROLES = ("agent", "operator", "admin")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("agents")
-    accounts = Accounts(Store(data))
-    for role in ROLES:
-        accounts.add_user(role, role, PASSWORD)
-    accounts.add_user("mei", "agent", PASSWORD)
-    with live_server(data, engine=StubEngine(), login_rate_per_ip=1000, widget_rate_per_ip=10_000,
-                     widget_rate_per_visitor=1000) as (base, app):
+    with live_server(tmp_path_factory.mktemp("agents"), engine=StubEngine(), login_rate_per_ip=1000,
+                     widget_rate_per_ip=10_000, widget_rate_per_visitor=1000,
+                     users={**{role: role for role in ROLES}, "mei": "agent"}) as (base, app):
         yield base, app
 
 

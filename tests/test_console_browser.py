@@ -12,21 +12,17 @@ from bot.store import Store
 from engine.stub import StubEngine
 from tests.browser import chromium, needs_chromium, open_page
 from tests.browser import sign_in as console_sign_in
-from tests.live_server import live_server
+from tests.live_server import PASSWORD, live_server
 
 pytestmark = needs_chromium
-PASSWORD = "correct horse battery"
 XSS = '<img src=x onerror="window.__snapdesk_xss = 1; alert(1)">'
 ENGINE = StubEngine(reply=f"You were charged 88 for the renewal. {XSS}", confidence=0.9)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("consoles")
-    accounts = Accounts(Store(data))
-    accounts.add_user("mei", "agent", PASSWORD)
-    accounts.add_user("olga", "operator", PASSWORD)
-    with live_server(data, engine=ENGINE, login_rate_per_ip=1000, widget_rate_per_ip=10_000) as (base, app):
+    with live_server(tmp_path_factory.mktemp("consoles"), engine=ENGINE, login_rate_per_ip=1000,
+                     widget_rate_per_ip=10_000, users={"mei": "agent", "olga": "operator"}) as (base, app):
         yield base
 
 

@@ -8,14 +8,11 @@ import re
 import httpx
 import pytest
 
-from bot.accounts import Accounts
-from bot.store import Store
 from engine.stub import StubEngine
 from tests.browser import CHROMIUM_ARGS, needs_chromium
-from tests.live_server import live_server
+from tests.live_server import PASSWORD, live_server
 from tests.test_agent_console import visitor_hands_over
 
-PASSWORD = "correct horse battery"
 CONSOLES = [("mei", "/agent"), ("olga", "/operator")]
 # What an attacker who got markup into a console page would try: inline code, and code from a
 # data: URL or another origin pulled in as a module.
@@ -33,11 +30,8 @@ INJECT = """async () => {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("modules")
-    accounts = Accounts(Store(data))
-    accounts.add_user("mei", "agent", PASSWORD)
-    accounts.add_user("olga", "operator", PASSWORD)
-    with live_server(data, engine=StubEngine(), login_rate_per_ip=1000, widget_rate_per_ip=10_000) as (base, app):
+    with live_server(tmp_path_factory.mktemp("modules"), engine=StubEngine(), login_rate_per_ip=1000,
+                     widget_rate_per_ip=10_000, users={"mei": "agent", "olga": "operator"}) as (base, app):
         visitor_hands_over(base, image=False)
         yield base
 

@@ -25,11 +25,8 @@ ENGINE = StubEngine(reply="Your membership renewed automatically for 88.", confi
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("operators")
-    accounts = Accounts(Store(data))
-    for role in ROLES:
-        accounts.add_user(role, role, PASSWORD)
-    with live_server(data, engine=ENGINE, login_rate_per_ip=1000, widget_rate_per_ip=10_000) as (base, app):
+    with live_server(tmp_path_factory.mktemp("operators"), engine=ENGINE, login_rate_per_ip=1000,
+                     widget_rate_per_ip=10_000, users={role: role for role in ROLES}) as (base, app):
         yield base, app
 
 

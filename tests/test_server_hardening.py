@@ -16,25 +16,21 @@ import pytest
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from bot.accounts import Accounts
 from bot.store import Store
 from bot.web.client_address import limit_key
 from engine.stub import StubEngine
-from tests.live_server import live_server
+from tests.live_server import PASSWORD, live_server
 from tests.raw_http import refused_upload
 
 MB = 1024 * 1024
-PASSWORD = "correct horse battery"
 BOUNDARY = "snapdeskboundary42"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("hardening")
-    accounts = Accounts(Store(data))
-    accounts.add_user("ada", "admin", PASSWORD)
     with live_server(data, engine=StubEngine(), widget_max_images=1, image_max_bytes=MB, login_rate_per_ip=1000,
-                     metrics_token="scrape-me-please") as (base, app):
+                     metrics_token="scrape-me-please", users={"ada": "admin"}) as (base, app):
         yield base, app, data
 
 

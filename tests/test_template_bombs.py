@@ -19,11 +19,9 @@ import httpx
 import pytest
 import yaml
 
-from bot.accounts import Accounts
-from bot.store import Store
 from engine.stub import StubEngine
 from tests.live_server import live_server, wait_for
-from tests.test_agent_console import PASSWORD, ROLES, signed_in
+from tests.test_agent_console import ROLES, signed_in
 
 ENGINE = StubEngine(reply="Your membership renewed automatically for 88.", confidence=0.83)
 BIG = 60_000  # characters of a variable; the YAML itself may hold at most 128 KB
@@ -31,12 +29,9 @@ BIG = 60_000  # characters of a variable; the YAML itself may hold at most 128 K
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("template-bombs")
-    accounts = Accounts(Store(data))
-    for role in ROLES:
-        accounts.add_user(role, role, PASSWORD)
-    with live_server(data, engine=ENGINE, login_rate_per_ip=1000, widget_rate_per_ip=100_000,
-                     widget_rate_per_visitor=100_000) as (base, app):
+    with live_server(tmp_path_factory.mktemp("template-bombs"), engine=ENGINE, login_rate_per_ip=1000,
+                     widget_rate_per_ip=100_000, widget_rate_per_visitor=100_000,
+                     users={role: role for role in ROLES}) as (base, app):
         yield base, app
 
 
