@@ -474,7 +474,15 @@ class OpenAICompatibleEngine:
         self._bind(loop)
         limit = self.request_timeout_s if timeout is None else timeout
         task_holder: list[asyncio.Task] = []
-        stream = GenerationStream(cancel=lambda: task_holder and task_holder[0].cancel(), timeout=limit)
+
+        def cancel() -> None:
+            # One cancellation at a time: the caller's deadline and the request's own timeout end
+            # together, and a second cancel landing while httpx closes the first one's connection
+            # cuts that close short, leaving the request open on the server.
+            if task_holder and not task_holder[0].done() and not task_holder[0].cancelling():
+                task_holder[0].cancel()
+
+        stream = GenerationStream(cancel=cancel, timeout=limit)
         self._outstanding += 1
         entered: list[bool] = []
         task = loop.create_task(self._run(request, stream, time.perf_counter(), limit, entered))

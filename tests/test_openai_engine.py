@@ -24,7 +24,8 @@ from contextlib import suppress
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 from PIL import Image
 
 from bot.engine_setup import make_engine
@@ -104,7 +105,11 @@ class FakeServer:
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
-            body = await request.json()
+            try:
+                body = await request.json()
+            except ClientDisconnect:  # a loaded machine: the client gave up before its body was read
+                self.disconnects += 1
+                return Response(status_code=499)
             self.requests.append({"headers": dict(request.headers), "body": body})
             if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
                 return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
