@@ -50,6 +50,7 @@ def start_server(data_dir: str, port: int, env: dict[str, str], ready_timeout: f
         "SNAPDESK_DATA_DIR": data_dir,
         "SNAPDESK_WIDGET_RATE_PER_IP": "1000000",  # every simulated visitor shares 127.0.0.1
         "SNAPDESK_WIDGET_RATE_PER_VISITOR": "1000",
+        "SNAPDESK_WIDGET_STREAMS_PER_IP": "1000000",  # and so do their event streams
         **env,
     }
     process = subprocess.Popen(
