@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 import httpx
 import pytest
@@ -145,9 +144,13 @@ def test_statistics_summarise_recent_traffic(server):
     base, _ = server
     token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
     headers = {"Authorization": f"Bearer {token}"}
+    def replies() -> int:
+        messages = httpx.get(f"{base}/widget/api/conversation", headers=headers).json()["messages"]
+        return sum(m["role"] != "user" for m in messages)
+
     for i, text in enumerate(["Why was I charged?", "I want to talk to a human"]):
         httpx.post(f"{base}/widget/api/messages", headers=headers, data={"client_message_id": f"stats-{i:04d}", "text": text})
-        time.sleep(0.3)
+        wait_for(lambda: replies() > i, what=f"the reply to message {i + 1}")
     result = signed_in(base, "operator").get("/operator/api/stats", params={"days": 7}).json()
     assert len(result["days"]) == 7 and result["days"][-1]["messages"] >= 2
     assert result["days"][-1]["answered"] >= 1 and result["days"][-1]["handed_over"] >= 1
@@ -158,17 +161,21 @@ def test_statistics_summarise_recent_traffic(server):
 
 
 def test_statistics_count_the_widget_feedback_and_show_the_latest_comments(server):
+    from datetime import timedelta
+
+    from bot.messages import utcnow
     from bot.store import iso
 
     base, app = server
+    start = utcnow()
     store = app.state.runtime.store
     conversation = store._ensure_conversation("widget", "feedback-stats", "v", "Visitor", iso())
     for episode in range(1, 13):  # 12 verdicts, the newest last; three without a comment
         store._insert("feedback", {
             "conversation_id": conversation["id"], "episode": episode, "helpful": int(episode % 3 == 0),
-            "comment": "" if episode in (4, 8, 12) else f"comment {episode} <b>as text</b>", "created_at": iso(),
+            "comment": "" if episode in (4, 8, 12) else f"comment {episode} <b>as text</b>",
+            "created_at": iso(start + timedelta(milliseconds=episode)),
         })
-        time.sleep(0.002)
     feedback = signed_in(base, "operator").get("/operator/api/stats", params={"days": 7}).json()["feedback"]
     assert feedback["helpful"] == 4 and feedback["not_helpful"] == 8
     comments = feedback["comments"]

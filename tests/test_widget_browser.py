@@ -190,7 +190,7 @@ def test_a_second_tab_of_the_same_visitor_sees_new_messages_live(page):
     other.goto(page.url)
     other.click("[data-testid=launcher]")
     other.wait_for_selector("[data-testid=message][data-role=bot]", timeout=10_000)  # history restored
-    other.wait_for_timeout(300)  # its event stream is open
+    other.wait_for_selector("[data-testid=activity][data-live=true]", state="attached", timeout=10_000)  # live
     send(page, "Second question from tab one")
     user_texts = """() => [...document.querySelector('#snapdesk-widget').shadowRoot
           .querySelectorAll('[data-testid=message][data-role=user] [data-testid=message-text]')]

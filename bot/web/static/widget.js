@@ -1404,6 +1404,7 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
       if (source !== es) return;
       backoff = 1000;
       state.reconnecting = false;
+      activityEl.dataset.live = "true"; // replies can reach this tab now
       renderActivity();
       // Fill any gap: messages written while the stream was (re)connecting. Deduplicated by id.
       loadConversation().catch(function () {});
@@ -1411,6 +1412,7 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     es.addEventListener("error", function () {
       if (source !== es) return;
       state.reconnecting = true;
+      activityEl.dataset.live = "false";
       renderActivity();
       if (es.readyState === 2) {
         // Closed for good (refused, e.g. an expired token): check the token (401 -> new
