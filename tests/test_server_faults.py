@@ -11,6 +11,7 @@ import io
 import re
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ from PIL import Image
 from bench.widget_load import start_server
 from bot.accounts import Accounts
 from bot.store import Store
-from tests.live_server import free_port, live_server
+from tests.live_server import free_port, live_server, wait_for
 
 PASSWORD = "correct horse battery"
 
@@ -117,6 +118,15 @@ def test_a_burst_larger_than_the_queue_is_answered_or_politely_handed_over(tmp_p
         assert "snapdesk_engine_busy_waits_total" in metrics and 'snapdesk_handovers_total{reason="busy"}' in metrics
 
 
+def settled(data_dir) -> bool:
+    """No user message waits for its answer and no reply waits to be delivered (read-only)."""
+    with sqlite3.connect(f"file:{data_dir / 'snapdesk.db'}?mode=ro", uri=True) as db:
+        pending = db.execute("select count(*) from messages where role = 'user' and status = 'pending'").fetchone()[0]
+        undelivered = db.execute("select count(*) from messages where role in ('bot', 'system', 'agent') "
+                                 "and delivered = 0").fetchone()[0]
+    return pending == 0 and undelivered == 0
+
+
 def test_kill_9_while_answering_then_restart_gives_every_acknowledged_message_one_reply(tmp_path, tiny_model_dir):
     data, port = str(tmp_path / "data"), free_port()
     base = f"http://127.0.0.1:{port}"
@@ -145,7 +155,9 @@ def test_kill_9_while_answering_then_restart_gives_every_acknowledged_message_on
     server = start_server(data, port, env)  # the same data directory: recovery runs at start
     try:
         seen = wait_for_replies(base, sent, timeout=180)
-        time.sleep(1.0)  # anything answered twice would show up now
+        # Recovery is over when no message is left pending and no reply undelivered: a second
+        # answer to anything would be stored by then.
+        wait_for(lambda: settled(tmp_path / "data"), timeout=60, what="recovery to finish")
         seen = wait_for_replies(base, sent, timeout=1)
     finally:
         server.terminate()
