@@ -20,13 +20,13 @@ from typing import Any, Awaitable, Callable
 
 from telegram import LinkPreviewOptions, ReplyParameters
 from telegram.constants import ChatAction
-from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.ext import ExtBot
 
 from bot.gateway import Gateway
 from bot.messages import Conversation, Outbound
 
-from .telegram_support import retry_after_seconds, split_message, text
+from .telegram_retries import bot_api_request
+from .telegram_support import split_message, text
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +51,11 @@ class TelegramChannel:
     # Requests with retries ------------------------------------------------------------------
     async def call(self, what: str, request: Callable[[], Awaitable[Any]]) -> Any:
         """Run one Bot API request, retrying flood waits, network errors and 5xx answers."""
-        for attempt in range(1, self.max_attempts + 1):
-            try:
+        policy = bot_api_request(what, attempts=self.max_attempts, backoff_s=self.backoff_s,
+                                 max_retry_after_s=self.max_retry_after_s)
+        async for attempt in policy:
+            with attempt:
                 return await request()
-            except RetryAfter as exc:
-                delay = retry_after_seconds(exc)
-                if attempt == self.max_attempts or delay > self.max_retry_after_s:
-                    raise
-                delay += 0.05
-                log.info("telegram %s: flood wait of %.1f s (try %d of %d)", what, delay, attempt, self.max_attempts)
-            except BadRequest:
-                raise  # our request is wrong (or the chat is gone): trying again does not help
-            except NetworkError as exc:  # connection errors, timeouts and 5xx answers
-                if attempt == self.max_attempts:
-                    raise
-                delay = self.backoff_s * 2 ** (attempt - 1)
-                log.info("telegram %s failed (%s); trying again in %.2f s", what, type(exc).__name__, delay)
-            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     async def send_text(self, chat_id: int, value: str, reply_to_message: int | None = None,

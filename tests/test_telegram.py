@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from PIL import Image
-from telegram.error import NetworkError, RetryAfter
+from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.ext import ExtBot
 
 from adapters.base import Conversation, Outbound
@@ -605,6 +605,11 @@ async def test_typing_repeats_until_the_reply_is_sent_and_retries_are_bounded(fa
             fake.fail("sendMessage", 429, retry_after=3600, chat_id=chat)
             with pytest.raises(RetryAfter):  # a flood wait longer than we may wait is not waited out
                 await channel.send(target, Outbound("Later."))
+            sent = len(fake.calls_to("sendMessage", chat_id=chat))
+            fake.fail("sendMessage", 400, "Bad Request: message text is empty", chat_id=chat)
+            with pytest.raises(BadRequest):  # our request is wrong: trying again cannot help
+                await channel.send(target, Outbound("Wrong."))
+            assert len(fake.calls_to("sendMessage", chat_id=chat)) == sent + 1, "a bad request is tried once"
         finally:
             await channel.close()
 
