@@ -235,6 +235,9 @@ def server_kind(response: httpx.Response) -> str:
     return LLAMA_CPP if owners & set(LLAMA_CPP_OWNERS) else ""
 
 
+BACKSTOP_GRACE_S = 1.0  # the request's own timeout fires this long after the caller's deadline
+
+
 class OpenAICompatibleEngine:
     """Generation on remote OpenAI-compatible servers; `start()` checks they answer (blocking).
 
@@ -528,7 +531,9 @@ class OpenAICompatibleEngine:
         semaphore = self._semaphore
         assert semaphore is not None
         try:
-            async with asyncio.timeout(limit):
+            # A backstop a little after the caller's own deadline, which cancels first: two cancels at
+            # the same moment would cut short httpx's close of the connection (see `stream`).
+            async with asyncio.timeout(None if limit is None else limit + BACKSTOP_GRACE_S):
                 await semaphore.acquire()
                 acquired = True
                 self._in_flight += 1
