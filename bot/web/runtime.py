@@ -80,11 +80,6 @@ class Runtime:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed: %s", type(task.exception()).__name__)
 
-    async def process(self, message_id: int, conversation_id: int) -> None:
-        """Answer a stored message once the model is loaded (or has failed to load)."""
-        await self.ready.wait()
-        await self.manager.process(message_id, conversation_id)
-
 
 async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime

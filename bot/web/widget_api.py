@@ -251,7 +251,7 @@ async def post_message(request: Request, runtime: RuntimeDep, reads: Reads, visi
         row, attachments = await reads.message(accepted.message_id)
         token = request.headers.get("authorization", "")[7:].strip()
         runtime.widget_channel.publish(visitor, "message", _message_out(row, attachments, token).model_dump())
-        runtime.spawn(runtime.process(accepted.message_id, accepted.conversation_id))
+        runtime.gateway.answer_later(accepted)
     return AcceptedOut(message_id=accepted.message_id, duplicate=accepted.duplicate, client_message_id=client_id)
 
 
