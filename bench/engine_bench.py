@@ -7,13 +7,12 @@ batched vs one after another), since absolute times on a shared machine are nois
 from __future__ import annotations
 
 import asyncio
-import io
 import statistics
 import tempfile
 import time
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from engine.base import ChatMessage, GenerationRequest
 from engine.images import prepare_image
@@ -22,27 +21,9 @@ from engine.tiny import build_tiny_checkpoint
 from engine.transformers_engine import TransformersEngine
 
 from .figures import Figure, median_seconds
+from .support_inputs import QUESTIONS, encoded, screenshot
 
 ANSWER_TOKENS = 128
-QUESTIONS = [
-    "Why was I charged?",
-    "为什么扣我钱?",
-    "What does CARD_DECLINED (E-4012) mean?",
-    "Where is my parcel?",
-    "My router light is solid red, what should I do?",
-    "I am locked out of my account.",
-    "How do I turn off auto-renew?",
-    "Can I talk to a person?",
-]
-
-
-def screenshot(width: int, height: int, text: str) -> Image.Image:
-    image = Image.new("RGB", (width, height), (246, 247, 249))
-    draw = ImageDraw.Draw(image)
-    for row in range(0, height, max(height // 40, 12)):
-        draw.text((width // 20, row), f"{text}  row {row}  Membership auto-renewal  88.00", fill=(20, 20, 20))
-    draw.rectangle((width // 2, height // 8, width - width // 10, height // 4), fill=(200, 40, 40))
-    return image
 
 
 def answer_request(question: str, image: Image.Image | None, natural: bool = False) -> GenerationRequest:
@@ -61,7 +42,7 @@ def engine_overhead(engine: TransformersEngine, repeats: int = 9) -> float:
     model.generate(...), greedy, no streaming. The engine adds queueing, the batch window,
     streaming, per-token log-probs and the asyncio hand-off.
     """
-    request = answer_request(QUESTIONS[0], prepare_image(_png(screenshot(800, 600, "Statement"))).image)
+    request = answer_request(QUESTIONS[0], prepare_image(encoded(screenshot(800, 600, "Statement"))).image)
     model = engine.loaded.model
     config = engine.worker.call(lambda: engine.generation_config([request])).result()
 
@@ -93,7 +74,7 @@ def batch_speedup(engine: TransformersEngine, natural: bool, repeats: int = 3) -
     With `natural` lengths a batch runs until its longest answer ends while the finished rows
     wait, which is what different questions do to a real batch.
     """
-    image = prepare_image(_png(screenshot(640, 480, "Order 1234"))).image
+    image = prepare_image(encoded(screenshot(640, 480, "Order 1234"))).image
     requests = [answer_request(q, image if i % 2 == 0 else None, natural) for i, q in enumerate(QUESTIONS)]
 
     async def one_by_one() -> list:
@@ -115,22 +96,14 @@ def batch_speedup(engine: TransformersEngine, natural: bool, repeats: int = 3) -
     return statistics.median(batched) / statistics.median(sequential), lengths
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def intake_ms_12mp(repeats: int = 9) -> float:
-    buffer = io.BytesIO()
-    screenshot(4000, 3000, "Statement of account").save(buffer, "JPEG", quality=90)
-    data = buffer.getvalue()
+    data = encoded(screenshot(4000, 3000, "Statement of account"), "JPEG", quality=90)
     prepare_image(data)
     return median_seconds(lambda: prepare_image(data), repeats) * 1000.0
 
 
 def visual_tokens_1080p(engine: TransformersEngine) -> int:
-    image = prepare_image(_png(screenshot(1920, 1080, "Payment failed"))).image
+    image = prepare_image(encoded(screenshot(1920, 1080, "Payment failed"))).image
     request = answer_request("What does this error mean?", image)
     inputs = engine.worker.call(lambda: engine.build_inputs([request])).result()
     return int((inputs["input_ids"] == engine.loaded.model.config.image_token_id).sum())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import logging
 import statistics
 import sys
@@ -31,9 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 from .figures import Figure, print_figures
+from .support_inputs import QUESTIONS, encoded, screenshot
 
 # Qwen/Qwen3-VL-8B-Instruct's config.json (text and vision parts).
 TEXT_8B = {
@@ -94,16 +92,6 @@ VISION_SMALL = {
     "deepstack_visual_indexes": [0, 1, 2],
 }
 CONCURRENCY = (1, 8, 32)
-QUESTIONS = (
-    "Why was I charged?",
-    "为什么扣我钱?",
-    "What does CARD_DECLINED (E-4012) mean?",
-    "Where is my parcel?",
-    "My router light is solid red, what should I do?",
-    "I am locked out of my account.",
-    "How do I turn off auto-renew?",
-    "The app says my payment failed, but the bank shows the charge.",
-)
 
 
 def build_checkpoint(directory: str | Path, small: bool, device: str) -> Path:
@@ -146,17 +134,6 @@ def build_checkpoint(directory: str | Path, small: bool, device: str) -> Path:
     return out
 
 
-def _screenshot(width: int, height: int, text: str) -> Image.Image:
-    image = Image.new("RGB", (width, height), (246, 247, 249))
-    draw = ImageDraw.Draw(image)
-    for row in range(0, height, max(height // 40, 12)):
-        draw.text((width // 20, row), f"{text}  row {row}  Payment failed  CARD_DECLINED (E-4012)", fill=(20, 20, 20))
-    draw.rectangle((width // 2, height // 8, width - width // 10, height // 4), fill=(200, 40, 40))
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 class GpuBench:
     def __init__(self, engine, tokens: int, repeats: int, warm_up: bool = True) -> None:
         from engine.images import prepare_image
@@ -165,8 +142,8 @@ class GpuBench:
         self.tokens = tokens
         self.repeats = repeats
         self.warm_up = warm_up  # a first run at each shape (CUDA kernels, allocator) is not measured
-        self.full_hd = prepare_image(_screenshot(1920, 1080, "Checkout")).image
-        self.small_shot = prepare_image(_screenshot(640, 480, "Order 1042")).image
+        self.full_hd = prepare_image(encoded(screenshot(1920, 1080, "Checkout"))).image
+        self.small_shot = prepare_image(encoded(screenshot(640, 480, "Order 1042"))).image
 
     def request(self, question: str, image=None, tokens: int | None = None):
         from engine.base import ChatMessage, GenerationRequest
