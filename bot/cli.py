@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any, Callable
 from pathlib import Path
 
 from engine.base import ChatMessage, EngineError, GenerationRequest, ModelLoadError
@@ -127,26 +128,38 @@ def _settings_for_data(args: argparse.Namespace) -> Settings:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from .store import StoreError
-
     if args.older_than < 0:
         return _fail("--older-than must be zero or more days", EXIT_USAGE)
+
+    def purge(store) -> None:
+        removed = store.purge(args.older_than)  # waits for a server's write lock, up to the bound
+        print(
+            f"removed {removed['conversations']} conversations, {removed['messages']} messages, "
+            f"{removed['escalations']} hand-overs, {removed['attachments']} screenshot files and "
+            f"{removed['platform_events']} raw platform events "
+            f"older than {args.older_than:g} days"
+        )
+
+    return _on_store(args, purge)
+
+
+def _on_store(args: argparse.Namespace, work: Callable[[Any], None],
+              usage_errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run `work` on the data directory's database and close it; a refusal becomes one line on
+    stderr with exit status 2 for a mistake in the command, 1 for a database that cannot serve."""
+    from .store import StoreError
+
+    store = None
     try:
         store = _settings_for_data(args).open_store()
-    except StoreError as exc:
-        return _fail(str(exc))
-    try:
-        removed = store.purge(args.older_than)  # waits for a server's write lock, up to the bound
+        work(store)
+    except usage_errors as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except StoreError as exc:
         return _fail(str(exc))
     finally:
-        store.close()
-    print(
-        f"removed {removed['conversations']} conversations, {removed['messages']} messages, "
-        f"{removed['escalations']} hand-overs, {removed['attachments']} screenshot files and "
-        f"{removed['platform_events']} raw platform events "
-        f"older than {args.older_than:g} days"
-    )
+        if store is not None:
+            store.close()
     return 0
 
 
@@ -170,10 +183,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accounts(args: argparse.Namespace):
-    from .accounts import Accounts
-
-    return Accounts(_settings_for_data(args).open_store())
+class _Mistyped(Exception):
+    """The password was not typed the same twice."""
 
 
 def _read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
@@ -183,7 +194,7 @@ def _read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass(prompt)
     if getpass.getpass("Repeat the password: ") != first:
-        raise ValueError("the two passwords differ")
+        raise _Mistyped("the two passwords differ")
     return first
 
 
@@ -196,18 +207,13 @@ def _released(ids: list[int]) -> str:
 def cmd_user(args: argparse.Namespace) -> int:
     """Account changes straight in the database (a running server sees them at the next request;
     its open console pages end within a keep-alive interval)."""
-    from .accounts import AccountError, hash_password
-    from .store import StoreError
+    from .accounts import AccountError, Accounts, hash_password
 
-    accounts = None
-    try:
-        accounts = _accounts(args)
+    def change(store) -> None:
+        accounts = Accounts(store)
         command = args.user_command
         if command in ("add", "reset-password"):
-            try:
-                password = _read_password(args, "Password: " if command == "add" else "Temporary password: ")
-            except ValueError as exc:
-                return _fail(str(exc), EXIT_USAGE)
+            password = _read_password(args, "Password: " if command == "add" else "Temporary password: ")
         if command == "add":
             user = accounts.add_user(args.name, args.role, password, display_name=args.display_name)
             print(f"added {user.role} {user.name}" + (f" ({user.display_name})" if args.display_name else ""))
@@ -237,23 +243,14 @@ def cmd_user(args: argparse.Namespace) -> int:
         else:
             ended = accounts.end_sessions(args.name)
             print(f"signed {args.name} out everywhere ({ended} session{'s' if ended != 1 else ''} ended)")
-    except AccountError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except StoreError as exc:
-        return _fail(str(exc))
-    finally:
-        if accounts is not None:
-            accounts.store.close()
-    return 0
+
+    return _on_store(args, change, (AccountError, _Mistyped))
 
 
 def cmd_apikey(args: argparse.Namespace) -> int:
     from .apikeys import ApiKeyError, ApiKeys
-    from .store import StoreError
 
-    store = None
-    try:
-        store = _settings_for_data(args).open_store()
+    def change(store) -> None:
         keys = ApiKeys(store)
         if args.apikey_command == "create":
             key, secret = keys.create(args.name)
@@ -269,14 +266,8 @@ def cmd_apikey(args: argparse.Namespace) -> int:
         else:
             keys.revoke(args.name)
             print(f"revoked API key {args.name}; requests with it are refused from now on")
-    except ApiKeyError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except StoreError as exc:
-        return _fail(str(exc))
-    finally:
-        if store is not None:
-            store.close()
-    return 0
+
+    return _on_store(args, change, (ApiKeyError,))
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
