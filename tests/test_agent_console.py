@@ -36,6 +36,20 @@ def signed_in(base: str, name: str) -> httpx.Client:
     return client
 
 
+def assert_admits_exactly(base: str, method: str, url: str, allowed: set[str], **request) -> None:
+    """Anonymous callers get 401; of the signed-in roles exactly `allowed` get 200, the others 403."""
+    assert httpx.request(method, base + url, **request).status_code == 401
+    for role in ROLES:
+        status = signed_in(base, role).request(method, url, **request).status_code
+        assert status == (200 if role in allowed else 403), (role, status)
+
+
+def assert_page_signs_in_and_refuses(base: str, page: str, refused_role: str) -> None:
+    anonymous = httpx.get(f"{base}{page}", follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == f"/login?next={page}"
+    assert signed_in(base, refused_role).get(page).status_code == 403
+
+
 def png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (400, 300), "red").save(buffer, "PNG")
@@ -78,20 +92,11 @@ def test_agent_routes_allow_exactly_agents_and_admins(server, method, path):
     conversation_id = queue_item(agent)["id"]
     url = path.format(id=conversation_id)
     body = {"json": {"text": "checking"}} if method == "POST" else {}
-    anonymous = httpx.request(method, base + url, **body)
-    assert anonymous.status_code == 401
-    for role in ROLES:
-        response = signed_in(base, role).request(method, url, **body)
-        assert (response.status_code == 200) == (role in ("agent", "admin")), (role, response.status_code)
-        if role == "operator":
-            assert response.status_code == 403
+    assert_admits_exactly(base, method, url, {"agent", "admin"}, **body)
 
 
 def test_agent_page_redirects_to_sign_in_and_refuses_operators(server):
-    base, _ = server
-    anonymous = httpx.get(f"{base}/agent", follow_redirects=False)
-    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/login?next=/agent"
-    assert signed_in(base, "operator").get("/agent").status_code == 403
+    assert_page_signs_in_and_refuses(server[0], "/agent", "operator")
 
 
 def test_changes_need_the_csrf_token(server):

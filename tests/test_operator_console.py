@@ -17,7 +17,8 @@ from engine.loading import LoadOptions
 from engine.stub import StubEngine
 from engine.transformers_engine import TransformersEngine
 from tests.live_server import live_server, wait_for
-from tests.test_agent_console import PASSWORD, ROLES, signed_in
+from tests.test_agent_console import (PASSWORD, ROLES, assert_admits_exactly, assert_page_signs_in_and_refuses,
+                                      signed_in)
 
 ENGINE = StubEngine(reply="Your membership renewed automatically for 88.", confidence=0.83)
 
@@ -46,17 +47,11 @@ OPERATOR_ROUTES = [
 def test_operator_routes_allow_exactly_operators_and_admins(server, method, path, body):
     base, _ = server
     kwargs = {"json": body} if body is not None else {}
-    assert httpx.request(method, base + path, **kwargs).status_code == 401
-    for role in ROLES:
-        response = signed_in(base, role).request(method, path, **kwargs)
-        assert (response.status_code == 200) == (role in ("operator", "admin")), (role, response.status_code)
+    assert_admits_exactly(base, method, path, {"operator", "admin"}, **kwargs)
 
 
 def test_operator_page_redirects_to_sign_in_and_refuses_agents(server):
-    base, _ = server
-    anonymous = httpx.get(f"{base}/operator", follow_redirects=False)
-    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/login?next=/operator"
-    assert signed_in(base, "agent").get("/operator").status_code == 403
+    assert_page_signs_in_and_refuses(server[0], "/operator", "agent")
 
 
 def test_template_list_shows_live_versions_and_channels(server):
