@@ -1,79 +1,40 @@
-"""Support prompt templates: the model, loading, validation and sandboxed rendering.
+"""Support prompt templates: the model, its validation, and the shipped set.
 
 A template is one YAML file under ``prompts/`` (or one version in the store): the system prompt in
 each language as Jinja text, the variables an operator can set (company, product, support hours...),
 decoding parameters, escalation settings and the hand-over message shown to the end user.
 
-Templates are data written by operators, so rendering is sandboxed:
-
-* one shared :class:`jinja2.sandbox.SandboxedEnvironment`, ``StrictUndefined`` (an unknown variable is an
-  error, never silently empty), autoescape off (a prompt is not HTML);
-* no globals (``range``, ``lipsum``, ``cycler``...), a short list of text filters, and no attribute
-  access, function calls, loops, macros, ``set`` or includes: a prompt needs variables, filters and
-  ``{% if %}``, nothing more. Every template is checked statically before it is compiled, so a problem
-  is reported with its line before anything runs; the sandbox itself stays as a second wall;
-* only plain data (text, numbers, true/false, lists of them) can become text, and what reading and
-  rendering may cost is bounded while the work is done (:mod:`bot.template_limits`): YAML and
-  Jinja nesting, source and output sizes, every value built with ``~``, ``+``, ``*`` or a filter,
-  and the time one render takes;
-* every failure becomes a :class:`TemplateError` with a message fit for an operator, never a traceback;
-  one caused by a limit is marked as such (``TemplateIssue.limit``), so a server can refuse it as
-  bad input rather than as an invalid draft.
-
-Compiled templates are cached by source text, so rendering on every chat turn is cheap.
+Templates are data written by operators: everything wrong with one is found at once and reported
+as a :class:`TemplateError` listing each problem with its field and line
+(:mod:`bot.template_issues`), never as a traceback. The YAML document is read within bounds and
+with its lines kept (:mod:`bot.template_yaml`); the Jinja texts are checked and rendered in a
+sandbox (:mod:`bot.template_sandbox`); what both may cost is bounded while the work is done
+(:mod:`bot.template_limits`).
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import json
 import keyword
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import jinja2
-import yaml
-from jinja2 import StrictUndefined, nodes
-from jinja2.compiler import CodeGenerator, Frame
-from jinja2.exceptions import SecurityError
-from jinja2.filters import FILTERS as _JINJA_FILTERS
-from jinja2.runtime import Undefined
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bot import template_yaml
 from bot.escalation import DEFAULT_SENSITIVE_TOPICS
 from bot.language import SUPPORTED, detect_language
-from bot.template_limits import (
-    MAX_EXAMPLES,
-    MAX_OUTPUT_CHARS,
-    MAX_REPEAT_CHARS,
-    MAX_SOURCE_CHARS,
-    MAX_VALUE_CHARS,
-    MAX_YAML_CHARS,
-    BoundedLoader,
-    LimitExceeded,
-    YamlTooBig,
-    check_value,
-    is_data,
-    token_problem,
-    not_plain,
-    start_clock,
-    stop_clock,
-    text_size,
-    tick,
-    tree_problem,
-)
+from bot.template_issues import TemplateError, TemplateIssue, did_you_mean
+from bot.template_limits import MAX_EXAMPLES
+from bot.template_sandbox import compile_source, render, source_problems
 
 __all__ = [
     "BUILTIN_VARIABLES",
     "DEFAULT_DIRECTORY",
-    "ENVIRONMENT",
     "REQUIRED_LANGUAGES",
     "EscalationSettings",
     "Example",
@@ -101,391 +62,6 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 _VARIABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-
-
-# --------------------------------------------------------------------------------------------
-# Problems
-
-
-@dataclass(frozen=True)
-class TemplateIssue:
-    """One problem in a template, for the operator.
-
-    ``field`` is a path such as ``system_prompt.en``, ``escalation.confidence_threshold`` or
-    ``examples[2].text``. ``line`` is 1-based: from :meth:`Template.validate` it counts within the
-    field's own text (a Jinja system prompt, say); from :meth:`Template.from_yaml` it counts within
-    the YAML document, so an editor can point at it. ``limit`` marks a problem of size or
-    complexity (nesting, length, time) rather than of content.
-    """
-
-    field: str
-    message: str
-    line: int | None = None
-    limit: bool = False
-
-    def __str__(self) -> str:
-        where = self.field
-        if self.line is not None:
-            where = f"{where}, line {self.line}" if where else f"line {self.line}"
-        return f"{where}: {self.message}" if where else self.message
-
-
-class TemplateError(Exception):
-    """A template that cannot be loaded or rendered; ``errors`` lists every problem found."""
-
-    def __init__(self, errors: list[TemplateIssue] | TemplateIssue | str, *, name: str | None = None):
-        if isinstance(errors, str):
-            errors = [TemplateIssue("", errors)]
-        elif isinstance(errors, TemplateIssue):
-            errors = [errors]
-        self.errors: list[TemplateIssue] = list(errors) or [TemplateIssue("", "invalid template")]
-        self.name = name
-        super().__init__(self._summary())
-
-    @property
-    def limits(self) -> list[TemplateIssue]:
-        """The problems that are limits hit (too big, too deep, too slow), not mistakes in content."""
-        return [issue for issue in self.errors if issue.limit]
-
-    def _summary(self) -> str:
-        subject = f"template '{self.name}'" if self.name else "the template"
-        if len(self.errors) == 1:
-            return str(self.errors[0])
-        lines = [f"{len(self.errors)} problems in {subject}:"]
-        lines += [f"- {issue}" for issue in self.errors]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self._summary()
-
-
-# --------------------------------------------------------------------------------------------
-# The sandbox
-
-
-class _BoundedCodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b ~ c`` to a call of :meth:`_PromptSandbox.bounded_join`, which measures before joining."""
-
-    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        self.write("environment.bounded_join((")
-        for arg in node.nodes:
-            self.visit(arg, frame)
-            self.write(", ")
-        self.write("))")
-
-
-class _PromptSandbox(SandboxedEnvironment):
-    """The sandbox, where a template handles plain data only and every value it builds is bounded.
-
-    The places where a value comes into a template or turns into text are all intercepted: item
-    and attribute lookups (the only way to reach a method), ``~``, ``+``, ``*``, ``**``, ``%``,
-    every filter (see :func:`_guard_filter`) and the output (``finalize``). Each checks the time
-    budget, refuses anything but plain data, and measures a result before it is made.
-    """
-
-    code_generator_class = _BoundedCodeGenerator
-    intercepted_binops = frozenset({"+", "*", "**", "%"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        tick()
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
-                    if max(times, 0) and text_size(seq, MAX_REPEAT_CHARS) * max(times, 0) > MAX_REPEAT_CHARS:
-                        raise LimitExceeded(f"repeating text beyond {MAX_REPEAT_CHARS} characters is not allowed")
-        elif operator == "+":
-            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
-                if text_size(left, MAX_VALUE_CHARS) + text_size(right, MAX_VALUE_CHARS) > MAX_VALUE_CHARS:
-                    raise LimitExceeded(f"joining text with + beyond {MAX_VALUE_CHARS} characters is not allowed")
-        elif operator == "**":
-            if isinstance(right, (int, float)) and isinstance(left, (int, float)):
-                if abs(right) > 64 or abs(left) > 2**64:
-                    raise LimitExceeded("powers above 64, or of numbers above 2**64, are not allowed")
-        elif operator == "%" and isinstance(left, str):
-            raise SecurityError("'%' text formatting is not allowed; join text with ~ instead")
-        return super().call_binop(context, operator, left, right)
-
-    def bounded_join(self, parts: tuple[Any, ...]) -> str:
-        """``a ~ b ~ ...``: every part measured (and refused unless plain) before anything is joined."""
-        tick()
-        total = 0
-        for part in parts:
-            total += text_size(part, MAX_VALUE_CHARS - total)
-            if total > MAX_VALUE_CHARS:
-                raise LimitExceeded(f"joining text with ~ beyond {MAX_VALUE_CHARS} characters is not allowed")
-        return "".join([str(part) for part in parts])
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        tick()
-        value = super().getitem(obj, argument)
-        if not is_data(value):  # `text['upper']` falls back to the attribute: a method
-            raise not_plain(value)
-        return value
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        tick()
-        value = super().getattr(obj, attribute)
-        if not is_data(value):
-            raise not_plain(value)
-        return value
-
-
-def _finalize(value: Any) -> Any:
-    """Every ``{{ ... }}`` passes here before it becomes text: plain data of bounded size only."""
-    tick()
-    return check_value(value, MAX_OUTPUT_CHARS, f"the rendered text is longer than {MAX_OUTPUT_CHARS} characters")
-
-
-def _guard_filter(name: str, function: Any) -> Any:
-    """`function` (a Jinja filter) taking and giving plain data of bounded size only.
-
-    A string argument is let through whatever its length (it exists already, and ``truncate``
-    exists to shorten it); anything else is measured first, because a filter may turn it into text.
-    """
-    skip = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0  # the environment or context
-
-    @functools.wraps(function)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        tick()
-        for arg in (*args[skip:], *kwargs.values()):
-            if not isinstance(arg, (str, Undefined)):
-                check_value(arg, MAX_VALUE_CHARS,
-                            f"the value given to the '{name}' filter is longer than {MAX_VALUE_CHARS} characters")
-        result = function(*args, **kwargs)
-        return check_value(result, MAX_VALUE_CHARS,
-                           f"the result of the '{name}' filter is longer than {MAX_VALUE_CHARS} characters")
-
-    return guarded
-
-
-#: Filters a template may use: text in, text (or a number) out, never much longer than the input.
-ALLOWED_FILTERS: tuple[str, ...] = (
-    "abs", "capitalize", "count", "d", "default", "first", "float", "int", "last", "length",
-    "lower", "round", "string", "striptags", "title", "trim", "truncate", "upper", "wordcount",
-)
-
-#: The one environment every template renders in.
-ENVIRONMENT = _PromptSandbox(
-    undefined=StrictUndefined,
-    autoescape=False,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=False,
-    auto_reload=False,
-    finalize=_finalize,
-)
-ENVIRONMENT.globals.clear()
-ENVIRONMENT.filters = {name: _guard_filter(name, _JINJA_FILTERS[name]) for name in ALLOWED_FILTERS}
-
-_STATEMENT_TAGS: dict[type[nodes.Node], str] = {
-    nodes.For: "for",
-    nodes.Macro: "macro",
-    nodes.CallBlock: "call",
-    nodes.Assign: "set",
-    nodes.AssignBlock: "set",
-    nodes.Include: "include",
-    nodes.Import: "import",
-    nodes.FromImport: "from ... import",
-    nodes.Extends: "extends",
-    nodes.Block: "block",
-    nodes.With: "with",
-    nodes.ExprStmt: "do",
-}
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    template: jinja2.Template | None
-    problems: tuple[tuple[str, int | None], ...]  # (message, line within the source)
-    limits: tuple[tuple[str, int | None], ...] = ()  # the same, for limits hit (too long, too deep)
-
-
-def _closest(name: str, known: tuple[str, ...]) -> str:
-    match = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def _expression_text(node: nodes.Node) -> str:
-    if isinstance(node, nodes.Name):
-        return node.name
-    if isinstance(node, nodes.Getattr):
-        return f"{_expression_text(node.node)}.{node.attr}"
-    return "..."
-
-
-def _check_tree(tree: nodes.Template) -> list[tuple[str, int | None]]:
-    """What a template may not do, found before it runs: (message, line) pairs."""
-    problems: list[tuple[str, int | None]] = []
-    names: list[tuple[str, int]] = []
-
-    def visit(node: nodes.Node) -> bool:
-        """Post-order; True when the subtree holds a forbidden attribute or call (report it once)."""
-        blocked = False
-        for child in node.iter_child_nodes():
-            blocked = visit(child) or blocked
-        line = getattr(node, "lineno", None)
-        tag = _STATEMENT_TAGS.get(type(node))
-        if tag is not None:
-            problems.append(
-                (f"'{{% {tag} %}}' is not supported in templates; use variables, filters and {{% if %}}", line)
-            )
-        elif isinstance(node, nodes.Getattr):
-            if not blocked:
-                if node.attr.startswith("_"):
-                    problems.append((f"access to attribute '{node.attr}' is not allowed", line))
-                else:
-                    problems.append(
-                        (f"attribute access ('{_expression_text(node)}') is not allowed; use a filter", line)
-                    )
-            blocked = True
-        elif isinstance(node, nodes.Getitem):
-            key = node.arg.value if isinstance(node.arg, nodes.Const) else None
-            if isinstance(key, str) and not blocked:
-                if key.startswith("_"):
-                    problems.append((f"access to attribute '{key}' is not allowed", line))
-                    blocked = True
-        elif isinstance(node, nodes.Call):
-            if not blocked:
-                problems.append((f"calling '{_expression_text(node.node)}()' is not allowed", line))
-            blocked = True
-        elif isinstance(node, nodes.Filter) and node.name not in ENVIRONMENT.filters:
-            problems.append(
-                (f"filter '{node.name}' is not available (available: {', '.join(ALLOWED_FILTERS)})", line)
-            )
-        elif isinstance(node, nodes.Name):
-            (names if node.ctx == "load" else stored).append((node.name, line))
-        return blocked
-
-    stored: list[tuple[str, int | None]] = []
-    visit(tree)
-    assigned = {name for name, _ in stored}  # loop and `set` targets: already reported as not supported
-    for name, line in names:
-        if name in assigned:
-            continue
-        problems.append((f"\0{name}", line))  # resolved against the template's variables later
-    return problems
-
-
-@functools.lru_cache(maxsize=512)
-def _compile(source: str) -> _Compiled:
-    """Parse, check and compile one source text; cached, since the same prompt renders every turn.
-
-    Size and nesting are checked before the parser (which recurses once per bracket) and before
-    the compiler (which recurses once per level of the tree) get to see the text.
-    """
-    if len(source) > MAX_SOURCE_CHARS:
-        return _Compiled(None, (), ((f"the text is longer than {MAX_SOURCE_CHARS} characters", None),))
-    too_deep = token_problem(ENVIRONMENT.lex(source))
-    if too_deep is not None:
-        return _Compiled(None, (), (too_deep,))
-    try:
-        tree = ENVIRONMENT.parse(source)
-    except jinja2.TemplateSyntaxError as exc:
-        return _Compiled(None, ((f"syntax error: {exc.message or 'invalid syntax'}", exc.lineno),))
-    except RecursionError:  # a wall behind the nesting check
-        return _Compiled(None, (), (("the text is nested too deeply to read", None),))
-    except ValueError as exc:  # a wall behind the length check of numbers
-        return _Compiled(None, ((f"syntax error: {exc}".split(";")[0], None),))
-    too_deep = tree_problem(tree)
-    if too_deep is not None:
-        return _Compiled(None, (), (too_deep,))
-    problems = _check_tree(tree)
-    if any(not message.startswith("\0") for message, _ in problems):
-        return _Compiled(None, tuple(problems))
-    try:
-        compiled = ENVIRONMENT.from_string(tree)
-    except jinja2.TemplateError as exc:  # an unknown test (`is foo`) and the like
-        message = (exc.message or "invalid template").rstrip(".")
-        return _Compiled(None, ((f"syntax error: {message}", getattr(exc, "lineno", None)),))
-    except RecursionError:
-        return _Compiled(None, (), (("the text is nested too deeply to compile", None),))
-    return _Compiled(compiled, tuple(problems))
-
-
-def _source_problems(source: str, known: tuple[str, ...], field: str) -> list[TemplateIssue]:
-    """Every static problem of `source`, unknown variables included, given the names it may use."""
-    compiled = _compile(source)
-    if compiled.limits:
-        return [TemplateIssue(field, message, line, limit=True) for message, line in compiled.limits]
-    found: list[tuple[str, int | None]] = []
-    seen: set[tuple[str, int | None]] = set()
-    for message, line in compiled.problems:
-        if message.startswith("\0"):
-            name = message[1:]
-            if name in known:
-                continue
-            message = f"unknown variable '{name}'{_closest(name, known)}; declare it under 'variables'"
-        if (message, line) not in seen:
-            seen.add((message, line))
-            found.append((message, line))
-    return [TemplateIssue(field, message, line) for message, line in found]
-
-
-_UNSAFE_RE = re.compile(r"access to attribute '([^']*)' of '[^']*' object is unsafe")
-_UNDEFINED_RE = re.compile(r"^'([^']*)' is undefined$")
-
-
-def _template_line(exc: BaseException) -> int | None:
-    tb = exc.__traceback__
-    line = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def _describe(exc: BaseException) -> str:
-    """An operator-facing sentence for a rendering failure: no traceback, no paths, no internals."""
-    text = str(getattr(exc, "message", None) or exc)
-    if isinstance(exc, SecurityError):
-        match = _UNSAFE_RE.search(text)
-        if match:
-            return f"access to attribute '{match.group(1)}' is not allowed"
-        return text.rstrip(".") or "this operation is not allowed"
-    if isinstance(exc, jinja2.UndefinedError):
-        match = _UNDEFINED_RE.match(text)
-        if match:
-            return f"unknown variable '{match.group(1)}'"
-        return text.replace("'str object'", "text").rstrip(".")
-    if isinstance(exc, jinja2.TemplateError):
-        return text or "the template could not be rendered"
-    if isinstance(exc, (RecursionError, MemoryError)):
-        return "the template is too complex to render"
-    if isinstance(exc, (TypeError, ValueError, ArithmeticError, LookupError)):
-        return f"the template could not be rendered: {text}" if text else "the template could not be rendered"
-    return f"the template could not be rendered ({type(exc).__name__})"
-
-
-class _TooLong(Exception):
-    pass
-
-
-def _run(compiled: _Compiled, context: dict[str, str], field: str) -> str:
-    """Render a checked template, bounded in length and time; every failure becomes a TemplateError."""
-    if compiled.template is None:  # callers check first; kept as a wall
-        issues = [TemplateIssue(field, message, line, limit=True) for message, line in compiled.limits]
-        issues += [TemplateIssue(field, message, line) for message, line in compiled.problems]
-        raise TemplateError(issues)
-    parts: list[str] = []
-    size = 0
-    start_clock()
-    try:
-        for chunk in compiled.template.generate(context):
-            size += len(chunk)
-            if size > MAX_OUTPUT_CHARS:
-                raise _TooLong
-            parts.append(chunk)
-    except _TooLong:
-        issue = TemplateIssue(field, f"the rendered text is longer than {MAX_OUTPUT_CHARS} characters", limit=True)
-        raise TemplateError(issue) from None
-    except (LimitExceeded, RecursionError, MemoryError) as exc:
-        raise TemplateError(TemplateIssue(field, _describe(exc), _template_line(exc), limit=True)) from None
-    except Exception as exc:  # noqa: BLE001 - every failure is the operator's to see, as a sentence
-        raise TemplateError(TemplateIssue(field, _describe(exc), _template_line(exc))) from None
-    finally:
-        stop_clock()
-    return "".join(parts).strip()
 
 
 def _clean_user_name(user_name: str) -> str:
@@ -599,32 +175,10 @@ class Template(_Model):
     @classmethod
     def from_yaml(cls, text: str, *, check: bool = True) -> "Template":
         """Parse a YAML document; raises :class:`TemplateError` listing every problem, with document lines."""
-        if not isinstance(text, str):
-            raise TemplateError(TemplateIssue("yaml", "a template must be YAML text"))
-        if len(text) > MAX_YAML_CHARS:
-            raise TemplateError(
-                TemplateIssue("yaml", f"the template is longer than {MAX_YAML_CHARS} characters", limit=True)
-            )
-        root, document_issues = _parse_yaml(text)
-        if root is None:
-            raise TemplateError(document_issues)
-        try:
-            data = root_data = _construct(root)
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or "a value could not be read"
-            mark = getattr(exc, "problem_mark", None)
-            raise TemplateError(TemplateIssue("yaml", problem, mark.line + 1 if mark else None)) from None
-        if data is None or data == "":
-            raise TemplateError(TemplateIssue("yaml", "the template is empty", 1))
-        if not isinstance(data, dict):
-            raise TemplateError(
-                TemplateIssue("yaml", "a template is a mapping of keys (name:, title:, system_prompt: ...)", 1)
-            )
-        root_data = _variables_as_written(root, root_data)
-        template, structure_issues, content_issues = cls._collect(root_data, check)
-        issues = list(document_issues)
-        issues += [_locate(root, issue, relative=False) for issue in structure_issues]
-        issues += [_locate(root, issue, relative=True) for issue in content_issues]
+        root, data, issues = template_yaml.read(text)
+        template, structure_issues, content_issues = cls._collect(data, check)
+        issues += [template_yaml.locate(root, issue, relative=False) for issue in structure_issues]
+        issues += [template_yaml.locate(root, issue, relative=True) for issue in content_issues]
         issues.sort(key=lambda issue: issue.line or 0)  # in document order, for an editor
         if issues:
             name = data.get("name") if isinstance(data.get("name"), str) else None
@@ -684,9 +238,7 @@ class Template(_Model):
 
     def to_yaml(self) -> str:
         """YAML in the shipped files' layout (multi-line text as ``|`` blocks); :meth:`from_yaml` restores it."""
-        return yaml.dump(
-            self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False
-        )
+        return template_yaml.dump(self.to_dict())
 
     # ---- languages
 
@@ -708,33 +260,19 @@ class Template(_Model):
 
     # ---- rendering
 
-    def render_system_prompt(
-        self,
-        language: str,
-        *,
-        channel: str = "widget",
-        user_name: str = "",
-        now: datetime | date | None = None,
-        overrides: Mapping[str, Any] | None = None,
-    ) -> str:
-        """The system prompt for one turn. Raises :class:`TemplateError` (for the operator) on any problem."""
-        lang = self.resolve_language(language)
-        return self._render_field("system_prompt", self.system_prompt, lang, channel, user_name, now, overrides)
+    def render_system_prompt(self, language: str, **turn: Any) -> str:
+        """The system prompt for one turn; `turn` is what :meth:`context` takes besides the language.
 
-    def render_handover(
-        self,
-        language: str,
-        overrides: Mapping[str, Any] | None = None,
-        *,
-        channel: str = "widget",
-        user_name: str = "",
-        now: datetime | date | None = None,
-    ) -> str:
-        """The message the end user sees when the thread goes to a person."""
+        Raises :class:`TemplateError` (for the operator) on any problem.
+        """
+        return self._render_field("system_prompt", self.resolve_language(language), turn)
+
+    def render_handover(self, language: str, overrides: Mapping[str, Any] | None = None, **turn: Any) -> str:
+        """The message the end user sees when the thread goes to a person; `turn` as for the system prompt."""
         lang = self.resolve_language(language)
         if lang not in self.handover_messages:
             lang = next((code for code in (self.default_language, "en") if code in self.handover_messages), lang)
-        return self._render_field("handover_messages", self.handover_messages, lang, channel, user_name, now, overrides)
+        return self._render_field("handover_messages", lang, {**turn, "overrides": overrides})
 
     def context(
         self,
@@ -766,26 +304,17 @@ class Template(_Model):
         )
         return values
 
-    def _render_field(
-        self,
-        key: str,
-        texts: dict[str, str],
-        lang: str,
-        channel: str,
-        user_name: str,
-        now: datetime | date | None,
-        overrides: Mapping[str, Any] | None,
-    ) -> str:
+    def _render_field(self, key: str, lang: str, turn: Mapping[str, Any]) -> str:
         field = f"{key}.{lang}"
-        source = texts.get(lang)
+        source = getattr(self, key).get(lang)
         if source is None:
             raise TemplateError(TemplateIssue(field, "missing"), name=self.name)
-        problems = _source_problems(source, self._known_names(), field)
+        problems = source_problems(source, self._known_names(), field)
         if problems:
             raise TemplateError(problems, name=self.name)
-        context = self.context(lang, channel=channel, user_name=user_name, now=now, overrides=overrides)
+        context = self.context(lang, **turn)
         try:
-            return _run(_compile(source), context, field)
+            return render(compile_source(source), context, field)
         except TemplateError as exc:
             exc.name = self.name
             raise
@@ -868,12 +397,12 @@ class Template(_Model):
         for key, texts in (("system_prompt", self.system_prompt), ("handover_messages", self.handover_messages)):
             for code, source in texts.items():
                 field = f"{key}.{code}"
-                problems = _source_problems(source, known, field)
+                problems = source_problems(source, known, field)
                 issues += problems
                 if problems or not source.strip():
                     continue
                 try:  # a trial render with the defaults finds what only shows when it runs
-                    text = _run(_compile(source), self.context(code, now=date(2000, 1, 1)), field)
+                    text = render(compile_source(source), self.context(code, now=date(2000, 1, 1)), field)
                 except TemplateError as exc:
                     issues += exc.errors
                     continue
@@ -920,7 +449,7 @@ class Template(_Model):
                 issues.append(TemplateIssue(field, f"'{key}' is provided by Snapdesk and cannot be overridden"))
             elif key not in self.variables:
                 known = tuple(self.variables)
-                issues.append(TemplateIssue(field, f"this template has no variable '{key}'{_closest(key, known)}"))
+                issues.append(TemplateIssue(field, f"this template has no variable '{key}'{did_you_mean(key, known)}"))
             elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 issues.append(TemplateIssue(field, "an override must be text"))
         return issues
@@ -976,140 +505,6 @@ def _language_name(code: str) -> str:
     return {"en": "English", "zh": "Chinese"}.get(code, f"'{code}'")
 
 
-# --------------------------------------------------------------------------------------------
-# YAML: parsing with positions, and writing
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
-
-
-_Dumper.add_representer(str, _represent_str)
-
-
-class _AnchorRefused(yaml.MarkedYAMLError):
-    pass
-
-
-class _TemplateLoader(BoundedLoader):
-    """Reads a template in one pass: depth bounded, anchors and aliases (``&a``, ``*a``) refused."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            raise _AnchorRefused(None, None, "anchors and aliases (& and *) are not supported", event.start_mark)
-        return super().compose_node(parent, index)
-
-
-def _parse_yaml(text: str) -> tuple[yaml.Node | None, list[TemplateIssue]]:
-    """The node tree (for positions) and the document's own problems: syntax, aliases, duplicate keys.
-
-    Read with a :class:`BoundedLoader`, which stops at the first level of nesting too many.
-    """
-    try:
-        root = yaml.compose(text, Loader=_TemplateLoader)
-    except _AnchorRefused as exc:
-        return None, [TemplateIssue("yaml", str(exc.problem), exc.problem_mark.line + 1)]
-    except YamlTooBig as exc:
-        mark = exc.problem_mark
-        return None, [TemplateIssue("yaml", str(exc.problem), mark.line + 1 if mark else None,
-                                    limit=True)]
-    except RecursionError:  # a wall behind the depth limit
-        return None, [TemplateIssue("yaml", "the document is nested too deeply to read", None, limit=True)]
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        return None, [TemplateIssue("yaml", f"YAML syntax error: {problem}", mark.line + 1 if mark else None)]
-    except yaml.YAMLError as exc:
-        return None, [TemplateIssue("yaml", f"YAML syntax error: {exc}")]
-    if root is None:
-        return None, [TemplateIssue("yaml", "the template is empty", 1)]
-    issues: list[TemplateIssue] = []
-
-    def walk(node: yaml.Node, path: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[Any] = set()
-            for key_node, value_node in node.value:
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                child = f"{path}.{key}" if path else str(key)
-                if key in seen:
-                    issues.append(TemplateIssue(child, "this key appears twice; the second would silently win",
-                                                key_node.start_mark.line + 1))
-                seen.add(key)
-                walk(value_node, child)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                walk(item, f"{path}[{index}]")
-
-    walk(root, "")
-    return root, issues
-
-
-def _construct(root: yaml.Node) -> Any:
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_document(root)
-    finally:
-        loader.dispose()
-
-
-def _variables_as_written(root: yaml.Node, data: dict[str, Any]) -> dict[str, Any]:
-    """Variable values are text exactly as written: YAML would read `opens: 9:00` as 540, `v: 1.10` as 1.1."""
-    if not isinstance(root, yaml.MappingNode) or not isinstance(data.get("variables"), dict):
-        return data
-    for key_node, value_node in root.value:
-        if getattr(key_node, "value", None) == "variables" and isinstance(value_node, yaml.MappingNode):
-            variables = dict(data["variables"])
-            for name_node, item in value_node.value:
-                name = getattr(name_node, "value", None)
-                if (
-                    isinstance(item, yaml.ScalarNode)
-                    and item.style is None
-                    and name in variables
-                    and not isinstance(variables[name], str)
-                    and variables[name] is not None
-                ):
-                    variables[name] = item.value
-            return {**data, "variables": variables}
-    return data
-
-
-_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def _locate(root: yaml.Node, issue: TemplateIssue, *, relative: bool) -> TemplateIssue:
-    """The issue with its line counted in the YAML document: the deepest node of its path that exists."""
-    node: yaml.Node | None = root
-    line = 1
-    for match in _PATH_PART.finditer(issue.field):
-        key, index = match.group(1), match.group(2)
-        target = None
-        if key is not None and isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
-                    line = key_node.start_mark.line + 1
-                    target = value_node
-                    break
-        elif index is not None and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
-            target = node.value[int(index)]
-            line = target.start_mark.line + 1
-        if target is None:
-            return replace(issue, line=line)
-        node = target
-    if relative and issue.line is not None and isinstance(node, yaml.ScalarNode):
-        if node.style in ("|", ">"):
-            line = node.start_mark.line + 1 + issue.line  # content starts below the "|" line
-        else:
-            line = node.start_mark.line + issue.line
-    elif isinstance(node, yaml.ScalarNode):
-        line = node.start_mark.line + 1
-    return replace(issue, line=line)
-
-
 _STRUCTURE_MESSAGES = {
     "missing": "is required",
     "extra_forbidden": "unknown key (check the spelling)",
@@ -1123,6 +518,7 @@ _STRUCTURE_MESSAGES = {
 
 
 def _structure_issue(error: Mapping[str, Any]) -> TemplateIssue:
+    """One error of the schema in the operator's words: the field as a path, and what it must be."""
     loc = [part for part in error.get("loc", ()) if part not in ("[key]",)]
     parts: list[str] = []
     for part in loc:

@@ -13,7 +13,7 @@ import yaml
 from jinja2.exceptions import SecurityError
 
 from bot import template_limits as templates_limits
-from bot import templates
+from bot import template_sandbox as sandbox
 from bot.templates import (
     BUILTIN_VARIABLES,
     Template,
@@ -177,10 +177,10 @@ def test_overrides_are_text_for_declared_variables_only(billing):
 
 def test_compiled_templates_are_cached(billing):
     billing.render_system_prompt("en")
-    before = templates._compile.cache_info()
+    before = sandbox.compile_source.cache_info()
     for _ in range(20):
         billing.render_system_prompt("en", user_name="Ann")
-    after = templates._compile.cache_info()
+    after = sandbox.compile_source.cache_info()
     assert after.misses == before.misses and after.hits > before.hits
 
 
@@ -235,11 +235,11 @@ def test_resource_tricks_fail_too(billing, source, problem):
 def test_the_sandbox_itself_refuses_private_attributes():
     # the second wall, below the static checks: the environment, and how its refusals read
     with pytest.raises(SecurityError):
-        templates.ENVIRONMENT.from_string("{{ x.__class__ }}").render(x="")
-    assert templates.ENVIRONMENT.globals == {}
-    unchecked = templates._Compiled(templates.ENVIRONMENT.from_string("{{ x.__class__.__mro__ }}"), ())
+        sandbox.ENVIRONMENT.from_string("{{ x.__class__ }}").render(x="")
+    assert sandbox.ENVIRONMENT.globals == {}
+    unchecked = sandbox.Compiled(sandbox.ENVIRONMENT.from_string("{{ x.__class__.__mro__ }}"), ())
     with pytest.raises(TemplateError) as caught:
-        templates._run(unchecked, {"x": ""}, "system_prompt.en")
+        sandbox.render(unchecked, {"x": ""}, "system_prompt.en")
     assert str(caught.value) == "system_prompt.en, line 1: access to attribute '__class__' is not allowed"
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
@@ -289,9 +289,9 @@ def test_the_environment_refuses_objects_even_unchecked():
     # below the static checks: attribute lookups, output and filters each refuse anything but plain data
     for source in ("{{ x.upper }}", "{{ x['upper']|string }}", "{{ y }}", "{{ y|string }}", "{{ [y]|string }}",
                    "{{ y ~ '' }}"):
-        unchecked = templates._Compiled(templates.ENVIRONMENT.from_string(source), ())
+        unchecked = sandbox.Compiled(sandbox.ENVIRONMENT.from_string(source), ())
         with pytest.raises(TemplateError) as caught:
-            templates._run(unchecked, {"x": "text", "y": object()}, "system_prompt.en")
+            sandbox.render(unchecked, {"x": "text", "y": object()}, "system_prompt.en")
         assert "0x" not in str(caught.value) and "object at" not in str(caught.value), source
 
 
@@ -302,7 +302,7 @@ def test_plain_data_still_renders(billing):
     assert template.render_system_prompt("en") == (
         "['a', 1, 2.5, None, True] {'k': 'Acme'} Acm ACME ACME CLOUD 8 --- 1024"
     )
-    assert templates.ENVIRONMENT.from_string("{{ x ~ '!' }} {{ x }}").render(x="hi") == "hi! hi"
+    assert sandbox.ENVIRONMENT.from_string("{{ x ~ '!' }} {{ x }}").render(x="hi") == "hi! hi"
 
 
 # ---------------------------------------------------------------------------------------------
