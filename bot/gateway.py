@@ -50,32 +50,32 @@ class Gateway:
 
     async def restart(self, channel: str, conversation_key: str) -> bool:
         """The user starts over: the next message opens a fresh bot episode."""
-        return await self._manager.restart(channel, conversation_key)
+        return await self._manager.agents.restart(channel, conversation_key)
 
     async def conversation_language(self, channel: str, conversation_key: str) -> str | None:
         """The language of the conversation under this key ("" unknown); None when there is none."""
-        return await self._manager.conversation_language(channel, conversation_key)
+        return await self._manager.intake.conversation_language(channel, conversation_key)
 
     async def knows_message(self, channel: str, platform_message_id: str) -> bool:
         """A platform message already stored (one message can come as two events)."""
-        return await self._manager.knows_message(channel, platform_message_id)
+        return await self._manager.intake.knows_message(channel, platform_message_id)
 
     async def platform_message_id(self, message_id: int) -> str | None:
         """The platform's own id of a stored user message (to thread a reply under it)."""
-        return await self._manager.platform_message_id(message_id)
+        return await self._manager.intake.platform_message_id(message_id)
 
     # Raw platform events: stored before they are acknowledged --------------------------------
     async def record_event(self, channel: str, event_key: str, payload: dict) -> bool:
         """False for a retry of an event already stored."""
-        return await self._manager.record_event(channel, event_key, payload)
+        return await self._manager.intake.record_event(channel, event_key, payload)
 
     async def finish_event(self, channel: str, event_key: str) -> None:
-        await self._manager.finish_event(channel, event_key)
+        await self._manager.intake.finish_event(channel, event_key)
 
     async def pending_events(self, channel: str) -> list[dict]:
         """Events stored but not finished (a crash or failure after the acknowledgement)."""
-        return await self._manager.pending_events(channel)
+        return await self._manager.intake.pending_events(channel)
 
     def on_pending_events(self, channel: str, replay: Callable[[list[dict]], Awaitable[Any]]) -> None:
         """How the periodic round finishes this channel's events left pending."""
-        self._manager.on_pending_events(channel, replay)
+        self._manager.intake.on_pending_events(channel, replay)

@@ -362,11 +362,11 @@ def test_an_unwritable_data_directory_is_a_clear_error(tmp_path):
 async def test_a_transient_storage_failure_is_retried_not_lost(tmp_path, monkeypatch):
     import sqlite3
 
-    import bot.conversation as conversation_module
+    import bot.turn_retries as turn_retries
 
-    monkeypatch.setattr(conversation_module, "TURN_RETRY_PAUSES_S", (0.01, 0.01))
+    monkeypatch.setattr(turn_retries, "TURN_RETRY_PAUSES_S", (0.01, 0.01))
     manager, channel, _ = make(tmp_path)
-    real_store_turn = manager._store_turn
+    real_store_turn = manager.turns._store_turn
     failures = iter([sqlite3.OperationalError("database is locked")])
 
     def flaky(*args, **kwargs):
@@ -375,18 +375,18 @@ async def test_a_transient_storage_failure_is_retried_not_lost(tmp_path, monkeyp
             raise error
         return real_store_turn(*args, **kwargs)
 
-    manager._store_turn = flaky
+    manager.turns._store_turn = flaky
     outcome = await manager.handle(inbound("Why was I charged?"))
     assert outcome.kind == "answered"
     assert [kind for _, kind, _ in channel.sent] == ["answer"]
 
 
 async def test_a_turn_that_failed_every_retry_is_run_again_by_the_periodic_round(tmp_path, monkeypatch):
-    import bot.conversation as conversation_module
+    import bot.turn_retries as turn_retries
 
-    monkeypatch.setattr(conversation_module, "TURN_RETRY_PAUSES_S", (0.01,))
+    monkeypatch.setattr(turn_retries, "TURN_RETRY_PAUSES_S", (0.01,))
     manager, channel, _ = make(tmp_path)
-    store_turn = manager._store_turn
+    store_turn = manager.turns._store_turn
     disk = {"full": True}
 
     def flaky(*args, **kwargs):
@@ -394,7 +394,7 @@ async def test_a_turn_that_failed_every_retry_is_run_again_by_the_periodic_round
             raise OSError("disk full")
         return store_turn(*args, **kwargs)
 
-    manager._store_turn = flaky
+    manager.turns._store_turn = flaky
     accepted = await manager.accept(inbound("Why was I charged?"))
     with pytest.raises(OSError):
         await manager.process(accepted.message_id, accepted.conversation_id)
@@ -408,15 +408,15 @@ async def test_a_turn_that_failed_every_retry_is_run_again_by_the_periodic_round
 
 
 async def test_a_turn_that_keeps_failing_stays_pending_for_the_next_start(tmp_path, monkeypatch):
-    import bot.conversation as conversation_module
+    import bot.turn_retries as turn_retries
 
-    monkeypatch.setattr(conversation_module, "TURN_RETRY_PAUSES_S", (0.01,))
+    monkeypatch.setattr(turn_retries, "TURN_RETRY_PAUSES_S", (0.01,))
     manager, channel, _ = make(tmp_path)
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    manager._store_turn = broken
+    manager.turns._store_turn = broken
     accepted = await manager.accept(inbound("Why was I charged?"))
     with pytest.raises(OSError):
         await manager.process(accepted.message_id, accepted.conversation_id)
@@ -427,9 +427,9 @@ async def test_a_turn_that_keeps_failing_stays_pending_for_the_next_start(tmp_pa
 
 
 async def test_a_failure_after_the_answer_is_stored_never_answers_twice(tmp_path, monkeypatch):
-    import bot.conversation as conversation_module
+    import bot.turn_retries as turn_retries
 
-    monkeypatch.setattr(conversation_module, "TURN_RETRY_PAUSES_S", (0.01, 0.01))
+    monkeypatch.setattr(turn_retries, "TURN_RETRY_PAUSES_S", (0.01, 0.01))
     manager, channel, engine = make(tmp_path)
     real_mark = manager.store.mark_delivered
     failures = iter([OSError("I/O error")])
@@ -523,8 +523,8 @@ async def test_a_burst_waits_for_the_engine_in_arrival_order_and_the_late_ones_g
 
 async def test_screenshots_are_decoded_a_bounded_number_at_a_time(tmp_path):
     manager, channel, _ = make(tmp_path)
-    manager.image_decoding = asyncio.Semaphore(2)
-    prepare, active, peak = manager._prepare, [0], [0]
+    manager.intake.image_decoding = asyncio.Semaphore(2)
+    prepare, active, peak = manager.intake._prepare, [0], [0]
 
     def counting(data):
         active[0] += 1
@@ -537,7 +537,7 @@ async def test_screenshots_are_decoded_a_bounded_number_at_a_time(tmp_path):
         finally:
             active[0] -= 1
 
-    manager._prepare = counting
+    manager.intake._prepare = counting
     outcomes = await asyncio.gather(*(
         manager.handle(inbound("What does this say?", key=f"k{i}", images=(png(640, 480),))) for i in range(6)
     ))

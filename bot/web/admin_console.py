@@ -57,7 +57,7 @@ def _not_yourself(name: str, session: Session, what: str) -> None:
 
 async def _announce(runtime: Runtime, released: list[int]) -> None:
     for conversation_id in released:
-        await runtime.manager.announce(conversation_id)
+        await runtime.manager.delivery.announce(conversation_id)
 
 
 @router.get("/admin/api/users", summary="Console accounts")
@@ -100,7 +100,7 @@ async def disable_user(name: Name, request: Request, runtime: RuntimeDep, sessio
     # The account's claims went back to the queue in the same transaction: tell the consoles and
     # the users' chats. release_claims also catches a claim taken between the two steps.
     await _announce(runtime, released)
-    await runtime.manager.release_claims(name)
+    await runtime.manager.agents.release_claims(name)
     return {"ok": True, "released": released}
 
 

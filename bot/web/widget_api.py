@@ -177,14 +177,14 @@ async def conversation(reads: Reads, visitor: Visitor,
 async def handover(runtime: RuntimeDep, reads: Reads, visitor: Visitor) -> dict:
     if await reads.conversation(visitor) is None:
         raise ApiError(409, "no_conversation", "Please write your question first, then ask for a person.")
-    if not await runtime.manager.ask_for_person(CHANNEL, visitor):
+    if not await runtime.manager.agents.ask_for_person(CHANNEL, visitor):
         raise ApiError(409, "already_with_person", "A person from our support team already has your conversation.")
     return {"ok": True}
 
 
 @router.post("/feedback", summary="Say whether a resolved conversation solved the problem")
 async def feedback(body: FeedbackIn, runtime: RuntimeDep, visitor: Visitor) -> dict:
-    if not await runtime.manager.record_feedback(CHANNEL, visitor, body.helpful, clean_user_text(body.comment).strip()):
+    if not await runtime.manager.agents.record_feedback(CHANNEL, visitor, body.helpful, clean_user_text(body.comment).strip()):
         raise ApiError(409, "nothing_to_rate", "There is no resolved conversation to rate, or you rated it already.")
     return {"ok": True}
 
