@@ -41,7 +41,9 @@ from engine.base import (
     SamplingParams,
 )
 from engine.loading import visual_tokens
-from engine.openai_engine import OpenAICompatibleEngine, iter_sse_data, normalize_base_url
+from engine.openai_endpoints import normalize_base_url
+from engine.openai_engine import OpenAICompatibleEngine
+from engine.openai_stream import iter_sse_data
 from tests.live_server import free_port
 
 MODEL = "Qwen/Qwen3-VL-8B-Instruct"
@@ -395,7 +397,7 @@ async def test_a_server_that_was_down_at_start_gets_its_own_field_names_once_bac
 async def test_a_server_that_refuses_fields_beyond_openais_gets_openais_only(servers, engines, caplog):
     server = servers(kind="strict")
     engine = await started(engines([server.url]))
-    with caplog.at_level("WARNING", logger="engine.openai_engine"):
+    with caplog.at_level("WARNING", logger="engine.openai_stream"):
         results = [await generate(engine) for _ in range(3)]
     assert all(r.text == "The renewal of 88" for r in results)
     refused, *accepted = (r["body"] for r in server.chat_requests)

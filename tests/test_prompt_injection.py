@@ -18,7 +18,7 @@ from bot.context import USER_TEMPLATE_VALUES, template_values
 from bot.templates import BUILTIN_VARIABLES, TemplateLibrary
 from engine.base import ChatMessage, GenerationRequest, ImagePart, TextPart
 from engine.control_tokens import GENERIC_PATTERN, WORD_JOINER, neutralize
-from engine.openai_engine import to_openai_messages
+from engine.openai_payload import to_openai_messages
 from engine.stub import StubEngine, last_user_text
 from tests.live_server import live_server, wait_for
 from tests.prompt_tokens import (
