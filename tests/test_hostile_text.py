@@ -68,7 +68,7 @@ def server(tmp_path_factory):
             telegram_token=TG_TOKEN, telegram_webhook_secret=TG_SECRET, telegram_api_url=telegram.base_url,
         ) as (base, app):
             runtime = app.state.runtime
-            tg = next(a for a in runtime.adapters if isinstance(a, TelegramAdapter))
+            tg = next(a for a in app.state.server.adapters if isinstance(a, TelegramAdapter))
             wait_for(tg.ready.is_set, what="Telegram getMe")
             yield SimpleNamespace(base=base, app=app, runtime=runtime, slack=slack, telegram=telegram,
                                   api_key=api_key)

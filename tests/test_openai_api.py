@@ -444,7 +444,7 @@ def test_503_while_the_model_loads_and_504_on_engine_timeout(stub):
 
 
 def test_api_requests_keep_to_their_share_of_the_queue_and_leave_it_when_done(stub):
-    share = lambda: stub.app.state.runtime.api_share.active  # noqa: E731
+    share = lambda: stub.app.state.server.api_share.active  # noqa: E731
     stub.engine.hold = threading.Event()
     stub.engine.cancelled = threading.Event()
     try:

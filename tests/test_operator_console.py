@@ -229,7 +229,7 @@ def test_running_many_examples_leaves_the_engine_queue_to_customers(tmp_path, ti
         assert run["response"].status_code == 200, run["response"].text
         results = run["response"].json()["results"]
         assert len(results) == 8 and all(r["reason"] != "busy" for r in results), [r["reason"] for r in results]
-        assert app.state.runtime.api_share.active == 0, "every place taken for an example was given back"
+        assert app.state.server.api_share.active == 0, "every place taken for an example was given back"
 
 
 def test_examples_get_a_clear_429_when_the_api_holds_every_place(server, monkeypatch):
@@ -237,7 +237,7 @@ def test_examples_get_a_clear_429_when_the_api_holds_every_place(server, monkeyp
     operator = signed_in(base, "operator")
     draft = billing_yaml(operator)
     operator.post("/operator/api/examples", json={"yaml": draft})  # the first run creates the shared budget
-    share = app.state.runtime.api_share
+    share = app.state.server.api_share
     monkeypatch.setattr("bot.web.operator_console.PLACE_WAIT_S", 0.2)
     asked = len(ENGINE.requests)
     taken = share.active

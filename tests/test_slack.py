@@ -146,7 +146,7 @@ def env(tmp_path_factory, fake):
         slack_api_url=fake.api_url, slack_agent_channel="CAGENTS", public_url="https://support.example.com/",
         image_max_bytes=2 * 1024 * 1024,
     ) as (base, app):
-        adapter = app.state.runtime.adapters[0]
+        adapter = app.state.server.adapters[0]
         adapter.api.backoff.backoff_factor = 0.01  # backoff stays real, just short
         yield Env(base, app, engine, adapter, fake)
 
@@ -290,7 +290,7 @@ def test_an_event_that_comes_while_slack_cannot_say_who_the_bot_is_is_refused_th
     fake.fail("auth.test", times=4, status=500)  # every attempt at start
     with live_server(tmp_path, engine=StubEngine(script=script), slack_bot_token=BOT_TOKEN,
                      slack_signing_secret=SECRET, slack_api_url=fake.api_url) as (base, app):
-        adapter = app.state.runtime.adapters[0]
+        adapter = app.state.server.adapters[0]
         adapter.api.backoff.backoff_factor = 0.01
         assert adapter.bot_user_id is None
         fake.fail("auth.test", times=4, status=503)  # still down when the event comes
@@ -482,7 +482,8 @@ def test_events_stored_but_never_processed_are_processed_at_start(tmp_path, fake
                                                  "Answer to: And where is the invoice?"]
         runtime = app.state.runtime
         wait_for(lambda: not runtime.tasks, what="recovery to finish")
-        pending = asyncio.run_coroutine_threadsafe(runtime.manager.pending_events("slack"), runtime.adapters[0].loop)
+        pending = asyncio.run_coroutine_threadsafe(runtime.manager.pending_events("slack"),
+                                                   app.state.server.adapters[0].loop)
         assert pending.result(5) == []
 
 
@@ -693,7 +694,7 @@ def test_socket_mode_stores_acknowledges_and_answers(tmp_path, fake):
     channel = "D0SOCKET"
     with live_server(tmp_path, engine=StubEngine(script=script), slack_bot_token=BOT_TOKEN, slack_app_token=APP_TOKEN,
                      slack_api_url=fake.api_url) as (base, app):
-        adapter = app.state.runtime.adapters[0]
+        adapter = app.state.server.adapters[0]
         assert adapter.router is None
         assert httpx.post(f"{base}/slack/events", content=b"{}").status_code == 404
         wait_for(lambda: fake.sockets, what="the Socket Mode connection")

@@ -54,7 +54,7 @@ def all_places_given_back(server):
 
 
 def open_streams(app) -> int:
-    return app.state.runtime.stream_caps.open
+    return app.state.server.stream_caps.open
 
 
 def visitor_token(base: str) -> str:
@@ -250,7 +250,7 @@ def test_end_sessions_closes_a_users_streams_at_once(server):
         watching = console_stream(bystander)
 
         async def end():
-            return app.state.runtime.console_hub.end_sessions(user_name="agent")
+            return app.state.server.console_hub.end_sessions(user_name="agent")
 
         assert asyncio.run_coroutine_threadsafe(end(), app.state.runtime.loop).result(5) == 2
         assert all(ends_within(s, 2.0) for s in streams)  # not at the next keep-alive, 15 s away

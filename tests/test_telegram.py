@@ -184,7 +184,7 @@ def tune(adapter: TelegramAdapter) -> None:
 
 
 def the_adapter(app) -> TelegramAdapter:
-    return next(a for a in app.state.runtime.adapters if isinstance(a, TelegramAdapter))
+    return next(a for a in app.state.server.adapters if isinstance(a, TelegramAdapter))
 
 
 # The webhook-mode server shared by most tests --------------------------------------------------

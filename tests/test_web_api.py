@@ -107,7 +107,7 @@ def test_bad_and_missing_tokens_are_refused(server):
         response = send(base, headers, "token-0001")
         assert response.status_code == 401 and response.json()["error"] == "bad_token"
     assert httpx.get(f"{base}/widget/api/events", params={"token": tampered}).status_code == 401
-    secret = app.state.runtime.secret_key
+    secret = app.state.server.secret_key
     assert verify_token(secret, issue_token(secret, "a" * 32, issued=0)) is None  # expired
 
 

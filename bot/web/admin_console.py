@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from ..accounts import MAX_PASSWORD_CHARS, AccountError, NoSuchUser, Session, User
-from .auth import end_streams, require
+from .auth import require
 from .params import Name
-from .runtime import Runtime, RuntimeDep
+from ..runtime import Runtime
+from .deps import RuntimeDep, ServerDep
 
 AdminSession = Annotated[Session, Depends(require("admin"))]
 router = APIRouter(tags=["admin"])
@@ -90,13 +91,13 @@ async def set_display_name(name: Name, body: DisplayNameIn, runtime: RuntimeDep,
 
 @router.post("/admin/api/users/{name}/disable",
              summary="Disable an account, end its sessions and put its conversations back in the queue")
-async def disable_user(name: Name, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
+async def disable_user(name: Name, runtime: RuntimeDep, server: ServerDep, session: AdminSession) -> dict:
     _not_yourself(name, session, "disable")
     try:
         released = await runtime.manager.db(runtime.accounts.disable_user, name, session.user.name)
     except AccountError as exc:
         raise _not_found(exc) from None
-    end_streams(request, user_name=name)
+    server.console_hub.end_sessions(user_name=name)
     # The account's claims went back to the queue in the same transaction: tell the consoles and
     # the users' chats. release_claims also catches a claim taken between the two steps.
     await _announce(runtime, released)
@@ -115,20 +116,20 @@ async def enable_user(name: Name, runtime: RuntimeDep, session: AdminSession) ->
 
 @router.post("/admin/api/users/{name}/role",
              summary="Change an account's role (an operator's claimed conversations go back to the queue)")
-async def set_role(name: Name, body: RoleIn, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
+async def set_role(name: Name, body: RoleIn, runtime: RuntimeDep, server: ServerDep, session: AdminSession) -> dict:
     _not_yourself(name, session, "change the role of")
     try:
         user, released = await runtime.manager.db(runtime.accounts.set_role, name, body.role, session.user.name)
     except NoSuchUser as exc:
         raise _not_found(exc) from None
-    end_streams(request, user_name=name)  # open pages reconnect under the new role, or are refused
+    server.console_hub.end_sessions(user_name=name)  # open pages reconnect under the new role, or are refused
     await _announce(runtime, released)
     return {**_user_out(user), "released": released}
 
 
 @router.post("/admin/api/users/{name}/reset-password",
              summary="Set a temporary password: the account is signed out and must choose its own at next sign-in")
-async def reset_password(name: Name, body: PasswordIn, request: Request, runtime: RuntimeDep,
+async def reset_password(name: Name, body: PasswordIn, runtime: RuntimeDep, server: ServerDep,
                          session: AdminSession) -> dict:
     _not_yourself(name, session, "reset the password of")  # your own: /account/password
     try:
@@ -137,16 +138,16 @@ async def reset_password(name: Name, body: PasswordIn, request: Request, runtime
         raise _not_found(exc) from None
     except AccountError as exc:
         raise HTTPException(422, detail={"error": "invalid_password", "message": str(exc)}) from None
-    end_streams(request, user_name=name)
+    server.console_hub.end_sessions(user_name=name)
     return {"ok": True, "sessions_ended": ended}
 
 
 @router.post("/admin/api/users/{name}/sign-out", summary="End every session of an account")
-async def sign_out_everywhere(name: Name, request: Request, runtime: RuntimeDep, session: AdminSession) -> dict:
+async def sign_out_everywhere(name: Name, runtime: RuntimeDep, server: ServerDep, session: AdminSession) -> dict:
     _not_yourself(name, session, "sign out from here")  # your own: Sign out, or change your password
     try:
         ended = await runtime.manager.db(runtime.accounts.end_sessions, name, session.user.name)
     except AccountError as exc:
         raise _not_found(exc) from None
-    end_streams(request, user_name=name)
+    server.console_hub.end_sessions(user_name=name)
     return {"ok": True, "sessions_ended": ended}

@@ -23,7 +23,7 @@ from ..text import clean_user_text
 from .auth import SESSION_COOKIE, console_page, current_session, require
 from .console_events import session_is_open
 from .params import FilterName, RowId
-from .runtime import RuntimeDep
+from .deps import RuntimeDep, ServerDep
 from .stream_caps import CappedStreamingResponse, check_caps
 
 AgentSession = Annotated[Session, Depends(require("agent"))]
@@ -234,16 +234,16 @@ async def search_route(runtime: RuntimeDep, session: AgentSession, q: str = "") 
 @router.get("/agent/api/events", summary="Live updates (server-sent events)", response_class=StreamingResponse,
             description="Open streams are capped per session and in total: beyond a cap the answer is 429 "
                         "`too_many_streams` with Retry-After. The stream ends when its session does.")
-async def events(request: Request, runtime: RuntimeDep, session: AgentSession) -> StreamingResponse:
-    hub = runtime.console_hub
+async def events(request: Request, runtime: RuntimeDep, server: ServerDep, session: AgentSession) -> StreamingResponse:
+    hub = server.console_hub
     token = request.cookies.get(SESSION_COOKIE, "")
     caps = {("session", hashlib.sha256(token.encode()).hexdigest()): runtime.settings.console_streams_per_session}
-    check_caps(request, caps)
+    check_caps(server.stream_caps, caps)
 
     async def still_valid() -> bool:
         return await runtime.manager.db(session_is_open, runtime.accounts, token, "agent")
 
-    return CappedStreamingResponse(request, caps, hub.stream(request, session.user.name, token, still_valid),
+    return CappedStreamingResponse(server.stream_caps, caps, hub.stream(request, session.user.name, token, still_valid),
                                    media_type="text/event-stream",
                                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

@@ -7,7 +7,6 @@ Messages that arrive while it loads are stored and answered as soon as it is rea
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import html
 import logging
@@ -22,29 +21,28 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from adapters.widget import WidgetChannel
-from engine.base import ChatMessage, Engine, GenerationRequest, ModelLoadError
+from engine.base import Engine
 from engine.stub import StubEngine
 from engine.tiny import is_tiny_checkpoint
 
-from ..accounts import Accounts, same_token
+from ..accounts import same_token
 from ..conversation import NoSuchConversation, NotHandedOver, NotOwner
-from ..engine_setup import make_engine, make_manager
-from ..messages import ChannelRegistry
+from ..gateway import Gateway
+from ..runtime import Runtime
 from ..settings import Settings
-from ..store import StoreBusy, StoreError, check_data_dir
+from ..store import StoreBusy, StoreError
 from .admin_console import router as admin_router
 from .agent_console import router as agent_router
 from .operator_console import router as operator_router
 from .auth import router as auth_router
 from .body_limits import BodyLimitMiddleware, BodyLimits
 from .console_events import ConsoleHub
-from .metrics import Metrics
-from .openai_api import ApiShare
+from .api_share import ApiShare
 from .openai_api import router as openai_router
 from .private_responses import NoStoreMiddleware
 from .ratelimit import RateLimiter, WidgetLimits
 from .stream_caps import StreamCaps
-from .runtime import Runtime
+from .server_state import Adapter, ServerState
 from .secret_key import load_secret_key
 from .static_files import router as static_router
 from .widget_api import api_error_response
@@ -57,7 +55,6 @@ PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-PURGE_EVERY_S = 24 * 3600
 # Retry-After for requests refused because another program held the database lock too long.
 STORE_BUSY_RETRY_AFTER_S = 5
 DEMO_BANNER = (
@@ -81,68 +78,16 @@ def demo_banner(settings: Settings, engine: Engine) -> str | None:
     return None
 
 
-async def _load_engine(runtime: Runtime) -> None:
-    """Load the model off the event loop, check it answers, then finish interrupted turns."""
-    try:
-        await asyncio.to_thread(runtime.engine.start)
-        await runtime.engine.generate(
-            GenerationRequest((ChatMessage.of("user", "ping"),), max_new_tokens=1), timeout=600
-        )
-        log.info("engine ready: %s", runtime.engine.model_name)
-    except ModelLoadError as exc:
-        runtime.load_error = str(exc)
-        log.error("the model could not be loaded: %s", exc)
-    except Exception as exc:  # the server keeps storing messages and hands them over
-        runtime.load_error = f"{type(exc).__name__}: the model failed its first answer"
-        log.exception("the model failed its first answer")
-    finally:
-        runtime.ready.set()
-    # The periodic round starts now, whatever recovery does (it may take long, or fail).
-    maintenance = asyncio.create_task(runtime.manager.maintain_forever(runtime.settings.retry_interval_s))
-    try:
-        report = await runtime.manager.recover()
-        if any(report.values()):
-            log.info("recovered after restart: %(reprocessed)d turns answered, %(failed)d still pending, "
-                     "%(redelivered)d replies re-sent", report)
-    except Exception as exc:  # the periodic round goes on and retries what is left
-        log.error("recovery after restart failed: %s", type(exc).__name__)
-    await maintenance  # cancelled with this task at shutdown
-
-
-async def _purge_daily(runtime: Runtime) -> None:
-    """With SNAPDESK_RETENTION_DAYS set, what is older goes: at start, then once a day."""
-    days = runtime.settings.retention_days
-    while days:
-        try:
-            removed = await runtime.manager.db(runtime.store.purge, days)
-            if any(removed.values()):
-                log.info("retention (%g days): removed %s", days, removed)
-        except Exception as exc:  # tomorrow's run tries again
-            log.warning("retention purge failed: %s", type(exc).__name__)
-        await asyncio.sleep(PURGE_EVERY_S)
-
-
-def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
-    """Everything the server holds; raises StoreError for an unusable data directory."""
-    check_data_dir(settings.data_dir)  # before anything else is built: one clear sentence, nothing half-started
-    engine = engine or make_engine(settings)
+def build_server(runtime: Runtime) -> ServerState:
+    """The web server's parts around the core: limits, live updates, the widget and the
+    platform channels whose settings are present."""
+    settings = runtime.settings
     widget = WidgetChannel()
-    channels = ChannelRegistry()
-    channels.register(widget)
-    manager = make_manager(settings, engine, channels)
-    metrics = Metrics()
-    metrics.watch_engine(engine)
-    manager.listeners.append(metrics.on_event)
-    runtime = Runtime(
-        settings=settings,
-        store=manager.store,
-        engine=engine,
-        manager=manager,
-        metrics=metrics,
+    runtime.channels.register(widget)
+    server = ServerState(
         secret_key=_secret_key(settings),
-        demo_banner=demo_banner(settings, engine),
+        demo_banner=demo_banner(settings, runtime.engine),
         widget_channel=widget,
-        accounts=Accounts.for_settings(manager.store, settings, db=manager.db),
         api_limiter=RateLimiter(settings.api_rate_per_key),
         api_share=ApiShare.from_settings(settings),
         login_limiter=RateLimiter(settings.login_rate_per_ip),
@@ -150,11 +95,11 @@ def build_runtime(settings: Settings, engine: Engine | None = None) -> Runtime:
         console_hub=ConsoleHub(),
         stream_caps=StreamCaps.from_settings(settings),
     )
-    manager.listeners.append(runtime.console_hub.on_event)
-    for adapter in platform_adapters(settings, runtime):
-        channels.register(adapter.channel)
-        runtime.adapters.append(adapter)
-    return runtime
+    runtime.manager.listeners.append(server.console_hub.on_event)
+    for adapter in platform_adapters(settings, runtime.gateway):
+        runtime.channels.register(adapter.channel)
+        server.adapters.append(adapter)
+    return server
 
 
 def _secret_key(settings: Settings) -> bytes:
@@ -191,48 +136,40 @@ def ownership_error_response(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "not_handed_over", "message": "The bot already has it."}, status_code=409)
 
 
-def platform_adapters(settings: Settings, runtime: Runtime) -> list:
+def platform_adapters(settings: Settings, gateway: Gateway) -> list[Adapter]:
     """The Slack and Telegram channels whose settings are present (imported only then)."""
     adapters = []
     if settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret:
         from adapters.slack import setup_slack
 
-        adapters.append(setup_slack(settings, runtime.gateway))
+        adapters.append(setup_slack(settings, gateway))
     if settings.telegram_token:
         from adapters.telegram import setup_telegram
 
-        adapters.append(setup_telegram(settings, runtime.gateway))
+        adapters.append(setup_telegram(settings, gateway))
     return [adapter for adapter in adapters if adapter is not None]
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    runtime = build_runtime(settings, engine)
+    runtime = Runtime.build(settings, engine)
+    server = build_server(runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if runtime.demo_banner:
-            log.warning("%s", runtime.demo_banner)
-        runtime.loop = asyncio.get_running_loop()
-        loader = asyncio.create_task(_load_engine(runtime))
-        retention = asyncio.create_task(_purge_daily(runtime))
-        for adapter in runtime.adapters:
+        if server.demo_banner:
+            log.warning("%s", server.demo_banner)
+        runtime.start()
+        for adapter in server.adapters:
             await adapter.start()
         try:
             yield
         finally:
-            for adapter in runtime.adapters:
+            for adapter in server.adapters:
                 try:
                     await adapter.stop()
                 except Exception as exc:
                     log.warning("stopping %s failed: %s", adapter.channel.name, type(exc).__name__)
-            loader.cancel()
-            retention.cancel()
-            for task in list(runtime.tasks):
-                task.cancel()
-            await asyncio.gather(loader, retention, *runtime.tasks, return_exceptions=True)
-            runtime.engine.close()
-            runtime.manager.close()
-            runtime.store.close()
+            await runtime.stop()
 
     docs = settings.api_docs  # SNAPDESK_API_DOCS=false: no /docs, /redoc or /openapi.json
     app = FastAPI(
@@ -245,6 +182,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.runtime = runtime
+    app.state.server = server
     # Inside CORS, so that a 413 still carries the headers a cross-origin widget needs to read it.
     app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(settings))
     app.add_middleware(NoStoreMiddleware)
@@ -269,24 +207,24 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(openai_router)
     app.include_router(static_router)
-    for adapter in runtime.adapters:
+    for adapter in server.adapters:
         if adapter.router is not None:
             app.include_router(adapter.router)
-    _add_pages(app, runtime)
+    _add_pages(app, runtime, server.demo_banner)
     return app
 
 
-def _add_pages(app: FastAPI, runtime: Runtime) -> None:
+def _add_pages(app: FastAPI, runtime: Runtime, banner: str | None) -> None:
     page_headers = {"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY",
                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def demo_page() -> HTMLResponse:
         page = static_text("demo.html")
-        if runtime.demo_banner:
+        if banner:
             page = page.replace(
                 '<div id="demo-banner" hidden></div>',
-                f'<div id="demo-banner" role="note">{html.escape(runtime.demo_banner)}</div>',
+                f'<div id="demo-banner" role="note">{html.escape(banner)}</div>',
             )
         return HTMLResponse(page, headers=page_headers)
 

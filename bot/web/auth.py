@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from ..accounts import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, AccountError, Role, Session, TooManyAttempts, same_token
 from .client_address import client_key
-from .runtime import RuntimeDep
+from .deps import RuntimeDep, ServerDep
 
 SESSION_COOKIE = "snapdesk_session"
 LOGIN_CSRF_COOKIE = "snapdesk_login_csrf"
@@ -75,11 +75,6 @@ def require(role: Role | None = None, password_change: bool = False) -> Callable
         return session
 
     return guard
-
-
-def end_streams(request: Request, user_name: str | None = None, session_token: str | None = None) -> None:
-    """Close the console event streams of a session or an account that just ended."""
-    request.app.state.runtime.console_hub.end_sessions(user_name=user_name, session_token=session_token)
 
 
 router = APIRouter(tags=["console"])
@@ -191,6 +186,7 @@ async def login_form(request: Request, next: str = "/") -> HTMLResponse:
 async def login(
     request: Request,
     runtime: RuntimeDep,
+    server: ServerDep,
     name: Annotated[str, Form(max_length=64)],
     password: Annotated[str, Form(max_length=MAX_PASSWORD_CHARS)],
     csrf_token: Annotated[str, Form(max_length=200)] = "",
@@ -199,7 +195,7 @@ async def login(
     fresh = secrets.token_urlsafe(24)
     if not same_token(request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf_token):
         return _page(_login_page("The sign-in form expired. Please try again.", next, fresh), request, 403, fresh)
-    limiter = runtime.login_limiter
+    limiter = server.login_limiter
     if limiter.check(client_key(request)) is not None:
         return _page(_login_page("Too many sign-in attempts. Please wait a minute.", next, fresh), request, 429, fresh)
     try:
@@ -220,12 +216,12 @@ async def login(
 
 
 @router.post("/logout", include_in_schema=False)
-async def logout(request: Request, runtime: RuntimeDep,
+async def logout(request: Request, runtime: RuntimeDep, server: ServerDep,
                  session: Annotated[Session, Depends(require(password_change=True))]) -> Response:
     token = request.cookies.get(SESSION_COOKIE, "")
     await runtime.manager.db(runtime.accounts.close_session, token)
     await runtime.manager.db(runtime.store.audit, session.user.name, "logout", f"user:{session.user.name}")
-    end_streams(request, session_token=token)
+    server.console_hub.end_sessions(session_token=token)  # the console pages of this session close
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -283,6 +279,7 @@ async def password_form(request: Request, session: Annotated[Session | None, Dep
 async def change_password(
     request: Request,
     runtime: RuntimeDep,
+    server: ServerDep,
     session: Annotated[Session, Depends(require(password_change=True))],
     current_password: Annotated[str, Form(max_length=MAX_PASSWORD_CHARS)],
     new_password: Annotated[str, Form(max_length=MAX_PASSWORD_CHARS)],
@@ -301,6 +298,6 @@ async def change_password(
                      headers={"Retry-After": str(exc.retry_after)})
     except AccountError as exc:
         return _page(_password_page(session, next_path, str(exc)), request, 400)
-    end_streams(request, user_name=session.user.name)  # this page's own streams reconnect
+    server.console_hub.end_sessions(user_name=session.user.name)  # this page's own streams reconnect
     target = next_path if next_path not in ("/", PASSWORD_PAGE) else session.user.home
     return RedirectResponse(target, status_code=303)

@@ -43,13 +43,15 @@ from engine.base import (
 from engine.images import ImageRejected, prepare_image
 
 from ..apikeys import ApiKey, ApiKeys
-from .openai_errors import ApiError, busy, engine_failure, invalid
+from .openai_errors import ApiError, engine_failure, invalid
 from .openai_responses import Completion, finish_reason_of, logprobs_content, sse
 from .openai_schema import ChatBody, chat_body, encoded_limit, openapi_schema, parse_request
-from .runtime import Runtime, RuntimeDep
+from ..runtime import Runtime
+from .api_share import Ticket
+from .deps import RuntimeDep, ServerDep
+from .ratelimit import RateLimiter
 
 MAX_JSON_DEPTH = 64  # a chat request needs 4 (body, messages, a message, its parts)
-API_QUEUE_SHARE = 0.5  # of the engine queue that API requests may hold at once
 RETRY_AFTER_LOADING_S = 10
 DISCONNECT_POLL_S = 0.5
 TEMPLATE_TOKENS_PER_MESSAGE = 6  # <|im_start|>role\n ... <|im_end|>\n
@@ -61,7 +63,8 @@ router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
 
 
 # Authentication ---------------------------------------------------------------------------
-async def authenticate(runtime: Runtime, credentials: HTTPAuthorizationCredentials | None) -> ApiKey:
+async def authenticate(runtime: Runtime, limiter: RateLimiter,
+                       credentials: HTTPAuthorizationCredentials | None) -> ApiKey:
     unauthorized = {"WWW-Authenticate": "Bearer"}
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "Missing API key: send it as `Authorization: Bearer sdk-...` "
@@ -71,7 +74,7 @@ async def authenticate(runtime: Runtime, credentials: HTTPAuthorizationCredentia
         raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key", headers=unauthorized)
     if not key.active:
         raise ApiError(401, "This API key has been revoked.", code="invalid_api_key", headers=unauthorized)
-    wait = runtime.api_limiter.check(str(key.id)) if runtime.api_limiter is not None else None
+    wait = limiter.check(str(key.id))
     if wait is not None:
         seconds = max(1, math.ceil(wait))
         raise ApiError(429, f"Too many requests with this API key (at most {runtime.settings.api_rate_per_key} a "
@@ -163,40 +166,6 @@ async def build_request(chat: ChatBody, runtime: Runtime) -> tuple[GenerationReq
     return request, prompt
 
 
-# Sharing the engine with the bot ----------------------------------------------------------
-class ApiShare:
-    """How many API requests are queued or generating; refuses beyond their share of the queue."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self.active = 0
-
-    @classmethod
-    def from_settings(cls, settings) -> "ApiShare":
-        return cls(int(settings.queue_size * API_QUEUE_SHARE))
-
-    def acquire(self) -> "Ticket":
-        if self.active >= self.limit:
-            raise busy(f"The model is busy: API requests may hold {self.limit} places in its queue and all are "
-                       "taken (the rest is kept for the support bot). Retry in a moment.")
-        self.active += 1
-        return Ticket(self)
-
-
-class Ticket:
-    def __init__(self, share: ApiShare) -> None:
-        self._share: ApiShare | None = share
-
-    def release(self) -> None:
-        if self._share is not None:
-            self._share.active -= 1
-            self._share = None
-
-
-def api_share(request: Request, runtime: Runtime) -> ApiShare:
-    return runtime.api_share
-
-
 class ClientGone(Exception):
     """The caller closed the connection before the answer was ready."""
 
@@ -223,20 +192,20 @@ def model_card(runtime: Runtime) -> dict:
 
 
 @router.get("/models", summary="The served model (OpenAI-compatible)")
-async def list_models(runtime: RuntimeDep,
+async def list_models(runtime: RuntimeDep, server: ServerDep,
                       credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Response:
     try:
-        await authenticate(runtime, credentials)
+        await authenticate(runtime, server.api_limiter, credentials)
     except ApiError as exc:
         return exc.response()
     return JSONResponse({"object": "list", "data": [model_card(runtime)]})
 
 
 @router.get("/models/{model:path}", summary="One served model (OpenAI-compatible)")
-async def retrieve_model(model: str, runtime: RuntimeDep,
+async def retrieve_model(model: str, runtime: RuntimeDep, server: ServerDep,
                          credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Response:
     try:
-        await authenticate(runtime, credentials)
+        await authenticate(runtime, server.api_limiter, credentials)
         if model != runtime.engine.model_name:
             raise not_found(model, runtime)
     except ApiError as exc:
@@ -263,12 +232,12 @@ def check_ready(runtime: Runtime) -> None:
     summary="Chat completion with the served model (OpenAI-compatible, streaming or not)",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": openapi_schema()}}}},
 )
-async def chat_completions(request: Request, runtime: RuntimeDep,
+async def chat_completions(request: Request, runtime: RuntimeDep, server: ServerDep,
                            credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Response:
     settings = runtime.settings
     ticket: Ticket | None = None
     try:
-        await authenticate(runtime, credentials)
+        await authenticate(runtime, server.api_limiter, credentials)
         body = await read_json(request, max(2 * encoded_limit(settings.image_max_bytes), 8 << 20) + (1 << 20))
         chat_request = parse_request(body)
         if chat_request.model != runtime.engine.model_name:
@@ -276,7 +245,7 @@ async def chat_completions(request: Request, runtime: RuntimeDep,
         chat = chat_body(chat_request, settings.max_new_tokens, settings.image_limits())
         check_ready(runtime)
         generation_request, _ = await build_request(chat, runtime)
-        ticket = api_share(request, runtime).acquire()
+        ticket = server.api_share.acquire()
         try:
             stream = runtime.engine.stream(generation_request, timeout=settings.request_timeout_s)
         except EngineError as exc:

@@ -6,7 +6,7 @@ sees what users would get before publishing. Every change is audited with its au
 
 A draft is read and rendered off the event loop with a time limit (bot.template_work), and a
 draft that passes a size or complexity limit is bad input: 400, naming the limit and where.
-The engine is shared with the bot under the budget of the /v1 API (openai_api.ApiShare): "try
+The engine is shared with the bot under the budget of the /v1 API (api_share.ApiShare): "try
 it" and the examples hold places in the engine's queue only from that share, the examples a
 few at a time, so an operator can never push customers into "busy" hand-overs.
 """
@@ -35,9 +35,11 @@ from ..store import Store, iso
 from ..template_work import off_loop
 from ..templates import Template, TemplateError
 from .auth import console_page, current_session, require
-from .openai_api import ApiError, Ticket, api_share
+from .api_share import ApiShare, Ticket
+from .openai_errors import ApiError
 from .params import Days, Name, RowIdField
-from .runtime import Runtime, RuntimeDep
+from ..runtime import Runtime
+from .deps import RuntimeDep, ServerDep
 
 OperatorSession = Annotated[Session, Depends(require("operator"))]
 router = APIRouter(tags=["operator console"])
@@ -93,9 +95,8 @@ async def _system_prompt(template: Template, language: str) -> str:
         raise _refusal(exc) from None
 
 
-async def engine_place(request: Request, runtime: Runtime) -> Ticket:
+async def engine_place(share: ApiShare) -> Ticket:
     """A place in the engine's queue out of the /v1 API's share, waiting a while for one to free."""
-    share = api_share(request, runtime)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PLACE_WAIT_S
     while True:
@@ -146,8 +147,8 @@ def _decide(runtime: Runtime, template: Template, text: str, generation, error) 
     )
 
 
-async def _run(runtime: Runtime, template: Template, text: str, language: str, images: list,
-               place: Request, system: str | None = None) -> dict:
+async def _run(runtime: Runtime, share: ApiShare, template: Template, text: str, language: str, images: list,
+               system: str | None = None) -> dict:
     """One turn against a draft template, through the real engine and escalation policy.
 
     The engine is used only with a place from the API's share (see `engine_place`); `system`
@@ -162,7 +163,7 @@ async def _run(runtime: Runtime, template: Template, text: str, language: str, i
         sampling=SamplingParams(temperature=template.generation.temperature, top_p=template.generation.top_p),
     )
     generation, error = None, None
-    ticket = await engine_place(place, runtime)
+    ticket = await engine_place(share)
     try:
         generation = await runtime.engine.generate(request, timeout=runtime.settings.request_timeout_s)
     except EngineError as exc:
@@ -277,7 +278,7 @@ async def validate(body: YamlIn, session: OperatorSession) -> dict:
 
 
 @router.post("/operator/api/try", summary="Run a question (and screenshots) against an unsaved draft")
-async def try_it(request: Request, runtime: RuntimeDep, session: OperatorSession) -> dict:
+async def try_it(request: Request, runtime: RuntimeDep, server: ServerDep, session: OperatorSession) -> dict:
     form = await request.form(max_files=MAX_TRY_IMAGES + 1, max_part_size=runtime.settings.image_max_bytes + 1)
     template = await _parse(str(form.get("yaml") or ""))
     text = str(form.get("text") or "")[: runtime.settings.widget_max_text_chars]
@@ -293,11 +294,11 @@ async def try_it(request: Request, runtime: RuntimeDep, session: OperatorSession
         images.append(prepared.image)
     if not text.strip() and not images:
         raise HTTPException(400, detail={"error": "empty", "message": "Type a question or add a screenshot."})
-    return await _run(runtime, template, text, str(form.get("language") or "auto"), images, request)
+    return await _run(runtime, server.api_share, template, text, str(form.get("language") or "auto"), images)
 
 
 @router.post("/operator/api/examples", summary="Run every example of a draft; pass/fail by expected hand-over")
-async def run_examples(request: Request, body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+async def run_examples(body: YamlIn, runtime: RuntimeDep, server: ServerDep, session: OperatorSession) -> dict:
     template = await _parse(body.yaml)
     turns = []
     for example in template.examples:
@@ -308,7 +309,7 @@ async def run_examples(request: Request, body: YamlIn, runtime: RuntimeDep, sess
 
     async def one(example, text: str, language: str) -> dict:
         async with at_once:
-            result = await _run(runtime, template, text, language, [], request, systems[language])
+            result = await _run(runtime, server.api_share, template, text, language, [], systems[language])
         outcome = "handover" if result["decision"]["handover"] else "answer"
         return {"text": example.text, "language": example.language, "screenshot": example.screenshot,
                 "expect": example.expect, "outcome": outcome, "reason": result["decision"]["reason"],

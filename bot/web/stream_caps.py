@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Mapping
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -81,11 +81,6 @@ class StreamCaps:
                 del self._open[key]
 
 
-def stream_caps(request: Request) -> StreamCaps:
-    """The server's one StreamCaps, made on first use from its settings."""
-    return request.app.state.runtime.stream_caps
-
-
 def refusal_body(kind: str, cap: int) -> dict:
     return {"error": "too_many_streams", "message": MESSAGES[kind].format(cap=cap), "retry_after": RETRY_AFTER_S}
 
@@ -94,9 +89,9 @@ def refusal_headers() -> dict[str, str]:
     return {"Retry-After": str(RETRY_AFTER_S), "Cache-Control": "no-store"}
 
 
-def check_caps(request: Request, caps: Caps) -> None:
+def check_caps(counts: StreamCaps, caps: Caps) -> None:
     """429 now, before any work, when a cap is already full."""
-    refused = stream_caps(request).full(caps)
+    refused = counts.full(caps)
     if refused is not None:
         raise HTTPException(429, detail=refusal_body(*refused), headers=refusal_headers())
 
@@ -104,9 +99,9 @@ def check_caps(request: Request, caps: Caps) -> None:
 class CappedStreamingResponse(StreamingResponse):
     """A StreamingResponse that holds its places under `caps` while (and only while) it runs."""
 
-    def __init__(self, request: Request, caps: Caps, content, **kwargs) -> None:
+    def __init__(self, counts: StreamCaps, caps: Caps, content, **kwargs) -> None:
         super().__init__(content, **kwargs)
-        self._counts = stream_caps(request)
+        self._counts = counts
         self._caps = dict(caps)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

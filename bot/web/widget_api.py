@@ -25,7 +25,8 @@ from bot.text import clean_user_text
 
 from .client_address import client_key
 from .event_stream import live_events, sse
-from .runtime import Runtime, RuntimeDep
+from ..runtime import Runtime
+from .deps import RuntimeDep, ServerDep
 from .stream_caps import CappedStreamingResponse, check_caps
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _too_many(retry_after: float) -> ApiError:
     )
 
 
-async def check_origin_and_rate(request: Request, runtime: RuntimeDep) -> None:
+async def check_origin_and_rate(request: Request, runtime: RuntimeDep, server: ServerDep) -> None:
     """Refuse pages on origins that may not embed the widget, and over-eager clients."""
     origin = request.headers.get("origin")
     if origin is not None:
@@ -104,17 +105,17 @@ async def check_origin_and_rate(request: Request, runtime: RuntimeDep) -> None:
         allowed = set(runtime.settings.allowed_origins) | {own}
         if origin.rstrip("/") not in allowed:
             raise ApiError(403, "origin_not_allowed", "This site may not use the support chat.")
-    retry = runtime.widget_limits.ip.check(client_key(request))
+    retry = server.widget_limits.ip.check(client_key(request))
     if retry is not None:
         raise _too_many(retry)
 
 
 async def visitor_id(
-    runtime: RuntimeDep,
+    server: ServerDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> str:
     token = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else ""
-    visitor = verify_token(runtime.secret_key, token.strip()) if token else None
+    visitor = verify_token(server.secret_key, token.strip()) if token else None
     if visitor is None:
         raise ApiError(401, "bad_token", "Your chat session has expired. Please reload the page.")
     return visitor
@@ -125,26 +126,26 @@ router = APIRouter(prefix="/widget/api", tags=["widget"], dependencies=[Depends(
 
 
 @router.get("/config", response_model=ConfigOut, summary="Limits and demo banner for the widget")
-async def config(runtime: RuntimeDep) -> ConfigOut:
+async def config(runtime: RuntimeDep, server: ServerDep) -> ConfigOut:
     settings = runtime.settings
     return ConfigOut(
         max_images=settings.widget_max_images,
         max_image_bytes=settings.image_max_bytes,
         max_text_chars=settings.widget_max_text_chars,
-        demo=runtime.demo_banner is not None,
-        banner=runtime.demo_banner,
+        demo=server.demo_banner is not None,
+        banner=server.demo_banner,
     )
 
 
 @router.post("/session", response_model=SessionOut, summary="Get (or keep) an anonymous visitor token")
-async def session(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> SessionOut:
+async def session(server: ServerDep, authorization: Annotated[str | None, Header()] = None) -> SessionOut:
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
-        existing = verify_token(runtime.secret_key, token)
+        existing = verify_token(server.secret_key, token)
         if existing is not None:
             return SessionOut(token=token, visitor_id=existing)
     new_id = secrets.token_hex(16)
-    return SessionOut(token=issue_token(runtime.secret_key, new_id), visitor_id=new_id)
+    return SessionOut(token=issue_token(server.secret_key, new_id), visitor_id=new_id)
 
 
 def _attachment_url(sha256: str, token: str) -> str:
@@ -220,9 +221,10 @@ async def _read_images(form: Any, runtime: Runtime) -> list[bytes]:
              description="Fields: `client_message_id` (8-100 characters of A-Z a-z 0-9 _ -, reused when retrying), "
                          "`text`, and one `images` file per screenshot. The message is stored before this answers; "
                          "the reply arrives on the event stream.")
-async def post_message(request: Request, runtime: RuntimeDep, reads: Reads, visitor: Visitor) -> AcceptedOut:
+async def post_message(request: Request, runtime: RuntimeDep, server: ServerDep, reads: Reads,
+                       visitor: Visitor) -> AcceptedOut:
     settings = runtime.settings  # the body's size is bounded while it streams (bot.web.body_limits)
-    retry = runtime.widget_limits.visitor.check(visitor)
+    retry = server.widget_limits.visitor.check(visitor)
     if retry is not None:
         raise _too_many(retry)
     try:
@@ -250,7 +252,7 @@ async def post_message(request: Request, runtime: RuntimeDep, reads: Reads, visi
         # The visitor's other open tabs show the message before its reply arrives.
         row, attachments = await reads.message(accepted.message_id)
         token = request.headers.get("authorization", "")[7:].strip()
-        runtime.widget_channel.publish(visitor, "message", _message_out(row, attachments, token).model_dump())
+        server.widget_channel.publish(visitor, "message", _message_out(row, attachments, token).model_dump())
         runtime.gateway.answer_later(accepted)
     return AcceptedOut(message_id=accepted.message_id, duplicate=accepted.duplicate, client_message_id=client_id)
 
@@ -259,16 +261,16 @@ async def post_message(request: Request, runtime: RuntimeDep, reads: Reads, visi
             response_class=StreamingResponse,
             description="Open streams are capped per visitor, per address and in total: beyond a cap the answer is "
                         "429 `too_many_streams` with Retry-After, before the stream starts.")
-async def events(request: Request, runtime: RuntimeDep, reads: Reads,
+async def events(request: Request, runtime: RuntimeDep, server: ServerDep, reads: Reads,
                  token: Annotated[str, Query(max_length=TOKEN_MAX_CHARS)]) -> StreamingResponse:
-    visitor = verify_token(runtime.secret_key, token)
+    visitor = verify_token(server.secret_key, token)
     if visitor is None:
         raise ApiError(401, "bad_token", "Your chat session has expired. Please reload the page.")
     settings = runtime.settings
     caps = {("visitor", visitor): settings.widget_streams_per_visitor,
             ("ip", client_key(request)): settings.widget_streams_per_ip}
-    check_caps(request, caps)
-    channel: WidgetChannel = runtime.widget_channel
+    check_caps(server.stream_caps, caps)
+    channel: WidgetChannel = server.widget_channel
     found = await reads.conversation(visitor)
 
     async def stream() -> AsyncIterator[str]:
@@ -280,14 +282,14 @@ async def events(request: Request, runtime: RuntimeDep, reads: Reads,
         finally:
             channel.unsubscribe(visitor, queue)
 
-    return CappedStreamingResponse(request, caps, stream(), media_type="text/event-stream",
+    return CappedStreamingResponse(server.stream_caps, caps, stream(), media_type="text/event-stream",
                                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 @router.get("/attachments/{sha256}", summary="A screenshot from the visitor's own conversation",
             response_class=FileResponse)
-async def attachment(runtime: RuntimeDep, reads: Reads, sha256: str, token: Annotated[str, Query()]):
-    visitor = verify_token(runtime.secret_key, token)
+async def attachment(server: ServerDep, reads: Reads, sha256: str, token: Annotated[str, Query()]):
+    visitor = verify_token(server.secret_key, token)
     if visitor is None:
         raise ApiError(401, "bad_token", "Your chat session has expired. Please reload the page.")
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):

@@ -1,0 +1,41 @@
+"""The engine's queue, shared between the support bot and the callers of /v1.
+
+Customers come first: API requests (and the operator console's "try it", which takes its
+places from the same share) may hold at most API_QUEUE_SHARE of the engine's queue, so a busy
+integration can never push a customer's turn out of the engine.
+"""
+
+from __future__ import annotations
+
+from .openai_errors import busy
+
+API_QUEUE_SHARE = 0.5  # of the engine queue that API requests may hold at once
+
+
+class ApiShare:
+    """How many API requests are queued or generating; refuses beyond their share of the queue."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.active = 0
+
+    @classmethod
+    def from_settings(cls, settings) -> "ApiShare":
+        return cls(int(settings.queue_size * API_QUEUE_SHARE))
+
+    def acquire(self) -> "Ticket":
+        if self.active >= self.limit:
+            raise busy(f"The model is busy: API requests may hold {self.limit} places in its queue and all are "
+                       "taken (the rest is kept for the support bot). Retry in a moment.")
+        self.active += 1
+        return Ticket(self)
+
+
+class Ticket:
+    def __init__(self, share: ApiShare) -> None:
+        self._share: ApiShare | None = share
+
+    def release(self) -> None:
+        if self._share is not None:
+            self._share.active -= 1
+            self._share = None
