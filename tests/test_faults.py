@@ -98,10 +98,8 @@ async def test_a_hung_model_hands_the_waiting_user_over_and_reports_the_stall(tm
     engine.request_timeout_s = 1.0  # what stall detection measures against
     manager, channel, _ = make(tmp_path, engine, max_new_tokens=8, request_timeout_s=1.0)
     try:
-        turn = asyncio.ensure_future(manager.handle(inbound(f"Where is my order? {POISON}", key="stuck")))
-        started = time.monotonic()
-        outcome = await turn
-        assert time.monotonic() - started < 2.5, "the user waited past the request timeout"
+        outcome = await manager.handle(inbound(f"Where is my order? {POISON}", key="stuck"))
+        assert engine.worker.busy_for_s, "the user was handed over only once the model came back"
         assert outcome.kind == "handed_over" and outcome.reason == "engine_error"
         assert "EngineTimeout" in outcome.detail
         while not engine.stalled and engine.worker.busy_for_s:
@@ -112,7 +110,11 @@ async def test_a_hung_model_hands_the_waiting_user_over_and_reports_the_stall(tm
         assert not engine.stalled
     finally:
         faults.mode, engine.request_timeout_s = None, 60.0
-    after = await manager.handle(inbound("Where is my order?", key="next"))
+    # The same model answers the next conversation (without the test's tight one-second limit,
+    # which a loaded machine could miss for a normal answer).
+    relaxed, _, _ = make(tmp_path / "after", engine, max_new_tokens=8)
+    after = await relaxed.handle(inbound("Where is my order?", key="next"))
+    relaxed.close()
     assert after.confidence is not None, "the next conversation is generated normally"
     assert [kind for key, kind, _ in channel.sent if key == "stuck"] == ["handover"]
 
