@@ -42,13 +42,15 @@ def png(width: int = 1920, height: int = 1080, colour: str = "white") -> bytes:
 
 
 def make(data_dir: Path, engine=None, *, request_timeout_s: float | None = None, engine_slots: int | None = None,
-         **context) -> tuple[ConversationManager, RecordingChannel, StubEngine]:
+         channel=None, **context) -> tuple[ConversationManager, RecordingChannel, StubEngine]:
+    """A manager over a fresh store in `data_dir`, answering through `engine` to `channel`
+    (a RecordingChannel named "widget" unless given)."""
     engine = engine or StubEngine(reply="You were charged 88 for the automatic renewal of your membership.")
     engine.start()
     store = Store(data_dir)
     templates = PublishedTemplates(store, TemplateLibrary())
     templates.seed()
-    channel = RecordingChannel()
+    channel = channel if channel is not None else RecordingChannel()
     channels = ChannelRegistry()
     channels.register(channel)
     options = ManagerOptions(context=ContextOptions(**context), busy_wait_s=BUSY_WAIT_S,

@@ -16,15 +16,13 @@ from PIL import Image
 
 from bot.accounts import Accounts
 from bot.conversation import ConversationManager
-from bot.escalation import EscalationPolicy
-from bot.messages import ChannelRegistry, Inbound, Outbound, utcnow
+from bot.messages import Inbound, Outbound, utcnow
 from bot.store import Store
-from bot.template_versions import PublishedTemplates
-from bot.templates import TemplateLibrary
 from engine.base import ImagePart
 from tests.held_engine import HeldEngine
 from tests.live_server import live_server, sse_events, wait_for
 from tests.test_agent_console import PASSWORD, signed_in
+from tests.test_conversation import make
 
 CARD = "4111 1111 1111 1111"
 
@@ -351,16 +349,10 @@ async def test_a_reply_being_sent_is_not_sent_again_by_redelivery_rounds(tmp_pat
             self.sent.append(outbound.message_id)
             await asyncio.sleep(0.2)  # a platform that takes its time
 
-    store = Store(tmp_path)
-    templates = PublishedTemplates(store, TemplateLibrary())
-    templates.seed()
-    channel = SlowChannel()
-    channels = ChannelRegistry()
-    channels.register(channel)
     engine = HeldEngine()
-    engine.start()
     engine.auto("Answer.", 0.95)
-    manager = ConversationManager(store, engine, templates, EscalationPolicy(), channels)
+    manager, channel, _ = make(tmp_path, engine, channel=SlowChannel())
+    store = manager.store
     try:
         accepted = await manager.accept(Inbound("widget", "v1", "m1", "v1", text="agent please"))
         await manager.process(accepted.message_id, accepted.conversation_id)
@@ -374,7 +366,7 @@ async def test_a_reply_being_sent_is_not_sent_again_by_redelivery_rounds(tmp_pat
         # A new manager (a restart) sends what the old one never finished, once.
         with store.transaction():
             store.db.execute("update messages set delivered = 0, delivering_by = 'gone' where kind = 'agent'")
-        second = ConversationManager(store, engine, templates, EscalationPolicy(), channels)
+        second = ConversationManager(store, engine, manager.templates, manager.policy, manager.channels)
         await asyncio.gather(second.recover(), second.redeliver(), second.redeliver())
         assert channel.sent.count(reply.result()) == 2  # the original send, and the one after the restart
         second.close()

@@ -99,24 +99,12 @@ def make_update(chat_id, *, text=None, caption=None, photo=None, document=None, 
         "chat": chat,
         "date": int(time.time()),
     }
-    if text is not None:
-        message["text"] = text
-        if text.startswith("/"):
-            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
-    if entities is not None:
-        message["entities"] = entities
-    if caption is not None:
-        message["caption"] = caption
-    if photo is not None:
-        message["photo"] = photo
-    if document is not None:
-        message["document"] = document
-    if media_group_id is not None:
-        message["media_group_id"] = media_group_id
-    if reply_to_message is not None:
-        message["reply_to_message"] = reply_to_message
-    if voice is not None:
-        message["voice"] = voice
+    if text is not None and text.startswith("/"):
+        entities = entities if entities is not None else [
+            {"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
+    optional = {"text": text, "entities": entities, "caption": caption, "photo": photo, "document": document,
+                "media_group_id": media_group_id, "reply_to_message": reply_to_message, "voice": voice}
+    message.update({field: value for field, value in optional.items() if value is not None})
     return {"update_id": update_id or next(_update_ids), "message": message}
 
 
