@@ -45,7 +45,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from telegram import BotCommand, Message, PhotoSize, Update
 from telegram.constants import ChatType, MessageEntityType
-from telegram.error import BadRequest, Conflict, InvalidToken, RetryAfter
+from telegram.error import BadRequest
 from telegram.ext import ExtBot
 from telegram.request import HTTPXRequest
 
@@ -58,6 +58,7 @@ from engine.images import sniff_format
 
 from .api_urls import api_url_problem
 from .telegram_channel import CHANNEL, TelegramChannel
+from .telegram_retries import UpdateNotStored, bring_up, long_polling
 from .telegram_support import (
     COMMANDS,
     DOWNLOAD_LIMIT,
@@ -66,7 +67,6 @@ from .telegram_support import (
     language_of,
     make_rate_limiter,
     megabytes,
-    retry_after_seconds,
     text,
 )
 
@@ -177,6 +177,7 @@ class TelegramAdapter:
         self.router = self._make_router() if self.mode == "webhook" else None
         self.album_window_s = 1.0  # an album is complete when no part came for this long
         self.poll_timeout_s = 30  # long-polling timeout of getUpdates
+        self._offset: int | None = None  # the first update getUpdates is still to confirm
         self.loop: asyncio.AbstractEventLoop | None = None
         self.username: str | None = None
         self.ready = asyncio.Event()  # getMe answered: the bot's identity is known
@@ -226,17 +227,9 @@ class TelegramAdapter:
 
     async def _bring_up(self) -> None:
         """getMe (retried until Telegram answers), then commands and webhook registration."""
-        delay = 1.0
-        while True:
-            try:
+        async for attempt in bring_up():
+            with attempt:
                 await self.bot.initialize()
-                break
-            except InvalidToken:
-                log.error("Telegram refused the bot token (SNAPDESK_TELEGRAM_TOKEN); trying again in %.0f s", delay)
-            except Exception as exc:
-                log.warning("Telegram is not reachable (%s); trying again in %.0f s", type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
         self.username = self.bot.username
         self.ready.set()
         log.info("telegram: connected as @%s (%s mode)", self.username, self.mode)
@@ -313,41 +306,25 @@ class TelegramAdapter:
         return True
 
     async def _poll(self) -> None:
-        offset: int | None = None
-        delay = 1.0
+        poll_round = long_polling(self._poll_round)
         while True:
+            await poll_round()
+
+    async def _poll_round(self) -> None:
+        """One getUpdates; the offset passes an update only once it is stored."""
+        updates = await self.bot.get_updates(
+            offset=self._offset, timeout=self.poll_timeout_s, allowed_updates=ALLOWED_UPDATES
+        )
+        for update in updates:
+            payload = update.to_dict()
+            key = f"{self.bot_id}:{update.update_id}"
             try:
-                updates = await self.bot.get_updates(
-                    offset=offset, timeout=self.poll_timeout_s, allowed_updates=ALLOWED_UPDATES
-                )
-            except RetryAfter as exc:
-                await asyncio.sleep(retry_after_seconds(exc))
-                continue
-            except Conflict:
-                log.warning("telegram getUpdates: another process polls this bot, or a webhook is set")
-            except InvalidToken:
-                log.error("telegram getUpdates: Telegram refused the bot token (SNAPDESK_TELEGRAM_TOKEN)")
-            except Exception as exc:
-                log.warning("telegram getUpdates failed (%s); trying again in %.0f s", type(exc).__name__, delay)
-            else:
-                stored_all = True
-                for update in updates:
-                    payload = update.to_dict()
-                    key = f"{self.bot_id}:{update.update_id}"
-                    try:
-                        new = await self.gateway.record_event(CHANNEL, key, payload)
-                    except Exception as exc:  # not stored: do not confirm it, fetch it again
-                        log.error("telegram: storing update %s failed (%s)", key, type(exc).__name__)
-                        stored_all = False
-                        break
-                    offset = update.update_id + 1
-                    if new:
-                        self.gateway.spawn(self._dispatch(key, payload))
-                if stored_all:
-                    delay = 1.0
-                    continue
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+                new = await self.gateway.record_event(CHANNEL, key, payload)
+            except Exception as exc:  # not stored: do not confirm it, fetch it again
+                raise UpdateNotStored(key) from exc
+            self._offset = update.update_id + 1
+            if new:
+                self.gateway.spawn(self._dispatch(key, payload))
 
     # Intake -----------------------------------------------------------------------------------
     async def _dispatch(self, key: str, payload: dict) -> None:

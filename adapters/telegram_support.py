@@ -312,6 +312,7 @@ class RedactSecrets(logging.Filter):
         "telegram.request.HTTPXRequest",
         "adapters.telegram",
         "adapters.telegram_channel",
+        "adapters.telegram_retries",
         "adapters.telegram_support",
     )
 
