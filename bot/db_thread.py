@@ -25,6 +25,8 @@ import time
 from functools import partial
 from typing import Any, Callable
 
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
+
 from .store import Store, StoreBusy, is_busy
 
 log = logging.getLogger(__name__)
@@ -86,44 +88,30 @@ class DatabaseThread:
 
     def _run_batch(self, batch: list) -> None:
         deadline = min(enqueued for *_, enqueued in batch) + self.store.lock_wait_s
-        pause = LOCK_RETRY_FIRST_PAUSE_S
-        waited = False
-        while True:
-            # SQLite waits for the lock itself, for what is left of the bound (briefly at
-            # first, so that a long wait shows in the log); always one try, even with none left.
-            left = max(0.0, deadline - time.monotonic())
-            self.store.set_busy_timeout(left if waited else min(left, LOCK_NOTICE_AFTER_S))
-            try:
-                outcomes = self._attempt(batch)
-            except BaseException as exc:
-                busy = is_busy(exc) or isinstance(exc, _RetryBatch)
-                left = deadline - time.monotonic()
-                if busy and left > 0:
-                    waited = True
-                    if not self._locked_out:
-                        self._locked_out = True
-                        log.warning("the database is locked by another program; writes wait up to %g s",
-                                    self.store.lock_wait_s)
-                    time.sleep(min(pause, left))
-                    pause = min(pause * 2, LOCK_RETRY_MAX_PAUSE_S)
-                    continue
-                if busy:
-                    log.error("the database stayed locked by another program for %g s; %d requests refused",
-                              self.store.lock_wait_s, len(batch))
-                    outcomes = [(False, StoreBusy(self.store.path, self.store.lock_wait_s)) for _ in batch]
-                else:  # the commit itself failed (disk full, I/O error): nothing is stored
-                    log.error("database commit failed: %s", type(exc).__name__)
-                    outcomes = [(False, exc)] * len(batch)
-            else:
-                if self._locked_out:
-                    self._locked_out = False
-                    log.info("the database lock was released; the waiting work is stored")
-            break
+        try:
+            outcomes = waiting_out_a_lock(self.store, deadline, self._lock_met)(self._attempt, batch)
+        except BaseException as exc:
+            if _locked(exc):  # still locked when the bound ran out
+                log.error("the database stayed locked by another program for %g s; %d requests refused",
+                          self.store.lock_wait_s, len(batch))
+                outcomes = [(False, StoreBusy(self.store.path, self.store.lock_wait_s)) for _ in batch]
+            else:  # the commit itself failed (disk full, I/O error): nothing is stored
+                log.error("database commit failed: %s", type(exc).__name__)
+                outcomes = [(False, exc)] * len(batch)
+        else:
+            if self._locked_out:
+                self._locked_out = False
+                log.info("the database lock was released; the waiting work is stored")
         for (_, future, loop, _), (ok, value) in zip(batch, outcomes):
             try:
                 loop.call_soon_threadsafe(_settle, future, ok, value)
             except RuntimeError:  # the caller's loop is closed
                 pass
+
+    def _lock_met(self) -> None:
+        if not self._locked_out:
+            self._locked_out = True
+            log.warning("the database is locked by another program; writes wait up to %g s", self.store.lock_wait_s)
 
     def _attempt(self, batch: list) -> list[tuple[bool, Any]]:
         """Run the batch as one transaction, each piece in its own savepoint."""
@@ -144,6 +132,35 @@ class DatabaseThread:
                         raise _RetryBatch() from exc
                     outcomes.append((False, exc))
         return outcomes
+
+
+def waiting_out_a_lock(store: Store, deadline: float, on_wait: Callable[[], None]) -> Retrying:
+    """The policy for a batch that meets another program's write lock: tried again until
+    `deadline`, after a pause that doubles from LOCK_RETRY_FIRST_PAUSE_S up to
+    LOCK_RETRY_MAX_PAUSE_S (never past the deadline); `on_wait` is called before each pause.
+    Each try lets SQLite wait for the lock itself, for what is left of the bound (the first
+    try at most LOCK_NOTICE_AFTER_S, so that a long wait shows in the log), and the first try
+    is always made, even with no time left. The last failure is raised."""
+
+    def left() -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    def before_try(state: RetryCallState) -> None:
+        store.set_busy_timeout(left() if state.attempt_number > 1 else min(left(), LOCK_NOTICE_AFTER_S))
+
+    pause = wait_exponential(multiplier=LOCK_RETRY_FIRST_PAUSE_S, max=LOCK_RETRY_MAX_PAUSE_S)
+    return Retrying(
+        retry=retry_if_exception(_locked),
+        stop=lambda state: left() <= 0,
+        wait=lambda state: min(pause(state), left()),
+        before=before_try,
+        before_sleep=lambda state: on_wait(),
+        reraise=True,
+    )
+
+
+def _locked(exc: BaseException) -> bool:
+    return is_busy(exc) or isinstance(exc, _RetryBatch)
 
 
 def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
