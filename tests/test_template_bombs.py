@@ -101,16 +101,18 @@ def test_each_bomb_is_refused_with_a_400_naming_the_limit_on_every_route(server,
     before = len(operator.get("/operator/api/templates/billing/versions").json()["versions"])
     asked = len(ENGINE.requests)
     for route in ROUTES:
-        started = time.perf_counter()
+        # CPU seconds of this process (the server runs in it): what the bomb cost, whatever else
+        # the machine is doing; a bomb that was evaluated would cost far more.
+        started = time.process_time()
         response = send(operator, route, text)
-        elapsed = time.perf_counter() - started
+        elapsed = time.process_time() - started
         assert response.status_code == 400, (route, response.status_code, response.text[:300])
         body = response.json()
         assert body["error"] == "template_too_complex"
         assert says in body["message"], (route, body["message"])
         assert body["message"].startswith("The template is too big or too complex: ")
         assert any(says in issue["message"] for issue in body["issues"])
-        assert elapsed < 1.0, f"{route}: {elapsed:.2f} s"
+        assert elapsed < 1.0, f"{route}: {elapsed:.2f} CPU s"
     assert len(operator.get("/operator/api/templates/billing/versions").json()["versions"]) == before
     assert len(ENGINE.requests) == asked, "a refused draft never reaches the engine"
 
@@ -125,9 +127,9 @@ def test_refusals_say_where(operator, billing):
 
 
 def test_range_and_calls_are_refused_as_content_not_run(operator, billing):
-    started = time.perf_counter()
+    started = time.process_time()  # CPU seconds of this process, which runs the server
     result = send(operator, "validate", draft(billing, "{{ range(1000000000)|length }}")).json()
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
     assert result["ok"] is False and any("calling 'range()' is not allowed" in i["message"] for i in result["issues"])
 
 
@@ -139,9 +141,9 @@ def test_a_draft_gets_its_answer_within_the_time_limit(operator, billing, monkey
     large = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)  # within every limit, but takes a while
     assert send(operator, "validate", large).json()["ok"]
     monkeypatch.setattr("bot.template_work.TIME_LIMIT_S", 0.01)
-    started = time.perf_counter()
+    started = time.process_time()  # the budget counts the render's CPU time, so does this check
     response = send(operator, "validate", large)
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
     assert response.status_code == 400 and "took longer than 0.01 s" in response.json()["message"]
 
 
