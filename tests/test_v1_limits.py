@@ -97,3 +97,17 @@ def test_a_chunked_body_past_the_limit_is_413_before_parsing_and_the_rest_is_not
         if answer:
             break
     assert answer.startswith(b"HTTP/1.1 413") and b"too large" in answer, answer[:300]
+
+
+@pytest.mark.parametrize("body, param", [
+    (b'{"model": "stub", "messages": [{"role": ["user"], "content": "Hi"}]}', "messages[0].role"),
+    (b'{"model": "stub", "messages": [{"role": {"a": 1}, "content": "Hi"}]}', "messages[0].role"),
+    (b'{"model": "stub", "temperature": 1' + b"0" * 400 + b', "messages": [{"role": "user", "content": "Hi"}]}',
+     "temperature"),
+], ids=["role-list", "role-object", "400-digit-temperature"])
+def test_a_role_of_the_wrong_type_or_a_number_beyond_a_float_is_a_400_naming_the_field(api, body, param):
+    _, _, client = api
+    response = post_raw(client, body)
+    assert response.status_code == 400, response.text[:300]
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
