@@ -20,6 +20,10 @@ from engine.base import ChatMessage, Engine, GenerationRequest, ImagePart, Part,
 from engine.control_tokens import neutralize
 
 MESSAGE_OVERHEAD_TOKENS = 8  # <|im_start|>role\n ... <|im_end|>\n
+# A text counted alone can take a token more inside the chat template, where its first and last
+# characters meet the template's own (whitespace at a message's edges does): one per text part
+# keeps the sum an upper bound, so a prompt never passes the budget.
+EDGE_TOKENS = 1
 
 
 @dataclass(frozen=True)
@@ -147,16 +151,16 @@ class ContextBuilder:
                         description = info.description if info is not None else None
                         text = stand_in(numbered[attachment_id], row["created_at"], description)
                         parts.append(TextPart(text + "\n"))
-                        tokens += self._text_tokens(text) + 1
+                        tokens += self._text_tokens(text) + 1 + EDGE_TOKENS
             text = row.get("text") or ""
             if row["role"] == "agent":
                 text = f"(support agent {row.get('author') or ''}) {text}".strip()
             if text:
                 parts.append(TextPart(text))
-                tokens += self._text_tokens(text)
+                tokens += self._text_tokens(text) + EDGE_TOKENS
             return parts, tokens
 
-        system_tokens = self._text_tokens(system_prompt) + MESSAGE_OVERHEAD_TOKENS
+        system_tokens = self._text_tokens(system_prompt) + EDGE_TOKENS + MESSAGE_OVERHEAD_TOKENS
         new_parts, new_tokens = parts_of(new_message)
         used = system_tokens + new_tokens + MESSAGE_OVERHEAD_TOKENS  # the answer's own opening counts too
         chosen: list[ChatMessage] = []
