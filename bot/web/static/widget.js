@@ -223,6 +223,7 @@
   const state = {
     open: false,
     status: "bot",
+    statusChanges: 0, // how often the header status changed: a stale snapshot must not undo a live change
     agent: null,
     token: readToken(),
     unread: 0,
@@ -998,6 +999,7 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
   // Status line
   // ---------------------------------------------------------------------------------------
   function setStatus(status, agent) {
+    state.statusChanges++;
     if (typeof status === "string" && ["bot", "waiting", "claimed", "resolved"].indexOf(status) !== -1) {
       state.status = status;
     }
@@ -1363,6 +1365,7 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
 
   async function loadConversation() {
     const asked = Date.now();
+    const changesBefore = state.statusChanges;
     const res = await api("GET", "/widget/api/conversation");
     if (!res.ok) return;
     const conv = await readJson(res);
@@ -1374,8 +1377,9 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     const live = state.historyLoaded;
     for (const m of msgs) addMessage(m, live, false);
     state.historyLoaded = true;
-    // The conversation's own status wins over what the replayed lines said.
-    setStatus(conv.status, conv.agent);
+    // The conversation's own status wins over what the replayed lines said, unless a live event
+    // changed it while this snapshot was on its way (the snapshot may predate a hand-over).
+    if (state.statusChanges === changesBefore) setStatus(conv.status, conv.agent);
     if (conv.working === true) {
       const mine = msgs.filter(function (m) { return m && m.role === "user"; });
       const last = mine.length ? mine[mine.length - 1].id : null;
