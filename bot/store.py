@@ -320,9 +320,26 @@ def _m9_password_change(db: sqlite_utils.Database) -> None:
     db["users"].add_column("must_change_password", int, not_null_default=0)
 
 
+def _m10_screenshot_reading(db: sqlite_utils.Database) -> None:
+    """What Snapdesk read in each screenshot (text with personal data masked, evidence, what was
+    painted over), searchable; and the private staging list of screenshots not yet redacted."""
+    db["attachments"].add_column("reading", str)  # JSON: lines, evidence, redactions, readability
+    db["attachments"].add_column("ocr_text", str)
+    db["attachments"].add_column("redactions", int, not_null_default=0)
+    db["attachments"].add_column("unreadable", int, not_null_default=0)
+    db["attachments"].enable_fts(["ocr_text"], create_triggers=True, tokenize="trigram")
+    db["staged_images"].create(
+        {"id": int, "message_id": int, "position": int, "file": str, "created_at": str},
+        pk="id",
+        not_null={"message_id", "position", "file"},
+        foreign_keys=[("message_id", "messages", "id")],
+    )
+    db["staged_images"].create_index(["message_id", "position"], unique=True)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
-    _m6_api_keys, _m7_undelivered_index, _m8_ownership, _m9_password_change,
+    _m6_api_keys, _m7_undelivered_index, _m8_ownership, _m9_password_change, _m10_screenshot_reading,
 ]
 
 
@@ -334,6 +351,7 @@ class StoredAttachment:
     width: int
     height: int
     description: str | None = None
+    reading: dict | None = None  # what the screenshot reading found (None: not read)
 
 
 class Store:
@@ -523,10 +541,42 @@ class Store:
         return {
             row["id"]: StoredAttachment(
                 row["id"], row["sha256"], self.attachments_dir / row["path"], row["width"], row["height"],
-                row["description"],
+                row["description"], json.loads(row["reading"]) if row.get("reading") else None,
             )
             for row in rows
         }
+
+    def record_reading(self, attachment_id: int, reading: dict, text: str, redactions: int, unreadable: bool) -> None:
+        """What was read in a screenshot; kept from the first reading (the same pixels read the same)."""
+        self.db.execute(
+            "update attachments set reading = ?, ocr_text = ?, redactions = ?, unreadable = ? "
+            "where id = ? and reading is null",
+            [json.dumps(reading, ensure_ascii=False), text, redactions, int(unreadable), attachment_id],
+        )
+
+    # Screenshots waiting for redaction (files in the private staging directory) ----------
+    def stage_images(self, message_id: int, files: list[str]) -> None:
+        for position, name in enumerate(files):
+            self._insert("staged_images", {"message_id": message_id, "position": position, "file": name,
+                                           "created_at": iso()})
+
+    def staged_images(self, message_id: int | None = None) -> list[dict]:
+        if message_id is None:
+            return self._all("select * from staged_images order by message_id, position")
+        return self._all("select * from staged_images where message_id = ? order by position", [message_id])
+
+    def finish_staged(self, message_id: int, attachment_ids: list[int], unreadable: int) -> bool:
+        """Swap a message's staged screenshots for their redacted attachments, once: False when
+        another worker already did (compare-and-set on the staging rows)."""
+        with self.transaction():
+            if not self.db.execute("delete from staged_images where message_id = ?", [message_id]).rowcount:
+                return False
+            row = self._one("select attachment_ids, refused_images from messages where id = ?", [message_id])
+            ids = json.loads(row["attachment_ids"] or "[]") + attachment_ids
+            refused = json.loads(row["refused_images"] or "[]") + ["unreadable"] * unreadable
+            self.db.execute("update messages set attachment_ids = ?, refused_images = ? where id = ?",
+                            [json.dumps(ids), json.dumps(refused), message_id])
+            return True
 
     def describe_attachments(self, attachment_ids: Iterable[int], description: str) -> None:
         """Record a one-line description once per screenshot (the first one wins)."""
@@ -817,6 +867,8 @@ class Store:
             self.db.execute("delete from sessions where expires_at < ?", [iso(now or utcnow())])
             ids = [row["id"] for row in self.db["conversations"].rows_where("last_message_at < ?", [cutoff], select="id")]
             for conversation_id in ids:
+                self.db.execute("delete from staged_images where message_id in "
+                                "(select id from messages where conversation_id = ?)", [conversation_id])
                 removed["messages"] += self.db.execute(
                     "delete from messages where conversation_id = ?", [conversation_id]
                 ).rowcount
