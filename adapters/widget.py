@@ -91,6 +91,9 @@ class WidgetChannel:
     async def send_typing(self, conversation: Conversation, reply_to: int | None) -> None:
         self.publish(conversation.conversation_key, "typing", {"reply_to": reply_to})
 
+    async def send_screenshots_ready(self, conversation: Conversation, message_id: int) -> None:
+        self.publish(conversation.conversation_key, "screenshots", {"message_id": message_id})
+
 
 def outbound_json(outbound: Outbound) -> dict:
     return {

@@ -14,6 +14,7 @@ from pathlib import Path
 from engine.base import ChatMessage, EngineError, GenerationRequest, ModelLoadError
 from engine.images import ImageRejected, prepare_image
 
+from . import inspect_cli
 from .engine_setup import make_engine
 from .settings import Settings, get_settings
 
@@ -287,6 +288,10 @@ def _data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    return inspect_cli.cmd_inspect(args, get_settings())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snapdesk", description="Self-hosted support bot that reads screenshots.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -303,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=None, help="longest answer in tokens")
     ask.add_argument("text", help="the question")
     ask.set_defaults(func=cmd_ask)
+
+    inspect_cli.add_parser(commands)
+    commands.choices["inspect"].set_defaults(func=cmd_inspect)
 
     serve = commands.add_parser("serve", help="run the server: widget, demo page, health and metrics")
     serve.add_argument("--model", help="hub id or local directory of a Qwen3-VL checkpoint (default: SNAPDESK_MODEL)")

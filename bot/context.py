@@ -18,6 +18,7 @@ from typing import Any, Mapping, Protocol
 
 from engine.base import ChatMessage, Engine, GenerationRequest, ImagePart, Part, SamplingParams, TextPart
 from engine.control_tokens import neutralize
+from engine.evidence import Evidence
 
 MESSAGE_OVERHEAD_TOKENS = 8  # <|im_start|>role\n ... <|im_end|>\n
 # A text counted alone can take a token more inside the chat template, where its first and last
@@ -56,6 +57,25 @@ def template_values(conversation: Mapping[str, Any]) -> dict[str, str]:
     this function (and USER_TEMPLATE_VALUES), or it does not reach the template at all.
     """
     return {name: neutralize(str(conversation.get(name) or "")) for name in USER_TEMPLATE_VALUES}
+
+
+def screenshot_values(readings: list[dict | None]) -> dict[str, str]:
+    """What the local reading found in the new message's screenshots, for a template's
+    `screenshot_text` and `screenshot_evidence` (personal data already masked; the text is the
+    user's content, neutralised like their messages)."""
+    texts, evidence = [], []
+    numbered = len(readings) > 1
+    for number, reading in enumerate(readings, start=1):
+        if not reading or not reading.get("ocr"):
+            continue
+        label = f"Screenshot {number}: " if numbered else ""
+        text = "\n".join(line["text"] for line in reading.get("lines", []))
+        if text:
+            texts.append(f"{label}\n{text}" if numbered else text)
+        summary = Evidence.from_dict(reading.get("evidence") or {}).summary()
+        if summary:
+            evidence.append(label + summary)
+    return {"screenshot_text": neutralize("\n\n".join(texts)), "screenshot_evidence": neutralize("\n".join(evidence))}
 
 
 def stand_in(number: int, sent_at: str, description: str | None) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from engine.base import Engine
+from engine.ocr import OcrReader
 
 from .agent_workflow import AgentWorkflow, NoSuchConversation, NotHandedOver, NotOwner
 from .delivery import Delivery
@@ -28,6 +29,7 @@ from .intake import Accepted, Intake
 from .maintenance import Maintenance
 from .manager_core import ManagerCore, ManagerOptions
 from .messages import ChannelRegistry, Inbound
+from .screenshots import ReadingOptions, Screenshots
 from .store import Store
 from .template_versions import PublishedTemplates
 from .turns import TurnOutcome, Turns
@@ -45,6 +47,8 @@ class ConversationManager:
         policy: EscalationPolicy,
         channels: ChannelRegistry,
         options: ManagerOptions = ManagerOptions(),
+        reader: OcrReader | None = None,
+        reading: ReadingOptions = ReadingOptions(),
     ) -> None:
         self.store = store
         self.engine = engine
@@ -54,10 +58,11 @@ class ConversationManager:
         self.options = options
         self.core = ManagerCore(store, templates, channels, options)
         self.delivery = Delivery(self.core)
-        self.intake = Intake(self.core, self.delivery)
-        self.turns = Turns(self.core, engine, policy, self.delivery)
+        self.screenshots = Screenshots(self.core, reader, reading)
+        self.intake = Intake(self.core, self.delivery, self.screenshots)
+        self.turns = Turns(self.core, engine, policy, self.delivery, self.screenshots)
         self.agents = AgentWorkflow(self.core, self.delivery, self.turns)
-        self.maintenance = Maintenance(self.core, self.intake, self.turns, self.delivery)
+        self.maintenance = Maintenance(self.core, self.intake, self.turns, self.delivery, self.screenshots)
 
     @property
     def listeners(self) -> list[Callable[[str, dict], None]]:
@@ -81,7 +86,7 @@ class ConversationManager:
         accepted = await self.intake.accept(inbound)
         if accepted.duplicate:
             return TurnOutcome("duplicate", accepted.message_id, accepted.conversation_id)
-        return await self.turns.process(accepted.message_id, accepted.conversation_id)
+        return await self.process(accepted.message_id, accepted.conversation_id)
 
     # A message's trip -----------------------------------------------------------------
     async def accept(self, inbound: Inbound) -> Accepted:
@@ -89,7 +94,9 @@ class ConversationManager:
         return await self.intake.accept(inbound)
 
     async def process(self, message_id: int, conversation_id: int | None = None) -> TurnOutcome:
-        """Answer or hand over one stored user message, after the earlier ones of its thread."""
+        """Answer or hand over one stored user message, after the earlier ones of its thread.
+        Its screenshots are read and redacted first, while earlier turns may still run."""
+        await self.screenshots.finish(message_id)
         return await self.turns.process(message_id, conversation_id)
 
     async def pending_events(self, channel: str) -> list[dict]:

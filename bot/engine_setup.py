@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine.base import Engine
+from engine.ocr import OcrReader
 from engine.stub import StubEngine
 from engine.transformers_engine import TransformersEngine
 
@@ -49,4 +50,7 @@ def make_manager(settings: Settings, engine: Engine, channels: ChannelRegistry) 
     store = settings.open_store()
     templates = PublishedTemplates(store, TemplateLibrary())
     templates.seed()
-    return ConversationManager(store, engine, templates, EscalationPolicy(), channels, settings.manager_options())
+    reading = settings.reading_options()
+    reader = OcrReader(settings.ocr_workers, settings.ocr_timeout_s) if reading.ocr else None
+    return ConversationManager(store, engine, templates, EscalationPolicy(), channels, settings.manager_options(),
+                               reader=reader, reading=reading)

@@ -14,11 +14,13 @@ from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
 from engine.images import ImageRejected, prepare_image
+from engine.screenshots import reading_limits
 
 from .delivery import Delivery
 from .language import detect_language
 from .manager_core import ManagerCore
 from .messages import Inbound, utcnow
+from .screenshots import Screenshots
 from .store import RESOLVED, iso
 from .text import clean_user_text
 
@@ -33,9 +35,10 @@ class Accepted:
 
 
 class Intake:
-    def __init__(self, core: ManagerCore, delivery: Delivery) -> None:
+    def __init__(self, core: ManagerCore, delivery: Delivery, screenshots: Screenshots) -> None:
         self.core = core
         self.delivery = delivery
+        self.screenshots = screenshots
         self.image_decoding = asyncio.Semaphore(max(1, core.options.image_decodes))
         self._event_replayers: dict[str, Callable[[list[dict]], Awaitable[Any]]] = {}
 
@@ -63,13 +66,29 @@ class Intake:
         return Accepted(row["id"], row["conversation_id"], duplicate=not created)
 
     def _prepare(self, data: bytes):
-        image = prepare_image(data, self.core.options.image_limits)
+        limits = self.core.options.image_limits
+        if self.screenshots.staged:  # read (at a size fit for small text) and redacted before it is stored
+            return self.screenshots.stage(prepare_image(data, reading_limits(limits)))
+        image = prepare_image(data, limits)
         image.encoded()  # encode here, off the database thread
         return image
 
     def _store_inbound(self, inbound: Inbound, prepared: list, refused: list[str], language: str):
         store = self.core.store
-        attachment_ids = [store.save_attachment(p.sha256, p.encoded(), p.mime, p.width, p.height) for p in prepared]
+        with store.transaction():  # the message and its staged screenshots, or neither
+            row, created, reopened = self._store_message(inbound, prepared, refused, language)
+            staged = [p for p in prepared if isinstance(p, str)]
+            if created and staged:
+                store.stage_images(row["id"], staged)
+        if not created:  # a redelivery that raced the first delivery: its staged files are not needed
+            for name in staged:
+                (self.screenshots.staging_dir / name).unlink(missing_ok=True)
+        return row, created, reopened
+
+    def _store_message(self, inbound: Inbound, prepared: list, refused: list[str], language: str):
+        store = self.core.store
+        attachment_ids = [store.save_attachment(p.sha256, p.encoded(), p.mime, p.width, p.height)
+                          for p in prepared if not isinstance(p, str)]
         conversation = store.conversation_by_key(inbound.channel, inbound.conversation_key)
         if conversation and not inbound.text.strip() and conversation.get("language"):
             language = conversation["language"]  # an image alone keeps the conversation's language

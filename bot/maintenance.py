@@ -16,14 +16,17 @@ from .delivery import Delivery
 from .intake import Intake
 from .manager_core import ManagerCore
 from .messages import utcnow
+from .screenshots import Screenshots
 from .turns import Turns
 
 log = logging.getLogger(__name__)
 
 
 class Maintenance:
-    def __init__(self, core: ManagerCore, intake: Intake, turns: Turns, delivery: Delivery) -> None:
+    def __init__(self, core: ManagerCore, intake: Intake, turns: Turns, delivery: Delivery,
+                 screenshots: Screenshots) -> None:
         self.core = core
+        self.screenshots = screenshots
         self.intake = intake
         self.turns = turns
         self.delivery = delivery
@@ -36,6 +39,10 @@ class Maintenance:
         """
         core = self.core
         await core.db(core.store.release_foreign_deliveries, core.sender)
+        try:  # screenshots a crash left waiting for redaction
+            await self.screenshots.finish_all()
+        except Exception as exc:
+            log.warning("staged screenshots not finished after restart: %s", type(exc).__name__)
         pending = await core.db(core.store.pending_inbound)
         reprocessed = failed = 0
         for row in pending:

@@ -60,7 +60,9 @@ class Channel(Protocol):
     - `async send_delta(conversation, reply_to, text)`: show an answer as it is generated;
     - `async send_status(conversation, status, agent)`: show who owns the conversation
       (`bot`, `waiting`, `claimed` by `agent`, `resolved`);
-    - `async send_typing(conversation, reply_to)`: show that an answer is being prepared.
+    - `async send_typing(conversation, reply_to)`: show that an answer is being prepared;
+    - `async send_screenshots_ready(conversation, message_id)`: the user's message now has its
+      redacted screenshots (a page that shows them can load them again).
 
     A status change reaches `send` as an `Outbound` of kind "status" with a ready line in
     the user's language; `send_status` only updates what shows the owner (a header).

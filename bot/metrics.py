@@ -34,6 +34,12 @@ class Metrics:
             "snapdesk_engine_busy_waits", "Times a turn found the engine queue full and waited", registry=r
         )
 
+        self.screenshots_read = Counter(
+            "snapdesk_screenshots_read", "Screenshots read locally, by outcome (read, timeout, failed, busy)",
+            ["outcome"], registry=r,
+        )
+        self.redactions = Counter("snapdesk_redactions", "Personal data painted out of screenshots", ["kind"], registry=r)
+
     def watch_engine(self, engine: Any) -> None:
         if hasattr(engine, "queue_depth"):
             self.queue_depth.set_function(lambda: engine.queue_depth)
@@ -48,6 +54,11 @@ class Metrics:
             return
         if event == "busy":
             self.busy_waits.inc()
+            return
+        if event == "screenshot_read":
+            self.screenshots_read.labels(data.get("outcome", "read")).inc()
+            for kind in data.get("redacted", ()):
+                self.redactions.labels(kind).inc()
             return
         if event not in ("answer", "handover"):
             return

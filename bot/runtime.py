@@ -77,6 +77,9 @@ class Runtime:
         """Begin loading the model (then recovery and maintenance) and the retention purge."""
         self.loop = asyncio.get_running_loop()
         self._background = [asyncio.create_task(self._load_engine()), asyncio.create_task(self._purge_daily())]
+        reader = self.manager.screenshots.reader
+        if reader is not None:  # warmed up beside the model: the first screenshot need not wait for it
+            self._background.append(asyncio.create_task(self._load_reader(reader)))
 
     async def stop(self) -> None:
         """Cancel the background work, then close the engine, the manager and the database."""
@@ -84,6 +87,8 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._background, *self.tasks, return_exceptions=True)
         self.engine.close()
+        if self.manager.screenshots.reader is not None:
+            self.manager.screenshots.reader.close()
         self.manager.close()
         self.store.close()
 
@@ -112,6 +117,14 @@ class Runtime:
         except Exception as exc:  # the periodic round goes on and retries what is left
             log.error("recovery after restart failed: %s", type(exc).__name__)
         await maintenance  # cancelled with this task at shutdown
+
+    @staticmethod
+    async def _load_reader(reader) -> None:
+        try:
+            await asyncio.to_thread(reader.load)
+            log.info("screenshot reader ready (%d worker%s)", reader.workers, "s" if reader.workers != 1 else "")
+        except Exception as exc:  # screenshots are then kept as sent, and each turn goes on without their text
+            log.error("the screenshot reader could not be loaded: %r", exc)
 
     async def _purge_daily(self) -> None:
         """With SNAPDESK_RETENTION_DAYS set, what is older goes: at start, then once a day."""

@@ -20,6 +20,7 @@ from engine.loading import DEFAULT_MODEL, LoadOptions
 
 if TYPE_CHECKING:
     from .conversation import ManagerOptions
+    from .screenshots import ReadingOptions
     from .store import Store
 
 
@@ -60,6 +61,15 @@ class Settings(BaseSettings):
     image_min_tokens: int = Field(256, ge=1)
     image_max_tokens: int = Field(1280, ge=1)
     image_decodes: int = Field(4, ge=1, description="screenshots decoded at the same time, bot and /v1 together")
+
+    # Reading screenshots locally (OCR), redaction inside them
+    ocr: bool = Field(True, description="read the text of every screenshot on this machine (on|off); "
+                      "redaction, screenshot evidence and unreadable detection need it")
+    ocr_workers: int = Field(1, ge=1, le=16, description="screenshots read at the same time")
+    ocr_timeout_s: float = Field(20.0, gt=0, description="the longest wait for one screenshot's reading")
+    redact: bool = Field(True, description="paint personal data out of screenshots before they are stored (on|off)")
+    redact_kinds: str = Field("card,iban,email,phone,code",
+                              description="comma-separated kinds of personal data to paint out")
 
     # Conversations
     context_tokens: int = Field(8192, ge=512, description="token budget of a prompt: system prompt + history + new message")
@@ -152,6 +162,17 @@ class Settings(BaseSettings):
             engine_slots=self.queue_size,
             unknown_confidence_hands_over=self.unknown_confidence_hands_over,
         )
+
+    def reading_options(self) -> "ReadingOptions":
+        from engine.sensitive import KINDS
+
+        from .screenshots import ReadingOptions
+
+        kinds = tuple(k.strip().lower() for k in self.redact_kinds.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:
+            raise ValueError(f"SNAPDESK_REDACT_KINDS: unknown kind {unknown[0]!r} (known: {', '.join(KINDS)})")
+        return ReadingOptions(ocr=self.ocr, redact=self.redact and bool(kinds), kinds=kinds)
 
     def open_store(self) -> "Store":
         from .store import Store

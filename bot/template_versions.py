@@ -71,19 +71,20 @@ class PublishedTemplates:
             found.append((self.library.get(name), 0))
         return found
 
-    def render_for(self, channel: str, language: str, user_name: str = "") -> RenderedPrompt:
+    def render_for(self, channel: str, language: str, user_name: str = "", **screenshots: str) -> RenderedPrompt:
+        """`screenshots`: screenshot_text and screenshot_evidence of the message being answered."""
         name = self.template_name_for(channel)
         try:
-            return self._render(name, channel, language, user_name)
+            return self._render(name, channel, language, user_name, screenshots)
         except TemplateError:
             if name == self.default:
                 raise
-            return self._render(self.default, channel, language, user_name)
+            return self._render(self.default, channel, language, user_name, screenshots)
 
-    def _render(self, name: str, channel: str, language: str, user_name: str) -> RenderedPrompt:
+    def _render(self, name: str, channel: str, language: str, user_name: str, screenshots: dict) -> RenderedPrompt:
         for template, version in self.candidates(name):
             try:
-                prompt = template.render_system_prompt(language, channel=channel, user_name=user_name)
+                prompt = template.render_system_prompt(language, channel=channel, user_name=user_name, **screenshots)
                 return RenderedPrompt(template, version, prompt)
             except TemplateError as exc:
                 log.error("template %s version %s failed to render, trying an older one: %s", name, version, exc)

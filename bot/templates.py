@@ -51,7 +51,10 @@ DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "prompts"
 REQUIRED_LANGUAGES: tuple[str, ...] = tuple(SUPPORTED)
 
 #: Names Snapdesk provides at render time; a template may use them without declaring them.
-BUILTIN_VARIABLES: tuple[str, ...] = ("language", "channel", "now", "user_name", "decline_marker")
+BUILTIN_VARIABLES: tuple[str, ...] = (
+    "language", "channel", "now", "user_name", "decline_marker", "screenshot_text", "screenshot_evidence",
+)
+MAX_SCREENSHOT_TEXT_CHARS = 2000  # what the local reading of a message's screenshots may add to a prompt
 
 MAX_USER_NAME_CHARS = 64
 MAX_NEW_TOKENS_LIMIT = 32_768
@@ -62,6 +65,13 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 _VARIABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def _clean_screenshot_text(text: str) -> str:
+    """What OCR read in the user's screenshot: their content, bounded, control characters out
+    (line breaks kept); control-token strings are neutralised by the caller, as for a user name."""
+    text = re.sub(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]+", " ", str(text or ""))
+    return text[:MAX_SCREENSHOT_TEXT_CHARS]
 
 
 def _clean_user_name(user_name: str) -> str:
@@ -282,6 +292,8 @@ class Template(_Model):
         user_name: str = "",
         now: datetime | date | None = None,
         overrides: Mapping[str, Any] | None = None,
+        screenshot_text: str = "",
+        screenshot_evidence: str = "",
     ) -> dict[str, str]:
         """The names a template sees: its variables (with overrides applied), then the built-ins.
 
@@ -301,6 +313,8 @@ class Template(_Model):
             now=_iso_date(now),
             user_name=_clean_user_name(user_name),
             decline_marker=self.escalation.decline_marker,
+            screenshot_text=_clean_screenshot_text(screenshot_text),
+            screenshot_evidence=_clean_screenshot_text(screenshot_evidence),
         )
         return values
 

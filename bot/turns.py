@@ -17,14 +17,16 @@ from typing import Any, Literal
 
 from engine.base import Engine, EngineError, Generation, SamplingParams
 from engine.images import ImageRejected
+from engine.readability import unreadable_message
 
-from .context import ContextBuilder, attachment_ids, describe_from_answer, template_values
+from .context import ContextBuilder, attachment_ids, describe_from_answer, screenshot_values, template_values
 from .delivery import Delivery
 from .escalation import Decision, EscalationPolicy, Reason
 from .generation import TurnGenerator
 from .manager_core import ManagerCore
 from .masking import mask_card_numbers
 from .messages import Outbound
+from .screenshots import Screenshots, hidden_notice
 from .store import ANSWERED, BOT, FOR_AGENT, HANDED_OVER, PENDING, WAITING
 from .templates import TemplateError
 from .turn_retries import retry_turn
@@ -47,8 +49,10 @@ class TurnOutcome:
 
 
 class Turns:
-    def __init__(self, core: ManagerCore, engine: Engine, policy: EscalationPolicy, delivery: Delivery) -> None:
+    def __init__(self, core: ManagerCore, engine: Engine, policy: EscalationPolicy, delivery: Delivery,
+                 screenshots: Screenshots) -> None:
         self.core = core
+        self.screenshots = screenshots
         self.policy = policy  # the deployment's, for a conversation without a usable template
         self.delivery = delivery
         self.context = ContextBuilder(engine, core.options.context)
@@ -91,15 +95,17 @@ class Turns:
         if conversation["status"] != BOT:
             store.set_message_status(message["id"], FOR_AGENT)
             return conversation, None, [], {}
+        history = store.history(conversation["id"], message["episode"], message["id"])
+        images = store.attachments({i for row in [*history, message] for i in attachment_ids(row)})
+        read = [images[i].reading for i in attachment_ids(message) if i in images]
         try:
             rendered: Any = self.core.templates.render_for(
-                conversation["channel"], conversation["language"] or "en", **template_values(conversation)
+                conversation["channel"], conversation["language"] or "en", **template_values(conversation),
+                **screenshot_values(read),
             )
         except TemplateError as exc:
             log.error("no usable template for channel %s", conversation["channel"])
             rendered = exc
-        history = store.history(conversation["id"], message["episode"], message["id"])
-        images = store.attachments({i for row in [*history, message] for i in attachment_ids(row)})
         return conversation, rendered, history, images
 
     def _policy_for(self, rendered) -> EscalationPolicy:
@@ -116,6 +122,9 @@ class Turns:
         message_id = message["id"]
         if message["status"] != PENDING:
             return TurnOutcome("already_done", message_id, message["conversation_id"])
+        if self.screenshots.staged:  # its screenshots are read and redacted before anything else
+            await self.screenshots.finish(message_id)
+            message = await self.core.db(self.core.store.message, message_id)
         conversation, rendered, history, stored_images = await self.core.db(self._turn_state, message)
         cid = conversation["id"]
         if conversation["status"] != BOT:
@@ -125,12 +134,15 @@ class Turns:
         language = conversation["language"] or "en"
         refused = json.loads(message.get("refused_images") or "[]")
         attachments = attachment_ids(message)
-        notices = [ImageRejected(reason, self.core.options.image_limits).message(language) for reason in refused]
+        notices = [_refusal(reason, language, self.core.options.image_limits) for reason in refused]
+        if any(_read_as(stored_images.get(i), "redactions") for i in attachments):
+            notices.append(hidden_notice(language))
         if notices:  # the user learns at once that a screenshot could not be read
             async with self.core.send_locks(cid):
                 stored = await self.core.db(self._store_notices, cid, message_id, notices)
                 await self.delivery.deliver_all(conversation, stored)
-        has_content = bool(message["text"].strip() or attachments)
+        readable = [i for i in attachments if not _read_as(stored_images.get(i), "unreadable")]
+        has_content = bool(message["text"].strip() or readable)
 
         generation: Generation | None = None
         error: BaseException | None = None
@@ -277,6 +289,18 @@ class Turns:
                     attachments, mask_card_numbers(describe_from_answer(decision.answer, message["text"]))
                 )
         return out, True
+
+
+def _read_as(attachment, key: str):
+    """One thing the screenshot reading found (None when the screenshot was not read)."""
+    return ((attachment.reading if attachment else None) or {}).get(key)
+
+
+def _refusal(reason: str, language: str, limits) -> str:
+    """What the user is told about a screenshot that was refused or could not be read."""
+    if reason == "unreadable":
+        return unreadable_message(language)
+    return ImageRejected(reason, limits).message(language)
 
 
 def handover_message(rendered, language: str) -> str:

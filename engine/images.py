@@ -177,6 +177,11 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
     )
 
 
+def fit_to_budget(image: Image.Image, max_pixels: int) -> Image.Image:
+    """An image read at a larger size (for OCR), brought down to the model's pixel budget."""
+    return _resize_down(image, _fit_within(image.width, image.height, max_pixels))
+
+
 def sniff_format(data: bytes) -> str | None:
     """The Pillow format name for the accepted formats' magic bytes, else None.
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_asyncio
 
 from engine.loading import LoadOptions
 from engine.tiny import build_tiny_checkpoint
 from engine.transformers_engine import TransformersEngine
+
+# Reading screenshots locally (on by default in Snapdesk) costs a second or two per screenshot
+# on this machine: servers and managers built by tests leave it off unless the test is about it
+# (tests/test_screenshot_*.py turn it on). Subprocesses inherit this.
+os.environ.setdefault("SNAPDESK_OCR", "off")
 
 
 @pytest.fixture(scope="session")

@@ -1448,6 +1448,10 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
       setStatus(s.status, s.agent);
       if (s.status === "waiting" || s.status === "claimed") hideTyping();
     });
+    es.addEventListener("screenshots", function () {
+      // A message's screenshots were read and redacted: show the copies everyone else sees.
+      loadConversation().catch(function () {});
+    });
     es.addEventListener("typing", function (e) {
       const d = parse(e.data);
       if (d) showTyping(d.reply_to);
@@ -1540,8 +1544,7 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     bubble.appendChild(text);
     node.appendChild(bubble);
     fillText(text, m.text);
-    const urls = (Array.isArray(m.images) ? m.images : []).map(safeServerUrl).filter(Boolean);
-    setImages(node, urls, true);
+    showServerImages(node, m);
     return node;
   }
 
@@ -1595,6 +1598,7 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     if (key && byId.has(key)) {
       const existing = byId.get(key);
       if (existing.dataset.outbox) upgrade(existing, m);
+      else showServerImages(existing, m);
       return;
     }
     if (m.role === "user" && m.client_message_id && outbox.has(String(m.client_message_id))) {
@@ -1679,10 +1683,8 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     }
     const cid = node.dataset.clientId;
     const entry = cid ? outbox.get(cid) : null;
-    const urls = (Array.isArray(m.images) ? m.images : []).map(safeServerUrl).filter(Boolean);
-    if (urls.length) {
-      setImages(node, urls, true);
-      if (entry) entry.images.forEach(function (im) { setTimeout(function () { URL.revokeObjectURL(im.url); }, 30000); });
+    if (showServerImages(node, m) && entry) {
+      entry.images.forEach(function (im) { setTimeout(function () { URL.revokeObjectURL(im.url); }, 30000); });
     }
     if (typeof m.text === "string") fillText(node.querySelector('[data-testid="message-text"]'), m.text);
     const when = formatTime(parseTime(m.created_at));
@@ -1690,6 +1692,17 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     markSent(node);
     delete node.dataset.outbox;
     if (cid) outbox.delete(cid);
+  }
+
+  /** The server's copies of a message's screenshots (redacted: personal data painted over)
+   *  replace the local previews once they exist; true when they were shown. */
+  function showServerImages(node, m) {
+    const urls = (Array.isArray(m.images) ? m.images : []).map(safeServerUrl).filter(Boolean);
+    if (!urls.length || node.dataset.serverImages === urls.join(" ")) return false;
+    if (!node.querySelector(".imgs")) return false;
+    setImages(node, urls, true);
+    node.dataset.serverImages = urls.join(" ");
+    return true;
   }
 
   function markSent(node) {
