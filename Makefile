@@ -6,7 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run demo test bench bench-gpu install clean
 
+# The screenshot corpus (tests, benchmarks) is drawn with Debian's Noto CJK and DejaVu fonts.
+FONTS := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+
 $(STAMP): pyproject.toml
+	for font in $(FONTS); do test -f $$font || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk fonts-dejavu >/dev/null || \
+	  echo "install the fonts-noto-cjk and fonts-dejavu packages (as root) for the screenshot corpus"; break; }; done
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -24,6 +24,7 @@ from .text_rows import TextRow
 # Screenshots are read at up to this many pixels (a 1080p capture or a phone screen at full
 # size), then stored at the model's budget: small text that the budget would blur is read first.
 READ_PIXELS = 2560 * 1440
+MIN_LINE_SCORE = 0.75  # a line read with less confidence is a guess (a thumbnail's smudge read as "三")
 
 
 def reading_limits(limits: ImageLimits) -> ImageLimits:
@@ -47,8 +48,10 @@ class ScreenshotReading:
 
     @property
     def unreadable(self) -> bool:
-        """No text found and too little detail for anyone to read: ask for a clearer one."""
-        return self.ocr and not self.lines and not self.readability.detailed
+        """No text read with confidence and too little detail for anyone to read: ask for a
+        clearer one. (A clear photo without text, such as a router's lights, is readable.)"""
+        confident = [line for line in self.lines if line["score"] >= MIN_LINE_SCORE and len(line["text"].strip()) >= 2]
+        return self.ocr and not confident and not self.readability.detailed
 
     def details(self) -> dict:
         """What is stored beside the attachment (JSON-able; nothing sensitive in it)."""
