@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 QUEUE_LIMIT = 200
 SEARCH_LIMIT = 50
+_FOUND = "m.id, m.conversation_id, m.role, m.text, m.created_at, c.channel, c.user_name"  # a search hit's columns
 COMMENTS_LIMIT = 10
 # Agents' notes and unsent drafts never reach the user; neither does a bot reply withheld
 # because a person took over first (`delivered = -1`).
@@ -69,27 +70,44 @@ def episode_user_messages(store: Store, conversation_id: int, episode: int) -> l
 
 
 def search_messages(store: Store, query: str, limit: int = SEARCH_LIMIT) -> list[dict]:
-    """Messages of every conversation whose text holds `query` literally, newest first.
+    """Messages of every conversation whose text holds `query` literally, and user messages
+    whose screenshots' read text holds it (`screenshot`: the position of the first such
+    screenshot in the message, `ocr_text`: its text; both None for a hit in the message's own
+    text, which wins when both hold it), each message once, newest first.
 
-    Three characters or more use the trigram full-text index as one quoted phrase (so the
+    Three characters or more use the trigram full-text indexes as one quoted phrase (so the
     query's own quotes and operators are only text); shorter ones, such as a two-character
     Chinese word, fall back to LIKE with its wildcards escaped.
     """
     query = query.strip()
     if len(query) >= 3:
-        return store.select(
-            """select m.id, m.conversation_id, m.role, m.text, m.created_at, c.channel, c.user_name
+        term = '"' + query.replace('"', '""') + '"'
+        text_hits = store.select(
+            f"""select {_FOUND}, null as ocr_text, null as screenshot
                from messages_fts f join messages m on m.id = f.rowid join conversations c on c.id = m.conversation_id
                where messages_fts match ? order by m.id desc limit ?""",
-            ['"' + query.replace('"', '""') + '"', limit],
+            [term, limit],
         )
-    like = "%" + re.sub(r"([%_\\])", r"\\\1", query) + "%"
-    return store.select(
-        """select m.id, m.conversation_id, m.role, m.text, m.created_at, c.channel, c.user_name
-           from messages m join conversations c on c.id = m.conversation_id
-           where m.text like ? escape '\\' order by m.id desc limit ?""",
-        [like, limit],
+        screenshot_match = "a.id in (select rowid from attachments_fts where attachments_fts match ?)"
+    else:
+        term = "%" + re.sub(r"([%_\\])", r"\\\1", query) + "%"
+        text_hits = store.select(
+            f"""select {_FOUND}, null as ocr_text, null as screenshot
+               from messages m join conversations c on c.id = m.conversation_id
+               where m.text like ? escape '\\' order by m.id desc limit ?""",
+            [term, limit],
+        )
+        screenshot_match = "a.ocr_text like ? escape '\\'"
+    # Each message once, by its first matching screenshot (SQLite takes bare columns from min()'s row).
+    screenshot_hits = store.select(
+        f"""select {_FOUND}, a.ocr_text, min(j.key) as screenshot
+           from messages m join json_each(m.attachment_ids) j join attachments a on a.id = j.value
+                join conversations c on c.id = m.conversation_id
+           where m.role = 'user' and {screenshot_match} group by m.id order by m.id desc limit ?""",
+        [term, limit],
     )
+    found = {row["id"]: row for row in screenshot_hits} | {row["id"]: row for row in text_hits}
+    return [found[i] for i in sorted(found, reverse=True)[:limit]]
 
 
 def attachment_path(store: Store, sha256: str) -> Path | None:

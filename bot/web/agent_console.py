@@ -24,6 +24,7 @@ from .auth import SESSION_COOKIE, console_page, current_session, require
 from .console_events import session_is_open
 from .params import FilterName, RowId
 from .deps import RuntimeDep, ServerDep
+from .screenshot_evidence import attachment_url, episode_summary, screenshot_view
 from .stream_caps import CappedStreamingResponse, check_caps
 
 AgentSession = Annotated[Session, Depends(require("agent"))]
@@ -49,8 +50,8 @@ def _not_found() -> HTTPException:
     return HTTPException(404, detail={"error": "not_found", "message": "No such conversation."})
 
 
-def _image_urls(row: dict, attachments: dict) -> list[str]:
-    return [f"/agent/api/attachments/{attachments[i].sha256}" for i in attachment_ids(row) if i in attachments]
+def _screenshots(row: dict, views: dict[int, dict]) -> list[dict]:
+    return [views[i] for i in attachment_ids(row) if i in views]
 
 
 def queue_rows(store: Store, channel: str | None, reason: str | None) -> list[dict]:
@@ -62,7 +63,7 @@ def queue_rows(store: Store, channel: str | None, reason: str | None) -> list[di
         thumbnail = None
         if first_image is not None:
             found = store.attachments([first_image]).get(first_image)
-            thumbnail = f"/agent/api/attachments/{found.sha256}" if found else None
+            thumbnail = attachment_url(found) if found else None
         preview = next((m["text"] for m in reversed(messages) if m["text"]), "")
         out.append({
             "id": row["id"], "channel": row["channel"], "user_name": row["user_name"] or "",
@@ -79,9 +80,11 @@ def thread(store: Store, conversation_id: int) -> dict | None:
     if conversation is None:
         return None
     rows = store.messages(conversation_id)
-    attachments = store.attachments({i for row in rows for i in attachment_ids(row)})
+    views = {i: screenshot_view(found) for i, found in
+             store.attachments({i for row in rows for i in attachment_ids(row)}).items()}
     escalation = store.open_escalation(conversation_id) or next(reversed(store.escalations(conversation_id)), None)
     agent = conversation["assigned_agent"]
+    shots = {row["id"]: _screenshots(row, views) for row in rows}
     return {
         "id": conversation["id"], "channel": conversation["channel"], "user_name": conversation["user_name"] or "",
         "user_id": conversation["user_id"] or "", "status": conversation["status"],
@@ -91,13 +94,15 @@ def thread(store: Store, conversation_id: int) -> dict | None:
             "reason": escalation["reason"], "detail": escalation["detail"] or "",
             "confidence": escalation["confidence"], "draft_answer": escalation["draft_answer"] or "",
             "created_at": escalation["created_at"],
+            "screenshot_summary": episode_summary(rows, views, _episode_of(rows, escalation, conversation)),
         },
         "messages": [
             {
                 "id": row["id"], "role": row["role"], "text": row["text"] or "", "author": row["author"] or "",
                 "author_name": row["author_name"] or row["author"] or "",
                 "kind": "user" if row["role"] == "user" else (row["kind"] or ("note" if row["role"] == "note" else "notice")),
-                "images": _image_urls(row, attachments), "created_at": row["created_at"],
+                "images": [shot["url"] for shot in shots[row["id"]]], "screenshots": shots[row["id"]],
+                "created_at": row["created_at"],
                 "reply_to": row["reply_to"], "status_change": row["status_change"],
                 **{figure: row[figure] for figure in TURN_FIGURES},
                 "delivered": row["delivered"] == 1 if row["role"] in ("bot", "agent", "system") else None,
@@ -106,6 +111,11 @@ def thread(store: Store, conversation_id: int) -> dict | None:
             for row in rows
         ],
     }
+
+
+def _episode_of(rows: list[dict], escalation: dict, conversation: dict) -> int:
+    """The episode a hand-over belongs to: that of the message it was raised on."""
+    return next((row["episode"] for row in rows if row["id"] == escalation["message_id"]), conversation["episode"])
 
 
 def _snippet(text: str, query: str, width: int = 60) -> str:
@@ -121,7 +131,8 @@ def search(store: Store, query: str, limit: int = queries.SEARCH_LIMIT) -> list[
     rows = queries.search_messages(store, query, limit)
     return [
         {"conversation_id": r["conversation_id"], "message_id": r["id"], "role": r["role"],
-         "snippet": _snippet(r["text"] or "", query), "created_at": r["created_at"], "channel": r["channel"],
+         "snippet": _snippet((r["text"] if r["screenshot"] is None else r["ocr_text"]) or "", query),
+         "in_screenshot": r["screenshot"] is not None, "created_at": r["created_at"], "channel": r["channel"],
          "user_name": r["user_name"] or ""}
         for r in rows
     ]

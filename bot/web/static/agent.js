@@ -680,6 +680,8 @@ import {
       const when = parseTime(esc.created_at);
       $("esc-when").textContent = when ? "· handed over " + formatClock(when) : "";
       $("esc-when").title = when ? formatFull(when) : "";
+      $("esc-shot-text").textContent = str(esc.screenshot_summary);
+      $("esc-shot").hidden = !str(esc.screenshot_summary);
     } else {
       escBox.hidden = true;
     }
@@ -710,7 +712,7 @@ import {
       const key = messageKey(m, i);
       seen.add(key);
       let node = messageNodes.get(key);
-      const sig = JSON.stringify([m.text, m.images, m.author, m.author_name, m.confidence, m.role, m.kind, m.delivered,
+      const sig = JSON.stringify([m.text, m.images, m.screenshots, m.author, m.author_name, m.confidence, m.role, m.kind, m.delivered,
         m.withheld, m.status_change, m.prompt_tokens, m.image_tokens, m.completion_tokens, m.latency_ms]);
       if (node && node.dataset.sig !== sig) {
         const fresh = renderMessage(m);
@@ -826,6 +828,66 @@ import {
     return node;
   }
 
+  // What the reading of a screenshot found, one chip style per kind (class names from this list only).
+  const EVIDENCE_CHIPS = [
+    ["error_codes", "ev-error", "Error code"], ["amounts", "ev-amount", "Amount"], ["orders", "ev-order", "Order number"],
+    ["tracking", "ev-tracking", "Tracking number"], ["dates", "ev-date", "Date"]
+  ];
+
+  const HIDDEN_KINDS = { card: "card", iban: "IBAN", email: "email", phone: "phone", code: "one-time code" };
+
+  /** "card •••• 1881, email": what was painted out of a screenshot before anyone saw it. */
+  function hiddenData(redacted) {
+    const seen = [];
+    (Array.isArray(redacted) ? redacted : []).forEach(function (r) {
+      if (!r || typeof r !== "object") return;
+      const kind = Object.prototype.hasOwnProperty.call(HIDDEN_KINDS, str(r.kind)) ? HIDDEN_KINDS[str(r.kind)] : str(r.kind) || "data";
+      const item = str(r.last4) ? kind + " •••• " + str(r.last4) : kind;
+      if (seen.indexOf(item) < 0) seen.push(item);
+    });
+    return seen.join(", ");
+  }
+
+  /** What Snapdesk read in one screenshot, beside it; null when it was not read (OCR off or failed). */
+  function screenshotEvidence(reading) {
+    if (!reading || reading.read !== true) return null;
+    const box = el("figcaption", { class: "shot-evidence", "data-testid": "screenshot-evidence" });
+    if (reading.unreadable === true) {
+      box.classList.add("is-unreadable");
+      box.appendChild(el("p", { class: "ev-unreadable", "data-testid": "evidence-unreadable", text: "Could not be read" }));
+    }
+    const evidence = reading.evidence && typeof reading.evidence === "object" ? reading.evidence : {};
+    if (str(evidence.title)) box.appendChild(el("p", { class: "ev-title", "data-testid": "evidence-title", text: str(evidence.title) }));
+    if (str(reading.summary)) box.appendChild(el("p", { class: "ev-summary", "data-testid": "evidence-summary", text: str(reading.summary) }));
+    const chips = el("ul", { class: "ev-chips", "aria-label": "Found in the screenshot" });
+    EVIDENCE_CHIPS.forEach(function (kind) {
+      (Array.isArray(evidence[kind[0]]) ? evidence[kind[0]] : []).forEach(function (value) {
+        if (!str(value)) return;
+        chips.appendChild(el("li", { class: "ev-chip " + kind[1], "data-testid": "evidence-chip", "data-kind": kind[0], title: kind[2] }, [
+          el("span", { class: "sr-only", text: kind[2] + ": " }), str(value)
+        ]));
+      });
+    });
+    if (chips.childNodes.length) box.appendChild(chips);
+    const hidden = hiddenData(reading.redacted);
+    if (hidden) {
+      box.appendChild(el("p", {
+        class: "ev-redacted", "data-testid": "evidence-redacted",
+        title: "Painted out of the image before it was stored; the full values were never kept",
+        text: "Personal data hidden: " + hidden
+      }));
+    }
+    const text = str(reading.text);
+    if (text) {
+      const lines = text.split("\n").length;
+      box.appendChild(el("details", { class: "ev-text" }, [
+        el("summary", { text: "Text read from the screenshot (" + lines + (lines === 1 ? " line)" : " lines)") }),
+        el("div", { class: "ev-text-body", "data-testid": "evidence-text", tabindex: "0", text: text })
+      ]));
+    }
+    return box.childNodes.length ? box : null;
+  }
+
   function renderMessage(m) {
     const role = str(m.role) || "system";
     const kind = str(m.kind) || role;
@@ -883,13 +945,18 @@ import {
     fillText(text, m.text);
 
     const body = el("div", { class: "bubble" }, [text]);
-    const urls = (Array.isArray(m.images) ? m.images : []).map(safeUrl).filter(Boolean);
+    const images = Array.isArray(m.images) ? m.images : [];
+    const shots = Array.isArray(m.screenshots) ? m.screenshots : [];
+    const shown = images.map(function (raw, i) {
+      return { url: safeUrl(raw), reading: shots[i] && typeof shots[i] === "object" ? shots[i] : null };
+    }).filter(function (s) { return s.url; });
+    const urls = shown.map(function (s) { return s.url; });
     if (urls.length) {
       const who = role === "user" ? str(m.author) || userName : ROLES[role] || role;
       const imgs = el("div", { class: "msg-images" + (urls.length > 1 ? " many" : "") });
-      urls.forEach(function (u, i) {
+      shown.forEach(function (s, i) {
         const label = "Open screenshot " + (i + 1) + " of " + urls.length + " from " + who;
-        const img = el("img", { alt: "", src: u, loading: "lazy", decoding: "async" });
+        const img = el("img", { alt: "", src: s.url, loading: "lazy", decoding: "async" });
         const btn = el("button", { type: "button", class: "thumb", "aria-label": label, title: "Enlarge", "data-testid": "thread-image" }, [img]);
         img.addEventListener("error", function () {
           btn.classList.add("is-missing");
@@ -898,7 +965,8 @@ import {
         btn.addEventListener("click", function () {
           openOverlay(urls, i, who, when, btn);
         });
-        imgs.appendChild(btn);
+        const evidence = screenshotEvidence(s.reading);
+        imgs.appendChild(evidence ? el("figure", { class: "shot", "data-testid": "screenshot" }, [btn, evidence]) : btn);
       });
       body.appendChild(imgs);
     }
@@ -1432,6 +1500,10 @@ import {
           el("span", { class: "ch-badge " + channelClass(r.channel), text: channelLabel(r.channel) }),
           el("span", { class: "sr-user", text: str(r.user_name) || "Conversation " + r.conversation_id }),
           el("span", { class: "sr-role", text: Object.prototype.hasOwnProperty.call(ROLES, role) ? ROLES[role] : role }),
+          r.in_screenshot === true ? el("span", {
+            class: "sr-in-shot", "data-testid": "in-screenshot", title: "Found in the text read from a screenshot of this message",
+            text: "in screenshot"
+          }) : null,
           when ? el("time", { class: "sr-time", datetime: when.toISOString(), title: formatFull(when), text: formatClock(when) }) : null
         ]),
         snippet
