@@ -84,8 +84,8 @@ def _new_pipeline(threads: int):
 def _warm_up_image() -> Image.Image:
     from PIL import ImageDraw
 
-    image = Image.new("RGB", (320, 64), "white")
-    ImageDraw.Draw(image).text((8, 20), "Snapdesk 4012", fill="black")
+    image = Image.new("RGB", (640, 360), "white")  # a small page: a tiny one makes the detector upscale it
+    ImageDraw.Draw(image).text((20, 20), "Snapdesk 4012", fill="black")
     return image
 
 
