@@ -55,6 +55,7 @@ class SampleScore:
     false_positives: list[str] = field(default_factory=list)  # painted boxes over no sensitive item
     found: list[str] = field(default_factory=list)  # evidence items found
     lost: list[str] = field(default_factory=list)  # evidence items not found
+    obscured: list[str] = field(default_factory=list)  # evidence items no longer readable after redaction
     ocr_s: float = 0.0
 
 
@@ -91,6 +92,8 @@ def score(sample: Sample, reader: OcrReader, reread: bool = True) -> SampleScore
         wanted = normal(item.value)
         hit = any(wanted == normal(v) or (wanted in normal(v) and len(wanted) >= 4) for v in values)
         (result.found if hit else result.lost).append(f"{item.kind}:{item.value}")
+        if rows and item.kind != "title" and hit and not _still_shown(item.kind, item.value, rows):
+            result.obscured.append(f"{item.kind}:{item.value}")  # read before redaction, painted over by it
     return result
 
 

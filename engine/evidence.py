@@ -110,7 +110,10 @@ def extract_evidence(rows: Sequence[str], heights: Sequence[float] | None = None
     found: dict[str, dict[str, None]] = {name: {} for name in _LISTS}
     for span in scan(rows, blocked):
         if span.kind in _SPAN_FIELDS:
-            found[_SPAN_FIELDS[span.kind]][normalise(rows[span.row][span.start:span.end])] = None
+            value = normalise(rows[span.row][span.start:span.end])
+            if span.kind == "order":
+                value = re.sub(r"^0RD-", "ORD-", value)  # the letter OCR read as a zero
+            found[_SPAN_FIELDS[span.kind]][value] = None
     title = _title(rows, heights, set(blocked))
     return Evidence(title=title, **{name: tuple(values) for name, values in found.items()})
 

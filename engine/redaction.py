@@ -17,7 +17,7 @@ from .sensitive import Finding
 from .text_rows import TextRow
 
 PAD_X = 0.25  # of the row's height, left and right
-PAD_Y = 0.15  # of the row's height, above and below
+PAD_Y = 0.0  # above and below: OCR boxes already hold the ascenders and descenders; more would touch the next row
 
 
 @dataclass(frozen=True)

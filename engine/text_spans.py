@@ -47,9 +47,10 @@ def overlaps(spans: Sequence[tuple[int, int]], start: int, end: int) -> bool:
 # --- ids: order and tracking numbers ----------------------------------------------------------
 
 # Invoice, transaction and reference numbers count as orders: each names the purchase in question.
+# OCR reads the O of "Order" and "ORD-" as a zero often enough to be expected ("0rder No.").
 _NO = r"(?:\s*(?:no\b\.?|number\b|num\b\.?|id\b))?"
 _ID_LABEL = re.compile(
-    rf"(?:(?P<order>\b(?:order|receipt|invoice|ref(?:erence)?|transaction|txn)\b{_NO}"
+    rf"(?:(?P<order>\b(?:[o0]rder|receipt|invoice|ref(?:erence)?|transaction|txn)\b{_NO}"
     r"|订单(?:编号|号码|号)?|(?:交易|支付|退款|商户|业务)(?:单号|编号|号)"
     r"|流水号|发票(?:号码|代码|号)|参考号|凭证号)"
     rf"|(?P<tracking>\b(?:tracking|waybill|awb)\b{_NO}"
@@ -66,7 +67,7 @@ _TRACKING_FORMS = re.compile(
     r"(?<![A-Za-z0-9])(?:SF\d{12,15}|1Z[0-9A-Z]{16}|YT\d{13}|JT\d{13})(?![A-Za-z0-9])"
 )
 _ORDER_FORMS = re.compile(  # Amazon's, ORD-..., and a short letter prefix on a long number
-    r"(?<![A-Za-z0-9-])(?:#?\d{3}-\d{7}-\d{7}|ORD-[A-Z0-9]+(?:-[A-Z0-9]+)*|[A-Z]{1,4}\d{10,20})"
+    r"(?<![A-Za-z0-9-])(?:#?\d{3}-\d{7}-\d{7}|[O0]RD-[A-Z0-9]+(?:-[A-Z0-9]+)*|[A-Z]{1,4}\d{10,20})"
     r"(?![A-Za-z0-9-])"
 )
 
