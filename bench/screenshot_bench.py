@@ -24,8 +24,9 @@ from .screenshot_eval import score, totals
 
 TURNS = 5
 
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's size when it was forked.
 _RSS_SCRIPT = """
-import resource, sys
+import re, sys
 from engine.ocr import OcrReader
 from PIL import Image
 import onnxruntime, rapidocr
@@ -33,7 +34,7 @@ if sys.argv[1] == "read":
     reader = OcrReader(workers=1)
     reader.load()
     reader.read_sync(Image.open(sys.argv[2]).convert("RGB"))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 """
 
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.images import ImageLimits
@@ -163,15 +163,20 @@ class Settings(BaseSettings):
             unknown_confidence_hands_over=self.unknown_confidence_hands_over,
         )
 
-    def reading_options(self) -> "ReadingOptions":
+    @field_validator("redact_kinds")
+    @classmethod
+    def _known_kinds(cls, value: str) -> str:
         from engine.sensitive import KINDS
 
+        unknown = [k for k in _kinds(value) if k not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown kind {unknown[0]!r} (known: {', '.join(KINDS)})")
+        return value
+
+    def reading_options(self) -> "ReadingOptions":
         from .screenshots import ReadingOptions
 
-        kinds = tuple(k.strip().lower() for k in self.redact_kinds.split(",") if k.strip())
-        unknown = [k for k in kinds if k not in KINDS]
-        if unknown:
-            raise ValueError(f"SNAPDESK_REDACT_KINDS: unknown kind {unknown[0]!r} (known: {', '.join(KINDS)})")
+        kinds = _kinds(self.redact_kinds)
         return ReadingOptions(ocr=self.ocr, redact=self.redact and bool(kinds), kinds=kinds)
 
     def open_store(self) -> "Store":
@@ -193,6 +198,10 @@ class Settings(BaseSettings):
             max_source_pixels=self.image_max_source_pixels,
             max_pixels=max(self.image_max_tokens, self.image_min_tokens) * 32 * 32,
         )
+
+
+def _kinds(value: str) -> tuple[str, ...]:
+    return tuple(k.strip().lower() for k in value.split(",") if k.strip())
 
 
 @lru_cache(maxsize=1)

@@ -7,8 +7,8 @@ recognition and angle models ship inside the `rapidocr` wheel, so nothing is dow
 model sizes would make it try: keep the defaults).
 
 One RapidOCR pipeline per worker (a pipeline changes its own settings on every call, so two
-threads must not share one); workers run off the event loop, at most `workers` at once, and a
-caller waits at most `timeout_s` for its image. A reading that overruns keeps its worker until
+threads must not share one); workers run off the event loop, at most `workers` at once; a
+reading may take `timeout_s`, after waiting for a free worker. A reading that overruns keeps its worker until
 it finishes (a thread cannot be stopped), so the waits after it time out too rather than pile up.
 """
 
@@ -29,6 +29,8 @@ from PIL import Image
 from .text_rows import Box, TextRow, rows_from_fragments
 
 log = logging.getLogger(__name__)
+
+QUEUE_WAITS = 6  # a screenshot waits for a free worker at most this many time limits
 
 
 class OcrUnavailable(Exception):
@@ -147,12 +149,15 @@ class OcrReader:
             except Exception as exc:
                 self.stats["failed"] += 1
                 raise OcrUnavailable("failed", f"the OCR models did not load: {exc!r}") from exc
-        deadline = time.monotonic() + self.timeout_s
-        # A free worker, waited for in a thread so the event loop never blocks.
-        got = await asyncio.to_thread(self._slots.acquire, True, self.timeout_s)
+        # A free worker, waited for in a thread so the event loop never blocks. A burst of
+        # screenshots queues here: a screenshot not read is kept unredacted, so the queue may
+        # take several readings' time before it gives up.
+        queue_wait_s = QUEUE_WAITS * self.timeout_s
+        got = await asyncio.to_thread(self._slots.acquire, True, queue_wait_s)
         if not got:
             self.stats["busy"] += 1
-            raise OcrUnavailable("busy", f"no OCR worker free within {self.timeout_s:g} s")
+            raise OcrUnavailable("busy", f"no OCR worker free within {queue_wait_s:g} s")
+        deadline = time.monotonic() + self.timeout_s
         try:
             assert self._executor is not None
             future = asyncio.get_running_loop().run_in_executor(self._executor, self._job, image)
