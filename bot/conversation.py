@@ -96,7 +96,8 @@ class ConversationManager:
     async def process(self, message_id: int, conversation_id: int | None = None) -> TurnOutcome:
         """Answer or hand over one stored user message, after the earlier ones of its thread.
         Its screenshots are read and redacted first, while earlier turns may still run."""
-        await self.screenshots.finish(message_id)
+        if self.screenshots.staged:
+            await self.screenshots.finish(message_id)
         return await self.turns.process(message_id, conversation_id)
 
     async def pending_events(self, channel: str) -> list[dict]:

@@ -149,9 +149,9 @@ class Screenshots:
             ids = []
             for sha256, data, width, height, reading in attached:
                 attachment_id = store.save_attachment(sha256, data, "image/png", width, height)
-                if reading.ocr:
-                    store.record_reading(attachment_id, reading.details(), reading.text, len(reading.redactions),
-                                         reading.unreadable)
+                # Recorded even when it could not be read, so agents see it was not checked.
+                store.record_reading(attachment_id, reading.details(), reading.text, len(reading.redactions),
+                                     reading.unreadable)
                 ids.append(attachment_id)
             if not store.finish_staged(message_id, ids, unreadable):
                 return None

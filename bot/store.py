@@ -547,10 +547,11 @@ class Store:
         }
 
     def record_reading(self, attachment_id: int, reading: dict, text: str, redactions: int, unreadable: bool) -> None:
-        """What was read in a screenshot; kept from the first reading (the same pixels read the same)."""
+        """What was read in a screenshot; kept from the first reading that read it (the same pixels
+        read the same), so a reading that failed is replaced by a later one that did not."""
         self.db.execute(
             "update attachments set reading = ?, ocr_text = ?, redactions = ?, unreadable = ? "
-            "where id = ? and reading is null",
+            "where id = ? and (reading is null or json_extract(reading, '$.ocr') = 0)",
             [json.dumps(reading, ensure_ascii=False), text, redactions, int(unreadable), attachment_id],
         )
 

@@ -63,12 +63,16 @@ def picture(lines: list[str], shade: str) -> bytes:
     return buffer.getvalue()
 
 
-def screenshot(store: Store, shot: dict | None, shade: str, read: bool = True) -> int:
-    """A stored screenshot, with its reading unless `read` is False (OCR off or failed)."""
+def screenshot(store: Store, shot: dict | None, shade: str, read: bool = True, failed: bool = False) -> int:
+    """A stored screenshot, with its reading unless `read` is False (OCR off) or `failed`."""
     lines = (shot or {}).get("lines", [])
     data = picture(lines, shade)
     attachment_id = store.save_attachment(hashlib.sha256(data).hexdigest(), data, "image/png", 420, 260)
-    if read:
+    if failed:
+        reading = {"ocr": False, "unreadable": False, "lines": [], "evidence": {}, "redactions": [],
+                   "readability": {"sharpness": 50.0, "contrast": 90.0, "too_small": False}, "timings": {}}
+        store.record_reading(attachment_id, reading, "", 0, False)
+    elif read:
         text = "\n".join(lines)
         reading = {
             "ocr": True, "unreadable": shot.get("unreadable", False),
@@ -106,7 +110,8 @@ def build(data: Path) -> dict:
         first = say(store, "ana", "Ana Li", "我的付款失败了", [payment])
         unread = screenshot(store, None, "#e0e7ff", read=False)
         latest = say(store, "ana", "Ana Li", "还是不行，包裹也没到",
-                     [screenshot(store, PARCEL, "#ecfdf5"), payment, unread, screenshot(store, BLURRY, "#f3f4f6")])
+                     [screenshot(store, PARCEL, "#ecfdf5"), payment, unread, screenshot(store, BLURRY, "#f3f4f6"),
+                      screenshot(store, None, "#fafafa", failed=True)])
         hand_over(store, latest)
         typed = say(store, "carla", "Carla", "RISK_REJECTED again, what now?", [payment])
         scripted = say(store, "bob", "Bob", "see the screenshot", [screenshot(store, SCRIPTED, "#fef2f2")])
@@ -133,18 +138,19 @@ def test_each_screenshot_comes_with_what_was_read_in_it(server):
     base, ids = server
     thread = signed_in(base, "mei").get(f"/agent/api/conversations/{ids['ana']}").json()
     latest = messages_by_id(thread)[ids["ana_latest"]]
-    assert [shot["url"] for shot in latest["screenshots"]] == latest["images"] and len(latest["images"]) == 4
-    parcel, payment, unread, blurry = latest["screenshots"]
+    assert [shot["url"] for shot in latest["screenshots"]] == latest["images"] and len(latest["images"]) == 5
+    parcel, payment, unread, blurry, failed = latest["screenshots"]
     assert payment == {
-        "url": payment["url"], "read": True, "summary": summary(PAYMENT),
+        "url": payment["url"], "read": True, "failed": False, "summary": summary(PAYMENT),
         "evidence": {**PAYMENT["evidence"]}, "redacted": [{"kind": "card", "last4": "1881"}, {"kind": "email", "last4": None}],
         "text": "\n".join(PAYMENT["lines"]), "unreadable": False,
     }
     assert "RISK_REJECTED (E-3301)" in payment["summary"] and "¥1,288.00" in payment["summary"]
     assert CARD not in str(thread) and CARD.replace(" ", "") not in str(thread)
     assert parcel["read"] and parcel["evidence"]["tracking"] == ["SF1234567890123"]
-    assert unread == {"url": unread["url"], "read": False, "summary": "", "evidence": {}, "redacted": [], "text": "",
-                      "unreadable": False}
+    assert unread == {"url": unread["url"], "read": False, "failed": False, "summary": "", "evidence": {},
+                      "redacted": [], "text": "", "unreadable": False}
+    assert failed["read"] is False and failed["failed"] is True  # OCR was on but could not read it
     assert blurry["read"] and blurry["unreadable"] and blurry["summary"] == ""
     assert all(m["screenshots"] == [] for m in thread["messages"] if not m["images"])
 
@@ -230,8 +236,9 @@ def test_the_thread_shows_the_evidence_beside_each_screenshot_and_the_banner_sum
     assert text.is_visible() and "支付卡 [card •••• 1881]" in text.inner_text()
 
     latest = message(page, ids["ana_latest"])
-    assert latest.locator("[data-testid=thread-image]").count() == 4
-    assert latest.locator("[data-testid=screenshot-evidence]").count() == 3  # the unread one has none
+    assert latest.locator("[data-testid=thread-image]").count() == 5
+    assert latest.locator("[data-testid=screenshot-evidence]").count() == 4  # the one read with OCR off has none
+    assert latest.locator("[data-testid=evidence-not-read]").inner_text() == "Not read: personal data in it was not checked"
     assert latest.locator("[data-testid=evidence-unreadable]").inner_text() == "Could not be read"
     assert ["tracking", "SF1234567890123"] in chips(latest) and ["dates", "2024-03-08"] in chips(latest)
     assert CARD not in page.inner_text("[data-testid=thread]")

@@ -198,7 +198,7 @@ async def test_a_reading_that_fails_or_overruns_leaves_the_turn_working(tmp_path
     outcome = await manager.handle(inbound((statement_png(),)))
     assert outcome.kind == "answered"
     attachment = stored_attachment(manager, outcome.message_id)
-    assert attachment.reading is None  # kept as sent, marked as not read
+    assert attachment.reading["ocr"] is False and attachment.reading["redactions"] == []  # kept as sent, not read
     assert ("screenshot_read", {"outcome": outcome_name, "redacted": []}) in events
     assert [kind for kind, _ in recorder.sent] == ["answer"]
     manager.close()

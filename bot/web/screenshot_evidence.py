@@ -23,15 +23,15 @@ def attachment_url(attachment: StoredAttachment) -> str:
 
 def screenshot_view(attachment: StoredAttachment) -> dict:
     """One screenshot for the console: its address and what was read in it (`read` is False
-    when it was not read at all: OCR off or failed)."""
+    when it was not read at all: OCR off, or `failed`)."""
     reading = attachment.reading
-    if reading is None:
-        return {"url": attachment_url(attachment), "read": False, "summary": "", "evidence": {}, "redacted": [],
-                "text": "", "unreadable": False}
+    if reading is None or not reading.get("ocr"):  # `failed`: OCR was on, but failed or overran its limit
+        return {"url": attachment_url(attachment), "read": False, "failed": reading is not None, "summary": "",
+                "evidence": {}, "redacted": [], "text": "", "unreadable": False}
     evidence = Evidence.from_dict(reading.get("evidence") or {})
     shown = evidence.as_dict()
     return {
-        "url": attachment_url(attachment), "read": True, "summary": evidence.summary(), "evidence": shown,
+        "url": attachment_url(attachment), "read": True, "failed": False, "summary": evidence.summary(), "evidence": shown,
         "redacted": [{"kind": hidden.get("kind", ""), "last4": hidden.get("last4")} for hidden in shown.get("redacted", [])],
         "text": "\n".join(line.get("text", "") for line in reading.get("lines") or []),
         "unreadable": bool(reading.get("unreadable")),

@@ -850,6 +850,13 @@ import {
 
   /** What Snapdesk read in one screenshot, beside it; null when it was not read (OCR off or failed). */
   function screenshotEvidence(reading) {
+    if (reading && reading.read !== true && reading.failed === true) {
+      // OCR was on but could not read it in time: nothing was checked or painted out.
+      return el("figcaption", { class: "shot-evidence is-unreadable", "data-testid": "screenshot-evidence" }, [
+        el("p", { class: "ev-unreadable", "data-testid": "evidence-not-read",
+                  text: "Not read: personal data in it was not checked" }),
+      ]);
+    }
     if (!reading || reading.read !== true) return null;
     const box = el("figcaption", { class: "shot-evidence", "data-testid": "screenshot-evidence" });
     if (reading.unreadable === true) {
