@@ -67,6 +67,9 @@ class Screenshots:
         self.options = options
         self.staging_dir = core.store.data_dir / STAGING
         self._finishing = KeyedLocks()
+        # Staged files older than this manager are a crash's leftovers; newer ones may belong to a
+        # message being stored right now (file first, then its row).
+        self._started = time.time()
 
     @property
     def staged(self) -> bool:
@@ -158,17 +161,25 @@ class Screenshots:
             return store.conversation(store.message(message_id)["conversation_id"])
 
     async def finish_all(self) -> int:
-        """At start: finish what a crash left staged, and remove staged files nothing lists."""
+        """At start: finish what a crash left staged, and remove staged files nothing lists that
+        were written before this start (a message accepted meanwhile writes its file first)."""
         rows = await self.core.db(self.core.store.staged_images)
         listed = {row["file"] for row in rows}
         if self.staging_dir.is_dir():
             for path in self.staging_dir.iterdir():
-                if path.name not in listed:
+                if path.name not in listed and _written_before(path, self._started):
                     path.unlink(missing_ok=True)
         finished = 0
         for message_id in dict.fromkeys(row["message_id"] for row in rows):
             finished += await self.finish(message_id)
         return finished
+
+
+def _written_before(path: Path, moment: float) -> bool:
+    try:
+        return path.stat().st_mtime < moment
+    except FileNotFoundError:
+        return False
 
 
 def _load(path: Path) -> Image.Image:

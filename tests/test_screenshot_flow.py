@@ -99,8 +99,8 @@ def make(tmp_path, reader, engine=None, reading=ReadingOptions()):
 _ids = iter(range(1, 10**9))
 
 
-def inbound(images: tuple[bytes, ...], text: str = "Why was I charged?") -> Inbound:
-    return Inbound(channel="widget", conversation_key="visitor-1", message_id=f"m{next(_ids)}", user_id="visitor-1",
+def inbound(images: tuple[bytes, ...], text: str = "Why was I charged?", key: str = "visitor-1") -> Inbound:
+    return Inbound(channel="widget", conversation_key=key, message_id=f"m{next(_ids)}", user_id=key,
                    user_name="Ana", text=text, images=images)
 
 
