@@ -337,9 +337,38 @@ def _m10_screenshot_reading(db: sqlite_utils.Database) -> None:
     db["staged_images"].create_index(["message_id", "position"], unique=True)
 
 
+def _m11_knowledge(db: sqlite_utils.Database) -> None:
+    """Help-centre articles, their passages, and a BM25 index of the passages for answers to cite.
+    The index holds the passages' text already cut into words (Chinese segmented, codes whole:
+    see bot/knowledge/terms.py), so it has its own content rather than pointing at kb_chunks."""
+    db["kb_articles"].create(
+        {
+            "id": int, "source": str, "origin": str, "title": str, "url": str, "language": str,
+            "content_hash": str, "imported_at": str, "updated_at": str,
+        },
+        pk="id",
+        not_null={"source", "origin", "title", "url", "content_hash"},
+        defaults={"origin": "", "url": ""},
+    )
+    db["kb_articles"].create_index(["source"], unique=True)
+    db["kb_articles"].create_index(["origin"])
+    db["kb_chunks"].create(
+        {"id": int, "article_id": int, "position": int, "section": str, "text": str},
+        pk="id",
+        foreign_keys=[("article_id", "kb_articles", "id")],
+        not_null={"article_id", "position", "section", "text"},
+    )
+    db["kb_chunks"].create_index(["article_id", "position"], unique=True)
+    db.execute(
+        "create virtual table kb_chunks_fts using fts5("
+        "title, section, body, codes, tokenize = 'porter unicode61 remove_diacritics 2')"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
     _m6_api_keys, _m7_undelivered_index, _m8_ownership, _m9_password_change, _m10_screenshot_reading,
+    _m11_knowledge,
 ]
 
 
