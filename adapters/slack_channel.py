@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 from bot.messages import Conversation, Outbound
 
 from .slack_api import SlackApi, SlackCallError
-from .slack_text import MESSAGE_LIMIT, escape, render, split_message
+from .slack_text import MESSAGE_LIMIT, escape, render, sources_mrkdwn, split_message
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ class SlackChannel:
         if outbound.kind == "agent":
             label = localized(AGENT_LABEL, conversation.language).format(name=plain_name(outbound.author) or "Support")
             prefix = f"*{label}:* "
-        chunks = split_message(render(outbound.text), MESSAGE_LIMIT - len(prefix))
+        body = render(outbound.text)
+        cited = sources_mrkdwn(outbound.sources, conversation.language)
+        chunks = split_message(f"{body}\n\n{cited}" if cited else body, MESSAGE_LIMIT - len(prefix))
         chunks[0] = prefix + chunks[0]
         placeholder = None
         if outbound.reply_to is not None:

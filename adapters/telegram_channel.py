@@ -26,7 +26,7 @@ from bot.gateway import Gateway
 from bot.messages import Conversation, Outbound
 
 from .telegram_retries import bot_api_request
-from .telegram_support import split_message, text
+from .telegram_support import split_message, text, with_sources
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class TelegramChannel:
                 self._stop_typing(*key)
         self._stop_typing(conversation.id, outbound.reply_to)
         chat_id = int(conversation.conversation_key)
-        body = outbound.text
+        body = with_sources(outbound.text, outbound.sources, conversation.language)
         if outbound.kind == "agent":
             body = text("agent", conversation.language, name=outbound.author or "Support", text=outbound.text)
         if not body.strip():

@@ -88,6 +88,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "zh": "我不认识这个命令。发送 /help 查看我能做什么。",
     },
     "agent": {"en": "{name} (support): {text}", "zh": "{name}（客服）：{text}"},
+    "sources": {"en": "Sources:", "zh": "参考资料："},
 }
 
 COMMANDS: dict[str, list[tuple[str, str]]] = {
@@ -109,6 +110,12 @@ COMMANDS: dict[str, list[tuple[str, str]]] = {
 def text(key: str, language: str, **values: Any) -> str:
     templates = TEXTS[key]
     return templates.get(language, templates["en"]).format(**values)
+
+
+def with_sources(body: str, sources, language: str) -> str:
+    """An answer followed by its cited articles as plain lines with their URLs."""
+    lines = [f"[{s['n']}] {s.get('title') or 'article'}" + (f" — {s['url']}" if s.get("url") else "") for s in sources]
+    return f"{body}\n\n{text('sources', language)}\n" + "\n".join(lines) if lines else body
 
 
 def megabytes(limit: int) -> str:

@@ -107,4 +107,5 @@ def outbound_json(outbound: Outbound) -> dict:
         "client_message_id": None,
         "reply_to": outbound.reply_to,
         "status": outbound.status,
+        "sources": [dict(source) for source in outbound.sources],
     }

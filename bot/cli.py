@@ -14,7 +14,7 @@ from pathlib import Path
 from engine.base import ChatMessage, EngineError, GenerationRequest, ModelLoadError
 from engine.images import ImageRejected, prepare_image
 
-from . import inspect_cli
+from . import inspect_cli, kb_cli
 from .engine_setup import make_engine
 from .settings import Settings, get_settings
 
@@ -288,6 +288,15 @@ def _data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="data directory (default: SNAPDESK_DATA_DIR or ./data)")
 
 
+def cmd_kb(args: argparse.Namespace) -> int:
+    from .knowledge.articles import KnowledgeError
+
+    settings = _settings_for_data(args)
+    status = []
+    code = _on_store(args, lambda store: status.append(args.kb(store, settings, args)), usage_errors=(KnowledgeError,))
+    return code or (status[0] if status else 0)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     return inspect_cli.cmd_inspect(args, get_settings())
 
@@ -310,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=cmd_ask)
 
     inspect_cli.add_parser(commands)
+    kb_cli.add_parser(commands)
+    commands.choices["kb"].set_defaults(func=cmd_kb)
     commands.choices["inspect"].set_defaults(func=cmd_inspect)
 
     serve = commands.add_parser("serve", help="run the server: widget, demo page, health and metrics")

@@ -26,6 +26,7 @@ from .agent_workflow import AgentWorkflow, NoSuchConversation, NotHandedOver, No
 from .delivery import Delivery
 from .escalation import EscalationPolicy
 from .intake import Accepted, Intake
+from .knowledge.index import KnowledgeBase
 from .maintenance import Maintenance
 from .manager_core import ManagerCore, ManagerOptions
 from .messages import ChannelRegistry, Inbound
@@ -49,6 +50,7 @@ class ConversationManager:
         options: ManagerOptions = ManagerOptions(),
         reader: OcrReader | None = None,
         reading: ReadingOptions = ReadingOptions(),
+        knowledge: KnowledgeBase | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -60,7 +62,8 @@ class ConversationManager:
         self.delivery = Delivery(self.core)
         self.screenshots = Screenshots(self.core, reader, reading)
         self.intake = Intake(self.core, self.delivery, self.screenshots)
-        self.turns = Turns(self.core, engine, policy, self.delivery, self.screenshots)
+        self.knowledge = knowledge
+        self.turns = Turns(self.core, engine, policy, self.delivery, self.screenshots, knowledge)
         self.agents = AgentWorkflow(self.core, self.delivery, self.turns)
         self.maintenance = Maintenance(self.core, self.intake, self.turns, self.delivery, self.screenshots)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from .knowledge.retrieval import stored_sources
 from .manager_core import ManagerCore, target
 from .messages import Conversation, Outbound, utcnow
 
@@ -132,7 +133,7 @@ class Delivery:
                             message_id=row["id"], reply_to=row.get("reply_to"),
                             reason=escalation["reason"] if escalation else None,
                             confidence=escalation["confidence"] if escalation else None,
-                            status=row.get("status_change"))
+                            status=row.get("status_change"), sources=stored_sources(row.get("knowledge")))
         outcome = await self._deliver(target(conversation), row["id"], outbound, claimed=False)
         if outcome == SENT:
             self.core.emit("delivered", conversation_id=conversation["id"], message_id=row["id"])

@@ -9,6 +9,7 @@ from engine.transformers_engine import TransformersEngine
 
 from .conversation import ConversationManager
 from .escalation import EscalationPolicy
+from .knowledge.index import KnowledgeBase
 from .messages import ChannelRegistry
 from .settings import Settings
 from .template_versions import PublishedTemplates
@@ -53,4 +54,4 @@ def make_manager(settings: Settings, engine: Engine, channels: ChannelRegistry) 
     reading = settings.reading_options()
     reader = OcrReader(settings.ocr_workers, settings.ocr_timeout_s) if reading.ocr else None
     return ConversationManager(store, engine, templates, EscalationPolicy(), channels, settings.manager_options(),
-                               reader=reader, reading=reading)
+                               reader=reader, reading=reading, knowledge=KnowledgeBase(store))

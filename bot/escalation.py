@@ -101,6 +101,7 @@ class Reason(str, enum.Enum):
     SENSITIVE_TOPIC = "sensitive_topic"
     REPEATED_FAILURE = "repeated_failure"
     UNREADABLE_IMAGE = "unreadable_image"
+    NO_KNOWLEDGE = "no_knowledge"
     ENGINE_ERROR = "engine_error"
     BUSY = "busy"
 

@@ -35,6 +35,10 @@ class ManagerOptions:
     busy_wait_s: float = 30.0
     engine_slots: int | None = None  # turns that may be in the engine at once (None: no limit)
     unknown_confidence_hands_over: bool = True
+    kb_tokens: int = 1200  # prompt tokens a turn's help-centre passages may take (0: none)
+    kb_passages: int = 4  # most passages in one prompt
+    kb_min_score: float = 1.0  # below this a passage is not relevant
+    public_url: str = ""  # the server's public base URL: a cited article without an address links to /help/{id}
     delivery_lease_s: float = 300.0  # a send claimed longer ago than this (a hung sender) may be tried again
 
 

@@ -51,6 +51,8 @@ class Outbound:
     reason: str | None = None  # for kind "handover": why the thread goes to a person
     confidence: float | None = None  # the bot's confidence in its draft, when there was one
     status: str | None = None  # for kind "status": the new owner ("claimed", "bot", "resolved")
+    # for kind "answer": the help-centre articles it cites, in order: {"n", "title", "url"}
+    sources: tuple[dict, ...] = ()
 
 
 @runtime_checkable

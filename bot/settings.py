@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     redact_kinds: str = Field("card,iban,email,phone,code",
                               description="comma-separated kinds of personal data to paint out")
 
+    # Knowledge (the help centre the bot answers from)
+    kb_tokens: int = Field(1200, ge=0, description="prompt tokens the help-centre passages of one turn may take (0: none)")
+    kb_passages: int = Field(4, ge=1, le=20, description="most passages put in one prompt")
+    kb_min_score: float = Field(
+        1.0, ge=0, description="a passage scoring below this is not relevant (also what require_knowledge checks)"
+    )
+    kb_allowed_hosts: str = Field("", description="comma-separated hosts Snapdesk may fetch articles and sitemaps from "
+                                  "(*.example.com for subdomains)")
+    kb_allow_private: bool = Field(False, description="allow fetching from private and loopback addresses")
+    kb_stale_days: int = Field(180, ge=1, description="the Knowledge tab lists cited articles not updated for this long")
+
     # Conversations
     context_tokens: int = Field(8192, ge=512, description="token budget of a prompt: system prompt + history + new message")
     recent_images: int = Field(2, ge=0, description="screenshots sent as images; older ones become text stand-ins")
@@ -161,6 +172,10 @@ class Settings(BaseSettings):
             busy_wait_s=self.busy_wait_s,
             engine_slots=self.queue_size,
             unknown_confidence_hands_over=self.unknown_confidence_hands_over,
+            kb_tokens=self.kb_tokens,
+            kb_passages=self.kb_passages,
+            kb_min_score=self.kb_min_score,
+            public_url=self.public_url.rstrip("/"),
         )
 
     @field_validator("redact_kinds")
@@ -178,6 +193,10 @@ class Settings(BaseSettings):
 
         kinds = _kinds(self.redact_kinds)
         return ReadingOptions(ocr=self.ocr, redact=self.redact and bool(kinds), kinds=kinds)
+
+    @property
+    def kb_host_list(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.kb_allowed_hosts.split(",") if h.strip())
 
     def open_store(self) -> "Store":
         from .store import Store

@@ -365,10 +365,15 @@ def _m11_knowledge(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m12_turn_knowledge(db: sqlite_utils.Database) -> None:
+    """What a bot turn was given from the help centre and what its answer cited (JSON)."""
+    db["messages"].add_column("knowledge", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
     _m6_api_keys, _m7_undelivered_index, _m8_ownership, _m9_password_change, _m10_screenshot_reading,
-    _m11_knowledge,
+    _m11_knowledge, _m12_turn_knowledge,
 ]
 
 

@@ -113,6 +113,8 @@ class EscalationSettings(_Model):
     # Terms that always send the thread to a person (refunds, legal threats ...); a list here
     # replaces the defaults of bot/escalation.py. English terms match as words, Chinese as text.
     sensitive_topics: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE_TOPICS))
+    # Hand over (reason no_knowledge) when the help centre has no passage scoring SNAPDESK_KB_MIN_SCORE or more.
+    require_knowledge: bool = False
 
 
 class Example(_Model):

@@ -25,6 +25,9 @@ from .escalation import Decision, EscalationPolicy, Reason
 from .generation import TurnGenerator
 from .manager_core import ManagerCore
 from .masking import mask_card_numbers
+from .knowledge.index import KnowledgeBase
+from .knowledge.retrieval import (KnowledgeOptions, Passage, TurnKnowledge, knowledge_section, stored_sources,
+                                  record as knowledge_record)
 from .messages import Outbound
 from .screenshots import Screenshots, hidden_notice
 from .store import ANSWERED, BOT, FOR_AGENT, HANDED_OVER, PENDING, WAITING
@@ -50,9 +53,14 @@ class TurnOutcome:
 
 class Turns:
     def __init__(self, core: ManagerCore, engine: Engine, policy: EscalationPolicy, delivery: Delivery,
-                 screenshots: Screenshots) -> None:
+                 screenshots: Screenshots, knowledge: KnowledgeBase | None = None) -> None:
         self.core = core
         self.screenshots = screenshots
+        options = core.options
+        self.knowledge = None if knowledge is None else TurnKnowledge(
+            knowledge, KnowledgeOptions(options.kb_tokens, options.kb_passages, options.kb_min_score),
+            engine.count_text_tokens,
+        )
         self.policy = policy  # the deployment's, for a conversation without a usable template
         self.delivery = delivery
         self.context = ContextBuilder(engine, core.options.context)
@@ -88,13 +96,13 @@ class Turns:
                 return await self._turn(row)
         raise AssertionError("unreachable: the policy raises the last failure")
 
-    def _turn_state(self, message: dict) -> tuple[dict, Any, list[dict], dict]:
+    def _turn_state(self, message: dict) -> tuple[dict, Any, list[dict], dict, list[Passage]]:
         """Everything a turn reads, in one trip to the database thread."""
         store = self.core.store
         conversation = store.conversation(message["conversation_id"])
         if conversation["status"] != BOT:
             store.set_message_status(message["id"], FOR_AGENT)
-            return conversation, None, [], {}
+            return conversation, None, [], {}, []
         history = store.history(conversation["id"], message["episode"], message["id"])
         images = store.attachments({i for row in [*history, message] for i in attachment_ids(row)})
         read = [images[i].reading for i in attachment_ids(message) if i in images]
@@ -106,7 +114,8 @@ class Turns:
         except TemplateError as exc:
             log.error("no usable template for channel %s", conversation["channel"])
             rendered = exc
-        return conversation, rendered, history, images
+        passages = self.knowledge.passages(message, history, read) if self.knowledge else []
+        return conversation, rendered, history, images, passages
 
     def _policy_for(self, rendered) -> EscalationPolicy:
         """The template's sensitive topics, or the deployment's policy when there is no template."""
@@ -125,7 +134,7 @@ class Turns:
         if self.screenshots.staged:  # its screenshots are read and redacted before anything else
             await self.screenshots.finish(message_id)
             message = await self.core.db(self.core.store.message, message_id)
-        conversation, rendered, history, stored_images = await self.core.db(self._turn_state, message)
+        conversation, rendered, history, stored_images, passages = await self.core.db(self._turn_state, message)
         cid = conversation["id"]
         if conversation["status"] != BOT:
             self.core.emit("message", conversation_id=cid, message_id=message_id)
@@ -156,13 +165,15 @@ class Turns:
         decision = policy.before_model(message["text"], unreadable_images=len(refused), answerable_text=has_content)
         if decision is None and not has_content and not refused:  # empty: nothing to answer or escalate
             decision = Decision(True, Reason.UNREADABLE_IMAGE, "empty message", "")
+        if decision is None and not passages and rendered is not None and rendered.template.escalation.require_knowledge:
+            decision = Decision(True, Reason.NO_KNOWLEDGE, "nothing relevant in the help centre", "")
         if decision is None and rendered is not None:
             threshold = rendered.template.escalation.confidence_threshold
             previous_low = _last_bot_low_confidence(history, threshold)
             try:
                 build = partial(
                     self.context.build,
-                    rendered.system_prompt,
+                    _with_knowledge(rendered.system_prompt, passages, language),
                     history,
                     message,
                     stored_images,
@@ -200,6 +211,9 @@ class Turns:
         decision = replace(decision, answer=mask_card_numbers(decision.answer), detail=mask_card_numbers(decision.detail))
         handover_text = handover_message(rendered, language) if decision.handover else ""
         figures = _figures(generation, stats, rendered)
+        if passages:
+            figures["knowledge"] = json.dumps(knowledge_record(passages, decision.answer, self.core.options.public_url),
+                                              ensure_ascii=False)
         async with self.core.send_locks(cid):
             stored, kept = await self.core.db(
                 self._store_turn, conversation, owner_seq, message, decision, figures, handover_text
@@ -280,7 +294,8 @@ class Turns:
                     cid, "bot", decision.answer, reply_to=message["id"], kind="answer", **figures, **self.core.sending()
                 )
                 out.append(
-                    (reply_id, Outbound(decision.answer, kind="answer", message_id=reply_id, reply_to=message["id"]))
+                    (reply_id, Outbound(decision.answer, kind="answer", message_id=reply_id, reply_to=message["id"],
+                                        sources=stored_sources(figures.get("knowledge"))))
                 )
                 store.set_message_status(message["id"], ANSWERED)
             attachments = attachment_ids(message)
@@ -289,6 +304,11 @@ class Turns:
                     attachments, mask_card_numbers(describe_from_answer(decision.answer, message["text"]))
                 )
         return out, True
+
+
+def _with_knowledge(system_prompt: str, passages: list[Passage], language: str) -> str:
+    section = knowledge_section(passages, language)
+    return f"{system_prompt.rstrip()}\n\n{section}" if section else system_prompt
 
 
 def _read_as(attachment, key: str):

@@ -8,6 +8,7 @@ through the same manager that answers for the bot.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Annotated
 
@@ -105,6 +106,7 @@ def thread(store: Store, conversation_id: int) -> dict | None:
                 "created_at": row["created_at"],
                 "reply_to": row["reply_to"], "status_change": row["status_change"],
                 **{figure: row[figure] for figure in TURN_FIGURES},
+                "knowledge": json.loads(row["knowledge"]) if row.get("knowledge") else None,
                 "delivered": row["delivered"] == 1 if row["role"] in ("bot", "agent", "system") else None,
                 "withheld": row["delivered"] == -1,  # never sent: a person took over first
             }

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from adapters.widget import CHANNEL, WidgetChannel, issue_token, verify_token
 from bot.context import attachment_ids
+from bot.knowledge.retrieval import stored_sources
 from bot.messages import Inbound
 from bot.queries import ChannelReads
 from bot.text import clean_user_text
@@ -57,6 +58,13 @@ class ConfigOut(BaseModel):
     banner: str | None
 
 
+class SourceOut(BaseModel):
+    n: int  # the number the answer cites it by: [n]
+    title: str
+    url: str  # "" when the article has no address of its own: the widget links to /help/{article_id}
+    article_id: int
+
+
 class MessageOut(BaseModel):
     id: int | None
     role: str
@@ -68,6 +76,7 @@ class MessageOut(BaseModel):
     client_message_id: str | None
     reply_to: int | None
     status: str | None = None  # kind "status": the new owner
+    sources: list[SourceOut] = []  # kind "answer": the help-centre articles it cites
 
 
 class ConversationOut(BaseModel):
@@ -198,7 +207,7 @@ def _message_out(row: dict, attachments: dict, token: str) -> MessageOut:
         id=row["id"], role=row["role"], kind=kind, text=row["text"] or "",
         author=row.get("author_name") or row.get("author") or "",
         images=images, created_at=row["created_at"], client_message_id=client_id, reply_to=row.get("reply_to"),
-        status=row.get("status_change"),
+        status=row.get("status_change"), sources=list(stored_sources(row.get("knowledge"))),
     )
 
 

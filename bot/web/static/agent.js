@@ -712,7 +712,7 @@ import {
       const key = messageKey(m, i);
       seen.add(key);
       let node = messageNodes.get(key);
-      const sig = JSON.stringify([m.text, m.images, m.screenshots, m.author, m.author_name, m.confidence, m.role, m.kind, m.delivered,
+      const sig = JSON.stringify([m.text, m.images, m.screenshots, m.knowledge, m.author, m.author_name, m.confidence, m.role, m.kind, m.delivered,
         m.withheld, m.status_change, m.prompt_tokens, m.image_tokens, m.completion_tokens, m.latency_ms]);
       if (node && node.dataset.sig !== sig) {
         const fresh = renderMessage(m);
@@ -989,8 +989,34 @@ import {
     if (role === "bot" || role === "draft" || kind === "handover") {
       const figures = turnFigures(m);
       if (figures) node.appendChild(figures);
+      const used = turnKnowledge(m.knowledge);
+      if (used) node.appendChild(used);
     }
     return node;
+  }
+
+  /** The help-centre passages a bot turn was given, its score each, and which the answer cited. */
+  function turnKnowledge(k) {
+    if (!k || typeof k !== "object" || !Array.isArray(k.retrieved) || !k.retrieved.length) return null;
+    const cited = Array.isArray(k.cited) ? k.cited.map(Number) : [];
+    const list = el("ol", { class: "kb-used-list" });
+    k.retrieved.forEach(function (p) {
+      if (!p || typeof p !== "object") return;
+      const isCited = cited.indexOf(Number(p.n)) >= 0;
+      const item = el("li", { class: isCited ? "is-cited" : "", "data-testid": "turn-passage" }, [
+        el("span", { class: "kb-n", text: "[" + String(Number(p.n) || "") + "]" }),
+        " " + str(p.section || p.title),
+        el("span", { class: "kb-score", text: isNum(p.score) ? " · score " + p.score.toFixed(1) : "" }),
+        isCited ? el("span", { class: "kb-cited", text: " · cited" }) : null,
+      ]);
+      list.appendChild(item);
+    });
+    const box = el("details", { class: "kb-used", "data-testid": "turn-knowledge" }, [
+      el("summary", { text: "Help centre: " + k.retrieved.length + " passage" + (k.retrieved.length === 1 ? "" : "s") +
+        " given, " + cited.length + " cited" }),
+      list,
+    ]);
+    return box;
   }
 
   // ---------------------------------------------------------------------------------------

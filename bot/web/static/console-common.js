@@ -60,6 +60,7 @@ export const REASONS = {
   sensitive_topic: "Sensitive topic",
   repeated_failure: "Repeated failure",
   unreadable_image: "Unreadable image",
+  no_knowledge: "Not in the help centre",
   engine_error: "Engine error",
   busy: "Bot busy"
 };

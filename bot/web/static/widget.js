@@ -67,6 +67,7 @@
       send: "Send message",
       you: "You",
       assistant: "Assistant",
+      sources: "Sources",
       agentDefault: "Agent",
       statusBot: "Assistant · usually answers in seconds",
       statusWaiting: "Waiting for a person…",
@@ -141,6 +142,7 @@
       send: "发送消息",
       you: "我",
       assistant: "助手",
+      sources: "参考资料",
       agentDefault: "客服",
       statusBot: "智能助手 · 通常几秒内回复",
       statusWaiting: "正在等待人工客服…",
@@ -498,6 +500,10 @@ button { font: inherit; color: inherit; }
 .text:empty { display: none; }
 .text a { color: inherit; text-decoration: underline; text-underline-offset: 2px; }
 .right .text a:focus-visible { outline-color: #fff; }
+.sources { margin: 8px 0 0; padding: 6px 0 0; border-top: 1px solid rgba(0,0,0,.08); font-size: 12px; }
+.sources p { margin: 0 0 2px; font-weight: 600; }
+.sources ol { margin: 0; padding-left: 18px; }
+.sources a { color: inherit; text-decoration: underline; overflow-wrap: anywhere; }
 .imgs { display: flex; flex-wrap: wrap; gap: 6px; margin: 2px 0 6px; }
 .imgs:last-child { margin-bottom: 2px; }
 .imgs:empty { display: none; }
@@ -1545,6 +1551,8 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     node.appendChild(bubble);
     fillText(text, m.text);
     showServerImages(node, m);
+    const cited = sourcesList(m);
+    if (cited) bubble.appendChild(cited);
     return node;
   }
 
@@ -1692,6 +1700,23 @@ textarea:focus { border-color: var(--sd-accent); box-shadow: 0 0 0 3px rgba(79, 
     markSent(node);
     delete node.dataset.outbox;
     if (cid) outbox.delete(cid);
+  }
+
+  /** An answer's cited help-centre articles: "[1] Title" as links (http(s) only), else plain titles. */
+  function sourcesList(m) {
+    const items = (Array.isArray(m.sources) ? m.sources : []).filter(function (s) { return s && typeof s === "object"; });
+    if (m.kind !== "answer" || !items.length) return null;
+    const list = el("ol", {});
+    items.forEach(function (s) {
+      const label = "[" + String(Number(s.n) || "") + "] " + String(s.title || "");
+      const own = Number(s.article_id) > 0 ? SERVER + "/help/" + String(Number(s.article_id)) : null;
+      const url = typeof s.url === "string" && s.url ? httpUrl(s.url) : own ? httpUrl(own) : null;
+      const item = el("li", {});
+      if (url) item.appendChild(el("a", { href: url.href, target: "_blank", rel: "noopener noreferrer", text: label }));
+      else item.textContent = label;
+      list.appendChild(item);
+    });
+    return el("div", { class: "sources", "data-testid": "sources" }, [el("p", { text: t("sources") }), list]);
   }
 
   /** The server's copies of a message's screenshots (redacted: personal data painted over)
