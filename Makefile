@@ -26,6 +26,7 @@ run: $(STAMP)
 # The whole flow without a GPU or a download: a tiny random-weight model (every answer is handed over).
 demo: $(STAMP)
 	test -f models/tiny/config.json || $(BIN)/snapdesk tiny-model models/tiny
+	$(BIN)/snapdesk kb import prompts/knowledge
 	$(BIN)/snapdesk serve --model models/tiny
 
 test: $(STAMP)
