@@ -39,6 +39,20 @@ def inspect_one(path: Path, settings: Settings, reader: OcrReader) -> tuple[Scre
     return reading, timings
 
 
+class Refused(Exception):
+    """An image that cannot be used, with the line to print."""
+
+
+def read_file(name: str, settings: Settings, reader: OcrReader) -> tuple[ScreenshotReading, dict]:
+    """`inspect_one` for a file named on the command line; Refused says why it cannot be read."""
+    try:
+        return inspect_one(Path(name), settings, reader)
+    except OSError as exc:
+        raise Refused(f"cannot read {name}: {exc.strerror or exc}") from None
+    except ImageRejected as exc:
+        raise Refused(f"{name}: {exc.message('en')} ({exc.reason})") from None
+
+
 def _document(path: Path, reading: ScreenshotReading, timings: dict) -> dict:
     return {
         "file": str(path),
@@ -86,12 +100,9 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     for name in args.images:
         path = Path(name)
         try:
-            reading, timings = inspect_one(path, settings, reader)
-        except OSError as exc:
-            print(f"snapdesk: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_REFUSED
-        except ImageRejected as exc:
-            print(f"snapdesk: {name}: {exc.message('en')} ({exc.reason})", file=sys.stderr)
+            reading, timings = read_file(name, settings, reader)
+        except Refused as exc:
+            print(f"snapdesk: {exc}", file=sys.stderr)
             return EXIT_REFUSED
         if out_dir is not None:
             reading.image.save(out_dir / f"{path.stem}.png", format="PNG")

@@ -81,23 +81,18 @@ def kb_search(store, settings: Settings, args: argparse.Namespace) -> int:
 
     evidence = []
     if args.image:
-        from engine.images import ImageRejected
         from engine.ocr import OcrReader
 
-        from .inspect_cli import inspect_one
+        from .inspect_cli import Refused, read_file
 
         reader = OcrReader(workers=1, timeout_s=settings.ocr_timeout_s)
-        for name in args.image:
-            try:
-                reading, _ = inspect_one(Path(name), settings, reader)
-            except OSError as exc:
-                print(f"snapdesk: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
-                return EXIT_USAGE
-            except ImageRejected as exc:
-                print(f"snapdesk: {name}: {exc.message('en')} ({exc.reason})", file=sys.stderr)
-                return EXIT_USAGE
-            evidence.append(reading.evidence)
-        reader.close()
+        try:
+            evidence = [read_file(name, settings, reader)[0].evidence for name in args.image]
+        except Refused as exc:
+            print(f"snapdesk: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        finally:
+            reader.close()
     query = knowledge_query(args.text, evidence)
     hits = KnowledgeBase(store).search(query, k=args.k)
     if args.json:

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from bot.conversation import ConversationManager, ManagerOptions
 from bot.escalation import EscalationPolicy
+from bot.knowledge.index import KnowledgeBase
 from bot.messages import ChannelRegistry, Inbound
 from bot.screenshots import ReadingOptions
 from bot.store import Store
@@ -36,10 +37,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []  # (kind, text)
+        self.outbound: list = []  # what was sent, whole
         self.refreshed: list[int] = []
 
     async def send(self, conversation, outbound) -> None:
         self.sent.append((outbound.kind, outbound.text))
+        self.outbound.append(outbound)
 
     async def send_screenshots_ready(self, conversation, message_id: int) -> None:
         self.refreshed.append(message_id)
@@ -82,7 +85,7 @@ def reader():
     ocr.close()
 
 
-def make(tmp_path, reader, engine=None, reading=ReadingOptions()):
+def make(tmp_path, reader, engine=None, reading=ReadingOptions(), knowledge: bool = False):
     engine = engine or StubEngine(reply="That charge is your membership renewal.", keep_requests=10)
     engine.start()
     store = Store(tmp_path)
@@ -92,7 +95,7 @@ def make(tmp_path, reader, engine=None, reading=ReadingOptions()):
     recorder = Recorder()
     channels.register(recorder)
     manager = ConversationManager(store, engine, templates, EscalationPolicy(), channels, ManagerOptions(),
-                                  reader=reader, reading=reading)
+                                  reader=reader, reading=reading, knowledge=KnowledgeBase(store) if knowledge else None)
     return manager, recorder, engine
 
 
