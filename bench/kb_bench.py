@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import statistics
 import tempfile
@@ -32,6 +33,7 @@ from bot.knowledge.articles import Document, Section
 from bot.knowledge.importing import FetchPolicy, Importer
 from bot.knowledge.index import KnowledgeBase
 from bot.knowledge.retrieval import knowledge_query
+from bot.settings import Settings
 from bot.store import Store
 from engine.evidence import Evidence
 
@@ -141,6 +143,33 @@ def answer_all(kb: KnowledgeBase, labelled: Sequence[Question],
                evidence: Mapping[str, Evidence] | None = None) -> list[Answer]:
     names = import_help_centre(kb)
     return [answer(kb, names, q, evidence) for q in labelled]
+
+
+# The relevance threshold ------------------------------------------------------------------------
+OFF_TOPIC = ROOT / "bench" / "data" / "kb_offtopic.jsonl"
+KEPT_SHARE = 0.95  # the threshold keeps the right article's best passage for this share of answerable questions
+
+
+def best_scores(kb: KnowledgeBase, names: Mapping[int, str], labelled: Sequence[Question]) -> tuple[list, list]:
+    """The right article's best passage score for each text question, and the best score any
+    passage reaches for each off-topic question (0 when nothing matches)."""
+    answerable = []
+    for question in labelled:
+        if question.screenshot:
+            continue
+        hits = kb.search(knowledge_query(question.text), k=SEARCH_DEPTH)
+        answerable.append(max((h.score for h in hits if names.get(h.article_id) in question.articles), default=0.0))
+    off_topic = []
+    for line in OFF_TOPIC.read_text(encoding="utf-8").splitlines():
+        hits = kb.search(knowledge_query(json.loads(line)["text"]), k=5)
+        off_topic.append(max((h.score for h in hits), default=0.0))
+    return sorted(answerable), sorted(off_topic)
+
+
+def calibrated_threshold(answerable: Sequence[float]) -> float:
+    """The highest score (in halves) that still keeps KEPT_SHARE of the answerable questions."""
+    index = int(len(answerable) * (1 - KEPT_SHARE))
+    return math.floor(answerable[index] * 2) / 2
 
 
 # Speed ----------------------------------------------------------------------------------------
@@ -258,6 +287,10 @@ def run() -> list[Figure]:
     with temporary_kb() as kb:
         answers = answer_all(kb, labelled, evidence)
         timed = search_ms(kb, [a.query for a in answers if a.query])
+    with temporary_kb() as kb:
+        answerable, off_topic = best_scores(kb, import_help_centre(kb), labelled)
+    threshold = calibrated_threshold(answerable)
+    default = Settings.model_fields["kb_min_score"].default
     _misses(answers)
     pages_per_s = import_pages_per_s()
     return [
@@ -270,6 +303,14 @@ def run() -> list[Figure]:
         *(Figure(f"kb_recall_at_{at}_zh_{name}", round(recall(found, at), 3), "",
                  f"Chinese questions, recall at {at} with the index and the query cut by {name}")
           for at in (TOP, 1) for name, found in by_segmenter.items()),
+        Figure("kb_min_score_calibrated", threshold, "",
+               f"the relevance threshold that keeps the right article for {KEPT_SHARE:.0%} of the "
+               f"{len(answerable)} text questions (SNAPDESK_KB_MIN_SCORE defaults to {default:g})"),
+        Figure("kb_offtopic_rejected", round(sum(s < default for s in off_topic) / len(off_topic), 3), "",
+               f"share of {len(off_topic)} off-topic questions (weather, recipes, poems; en and zh) with no passage "
+               f"reaching SNAPDESK_KB_MIN_SCORE: what require_knowledge hands over"),
+        Figure("kb_answerable_kept", round(sum(s >= default for s in answerable) / len(answerable), 3), "",
+               "share of the text questions whose right article reaches SNAPDESK_KB_MIN_SCORE"),
         Figure("kb_search_ms_p95", round(statistics.quantiles(timed, n=20)[-1], 2), "<= 50",
                f"95th percentile of {len(timed)} searches over {INDEX_PASSAGES:,} passages (the labelled queries)"),
         Figure("kb_import_pages_per_s", round(pages_per_s, 1), "",

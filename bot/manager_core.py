@@ -37,7 +37,7 @@ class ManagerOptions:
     unknown_confidence_hands_over: bool = True
     kb_tokens: int = 1200  # prompt tokens a turn's help-centre passages may take (0: none)
     kb_passages: int = 4  # most passages in one prompt
-    kb_min_score: float = 1.0  # below this a passage is not relevant
+    kb_min_score: float = 5.0  # below this a passage is not relevant (calibrated: bench/kb_bench.py)
     public_url: str = ""  # the server's public base URL: a cited article without an address links to /help/{id}
     delivery_lease_s: float = 300.0  # a send claimed longer ago than this (a hung sender) may be tried again
 

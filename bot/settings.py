@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     kb_tokens: int = Field(1200, ge=0, description="prompt tokens the help-centre passages of one turn may take (0: none)")
     kb_passages: int = Field(4, ge=1, le=20, description="most passages put in one prompt")
     kb_min_score: float = Field(
-        1.0, ge=0, description="a passage scoring below this is not relevant (also what require_knowledge checks)"
+        5.0, ge=0, description="a passage scoring below this is not relevant (also what require_knowledge checks)"
     )
     kb_allowed_hosts: str = Field("", description="comma-separated hosts Snapdesk may fetch articles and sitemaps from "
                                   "(*.example.com for subdomains)")
