@@ -11,7 +11,8 @@ from fastapi.responses import Response
 # The consoles' scripts are ES modules: a browser runs a module only when it is served with a
 # JavaScript type (nosniff makes that strict for classic scripts too).
 ASSETS = {"console.css": "text/css; charset=utf-8", "agent.js": "text/javascript; charset=utf-8",
-          "operator.js": "text/javascript; charset=utf-8", "console-common.js": "text/javascript; charset=utf-8"}
+          "operator.js": "text/javascript; charset=utf-8", "knowledge.js": "text/javascript; charset=utf-8",
+          "console-common.js": "text/javascript; charset=utf-8"}
 
 router = APIRouter(include_in_schema=False)
 

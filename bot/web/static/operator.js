@@ -1,6 +1,7 @@
 /*
  * Snapdesk operator console: edit, try, version and publish the support prompt templates,
- * choose which template answers on each channel, and watch how the bot does. Admins also
+ * choose which template answers on each channel, and watch how the bot does; the Knowledge
+ * view (knowledge.js) manages the help centre the bot answers from. Admins also
  * get a Users view: list and add console accounts, change roles and display names, reset
  * passwords, sign accounts out everywhere, disable and enable them.
  *
@@ -13,6 +14,7 @@ import {
   $, el, setAttrs, setText, initials, reasonLabel, channelLabel, isNum, confidenceClass, parseTime,
   apiClient, signOut, showError, clearError, toast
 } from "./console-common.js";
+import { knowledgeTab } from "./knowledge.js";
 
 (function () {
   const MAX_IMAGES = 4;
@@ -32,7 +34,7 @@ import {
     templates: [], // from GET /operator/api/templates
     channels: [], // [{channel, template}] as saved on the server
     channelDraft: new Map(), // channel -> template chosen but not saved yet
-    view: null, // "templates" | "stats" | "users"
+    view: null, // "templates" | "knowledge" | "stats" | "users"
     tpl: null, // {name, published, yaml} of the template open in the editor
     opening: null, // name of the template being loaded
     validation: null, // {text, ok, issues, preview} for the latest checked text
@@ -168,6 +170,8 @@ import {
     }
   });
 
+  const knowledge = knowledgeTab(api); // the Knowledge view (knowledge.js)
+
   function tplPath(name, rest) {
     return "/operator/api/templates/" + encodeURIComponent(name) + (rest || "");
   }
@@ -210,6 +214,7 @@ import {
     const h = location.hash.replace(/^#\/?/, "");
     const parts = h.split("/");
     if (parts[0] === "stats") return { view: "stats" };
+    if (parts[0] === "knowledge") return { view: "knowledge" };
     if (parts[0] === "users" && isAdmin()) return { view: "users" };
     if (parts[0] === "templates" && parts[1]) {
       let name = parts[1];
@@ -235,16 +240,18 @@ import {
     const changed = state.view !== view;
     state.view = view;
     $("view-templates").hidden = view !== "templates";
+    $("view-knowledge").hidden = view !== "knowledge";
     $("view-stats").hidden = view !== "stats";
     $("view-users").hidden = view !== "users";
-    for (const v of ["templates", "stats", "users"]) {
+    for (const v of ["templates", "knowledge", "stats", "users"]) {
       if (v === view) $("nav-" + v).setAttribute("aria-current", "page");
       else $("nav-" + v).removeAttribute("aria-current");
     }
     const navT = $("nav-templates");
     navT.setAttribute("href", state.tpl ? "#/templates/" + encodeURIComponent(state.tpl.name) : "#/templates");
-    const titles = { stats: "Statistics", users: "Users" };
+    const titles = { knowledge: "Knowledge", stats: "Statistics", users: "Users" };
     document.title = (titles[view] || (state.tpl ? state.tpl.name : "Templates")) + " · Snapdesk · Operator";
+    if (view === "knowledge" && changed) knowledge.show(focus);
     if (view === "stats" && changed) {
       loadStats();
       if (focus) $("stats-heading").focus();
