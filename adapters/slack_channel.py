@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 from bot.messages import Conversation, Outbound
 
 from .slack_api import SlackApi, SlackCallError
-from .slack_text import MESSAGE_LIMIT, escape, render, sources_mrkdwn, split_message
+from .slack_text import MESSAGE_LIMIT, escape, render, split_message
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,20 @@ class Place:
 
     def key(self) -> str:
         return f"{self.team}:{self.channel}" + (f":{self.thread_ts}" if self.thread_ts else "")
+
+
+SOURCES_LABEL = {"en": "Sources", "zh": "参考资料"}
+
+
+def sources_line(sources, language: str) -> str:
+    """An answer's cited help-centre articles as one mrkdwn line of links ("" when it cites none)."""
+    shown = []
+    for source in sources:
+        title = str(source.get("title") or "article")
+        url = str(source.get("url") or "")
+        label = f"[{source['n']}] "
+        shown.append(label + (link(url, title) if url.startswith(("https://", "http://")) else escape(title)))
+    return f"*{SOURCES_LABEL.get(language, SOURCES_LABEL['en'])}:* " + " · ".join(shown) if shown else ""
 
 
 def plain_name(name: str) -> str:
@@ -120,7 +134,7 @@ class SlackChannel:
             label = localized(AGENT_LABEL, conversation.language).format(name=plain_name(outbound.author) or "Support")
             prefix = f"*{label}:* "
         body = render(outbound.text)
-        cited = sources_mrkdwn(outbound.sources, conversation.language)
+        cited = sources_line(outbound.sources, conversation.language)
         chunks = split_message(f"{body}\n\n{cited}" if cited else body, MESSAGE_LIMIT - len(prefix))
         chunks[0] = prefix + chunks[0]
         placeholder = None

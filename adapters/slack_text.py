@@ -41,24 +41,6 @@ def render(text: str) -> str:
     return escape(to_mrkdwn(text))
 
 
-SOURCES_LABEL = {"en": "Sources", "zh": "参考资料"}
-
-
-def sources_mrkdwn(sources, language: str) -> str:
-    """An answer's cited help-centre articles as mrkdwn links ("" when it cites none)."""
-    links = []
-    for source in sources:
-        title = escape(str(source.get("title") or "").replace("|", "¦")) or "article"
-        url = str(source.get("url") or "")
-        if url.startswith(("https://", "http://")) and not any(c in url for c in "<>| \n"):
-            links.append(f"[{source['n']}] <{url}|{title}>")
-        else:
-            links.append(f"[{source['n']}] {title}")
-    if not links:
-        return ""
-    return f"*{SOURCES_LABEL.get(language, SOURCES_LABEL['en'])}:* " + " · ".join(links)
-
-
 def _cut(text: str, limit: int) -> int:
     """Where to end the first chunk: a paragraph, line or word boundary, never inside an entity."""
     window = text[:limit]

@@ -98,6 +98,15 @@ def test_a_sitemap_is_imported_only_from_allowed_hosts(tmp_path, capsys, monkeyp
     (article,) = json.loads(run(capsys, "kb", "list", "--json", "--data", data)[1])
     assert article["title"] == "Refunds at Acme" and article["url"] == f"{pages}/refunds.html"
 
+    # The site changes: a page is replaced by another. A sync follows the sitemap.
+    site = tmp_path / "site"
+    (site / "invoices.html").write_text("<h1>Invoices</h1><p>Download them under Me > Orders.</p>")
+    (site / "sitemap.xml").write_text('<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/'
+                                      f'sitemap/0.9"><url><loc>{pages}/invoices.html</loc></url></urlset>')
+    code, out, _ = run(capsys, "kb", "sync", "--data", data)
+    assert code == 0 and out.startswith("1 added, 0 updated, 0 unchanged, 1 removed")
+    assert [a["title"] for a in json.loads(run(capsys, "kb", "list", "--json", "--data", data)[1])] == ["Invoices"]
+
 
 def test_search_with_a_screenshot_uses_what_it_shows(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SNAPDESK_OCR", "on")
