@@ -34,6 +34,7 @@ from ..store import StoreBusy, StoreError
 from .admin_console import router as admin_router
 from .agent_console import router as agent_router
 from .operator_console import router as operator_router
+from .help_pages import router as help_router
 from .knowledge_console import router as knowledge_router
 from .auth import router as auth_router
 from .body_limits import BodyLimitMiddleware, BodyLimits
@@ -206,6 +207,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(agent_router)
     app.include_router(operator_router)
     app.include_router(knowledge_router)
+    app.include_router(help_router)
     app.include_router(admin_router)
     app.include_router(openai_router)
     app.include_router(static_router)
