@@ -152,7 +152,8 @@ def test_statistics_summarise_recent_traffic(server):
     assert 0 < result["answered_share"] < 1
     assert result["handovers_by_reason"].get("user_request", 0) >= 1
     assert sum(b["count"] for b in result["confidence_histogram"]) >= 1
-    assert result["latency_ms"]["p50"] is not None
+    assert result["reply_time_s"]["p50"] is not None and "latency_ms" not in result  # seconds, not milliseconds
+    assert sum(share["share"] for share in result["outcomes"]["shares"]) == pytest.approx(1.0)
 
 
 def test_statistics_count_the_widget_feedback_and_show_the_latest_comments(server):

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import statistics
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -27,11 +25,11 @@ from engine.base import ChatMessage, EngineError, GenerationRequest, SamplingPar
 from engine.images import ImageRejected, prepare_image
 
 from .. import queries
+from ..operator_stats import stats
 from ..accounts import Session
 from ..escalation import Decision
 from ..language import detect_language
-from ..messages import utcnow
-from ..store import Store, iso
+from ..store import Store
 from ..template_work import off_loop
 from ..templates import Template, TemplateError
 from .auth import console_page, current_session, require
@@ -200,49 +198,6 @@ def versions(store: Store, name: str) -> list[dict]:
     return list(reversed(out))
 
 
-def _percentile(values: list[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(fraction * 100) - 1]
-
-
-def stats(store: Store, days: int) -> dict:
-    since = iso(utcnow() - timedelta(days=days))
-    per_day = queries.daily_volume(store, since)
-    today = utcnow().date()
-    series = []
-    for offset in range(days - 1, -1, -1):
-        day = (today - timedelta(days=offset)).isoformat()
-        row = per_day.get(day, {})
-        series.append({"date": day, "messages": row.get("messages") or 0, "answered": row.get("answered") or 0,
-                       "handed_over": row.get("handed_over") or 0})
-    answered = sum(d["answered"] for d in series)
-    handed = sum(d["handed_over"] for d in series)
-    reasons = queries.handovers_by_reason(store, since)
-    latencies = queries.turn_latencies(store, since)
-    confidences = queries.turn_confidences(store, since)
-    verdicts = queries.feedback_counts(store, since)
-    comments = queries.feedback_comments(store, since)
-    histogram = [{"from": i / 10, "to": (i + 1) / 10,
-                  "count": sum(1 for c in confidences if i / 10 <= c < (i + 1) / 10 or (i == 9 and c == 1.0))}
-                 for i in range(10)]
-    return {
-        "days": series,
-        "answered_share": answered / (answered + handed) if answered + handed else None,
-        "handovers_by_reason": reasons,
-        "latency_ms": {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95)},
-        "confidence_histogram": histogram,
-        "feedback": {
-            "helpful": verdicts["helpful"], "not_helpful": verdicts["not_helpful"],
-            "comments": [{"conversation_id": c["conversation_id"], "episode": c["episode"],
-                          "helpful": bool(c["helpful"]), "comment": c["comment"], "created_at": c["created_at"]}
-                         for c in comments],
-        },
-    }
-
-
 @router.get("/operator", response_class=HTMLResponse, include_in_schema=False)
 async def operator_page(session: Annotated[Session | None, Depends(current_session)]) -> Response:
     return console_page(session, "operator", "/operator", "operator.html")
@@ -387,6 +342,7 @@ async def set_channel(body: ChannelIn, runtime: RuntimeDep, session: OperatorSes
 
 
 @router.get("/operator/api/stats",
-            summary="How the bot does: volume, hand-overs, latency, confidence, the users' feedback")
+            summary="How the bot does: what became of each message, resolution, satisfaction, time to first answer, "
+                    "hand-overs by reason, each per template version")
 async def get_stats(runtime: RuntimeDep, session: OperatorSession, days: Days = 14) -> dict:
     return await runtime.manager.db(stats, runtime.store, max(1, min(days, 365)))
