@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from bot.messages import utcnow
 from bot.operator_stats import RESOLUTION_WINDOW, stats
 from bot.store import ANSWERED, FOR_AGENT, HANDED_OVER, PENDING, Store, iso
+from engine.stub import StubEngine
+from tests.browser import chromium, needs_chromium, sign_in
+from tests.live_server import PASSWORD, live_server, wait_for
 
 NOW = utcnow()
+SHOTS = Path(os.environ.get("SNAPDESK_SCREENSHOTS", tempfile.gettempdir()))
 
 
 class Fixture:
@@ -177,3 +184,78 @@ def test_an_empty_period_has_no_shares_and_no_rates(tmp_path):
     assert empty["outcomes"] == {"total": 0, "shares": []} and empty["versions"] == []
     assert empty["resolution"]["rate"] is None and empty["satisfaction"]["share"] is None
     assert empty["first_answer_s"] == {"median": None, "p90": None, "count": 0} and empty["answered_share"] is None
+
+
+# The page ---------------------------------------------------------------------------------
+BARS = """() => {
+  const chart = document.querySelector('[data-chart=messages]');
+  const ticks = [...chart.querySelectorAll('text[data-tick]')].map(t => [Number(t.dataset.tick), Number(t.getAttribute('y'))]);
+  const bars = [...chart.querySelectorAll('g.bar')].map(g => ({
+    total: Number(g.dataset.total),
+    label: g.querySelector('text[data-label=total]') ? g.querySelector('text[data-label=total]').textContent : null,
+    height: [...g.querySelectorAll('rect')].reduce((a, r) => a + Number(r.getAttribute('height')), 0),
+  }));
+  return {ticks, bars};
+}"""
+
+
+@pytest.fixture(scope="module")
+def stats_page(tmp_path_factory):
+    data = tmp_path_factory.mktemp("stats-page")
+    store = Store(data)
+    hand_counted(store)
+    store.close()
+    with live_server(data, engine=StubEngine(reply="ok", confidence=0.9), login_rate_per_ip=1000,
+                     users={"olga": "operator"}) as (base, app):
+        # The server answers C's pending message when it starts: 7 answered of 12, C not decided yet.
+        served = app.state.runtime.store
+        wait_for(lambda: not served.select("select id from messages where status = ?", [PENDING]),
+                 what="the pending message's answer")
+        with chromium() as browser:
+            page = sign_in(browser, base, "olga", PASSWORD, "/operator")
+            page.wait_for_selector("[data-testid=template-item]")
+            page.click("[data-testid=nav-stats]")
+            page.wait_for_selector("[data-testid=version-row]")
+            yield page
+
+
+def percents(texts: list[str]) -> list[int]:
+    return [int(text.strip().split("%")[0]) for text in texts]
+
+
+@needs_chromium
+def test_the_page_writes_durations_in_seconds(stats_page):
+    view = stats_page.inner_text("#view-stats")
+    assert " ms" not in view and "44956" not in view
+    assert stats_page.inner_text("[data-testid=stat-first-answer]") == "3 s"  # median of 0.5 .. 125 s
+    assert stats_page.inner_text("[data-testid=stat-reply-time]") == "1.2 s"  # 0.8, 1.1, 1.2, 2.5, 3, 44.96 and C's
+    assert "p95 32 s" in stats_page.inner_text("#stat-reply-time-sub")
+    v2 = stats_page.locator("[data-testid=version-row][data-template=billing][data-version='2']").inner_text()
+    assert "6 s / 1 min 19 s" in v2  # median / p90 of 0.8, 1.5, 6, 10, 125 s
+
+
+@needs_chromium
+def test_the_shares_shown_add_up_to_100(stats_page):
+    shown = percents(stats_page.locator("[data-testid=outcome-percent]").all_inner_texts())
+    assert shown == [59, 9, 8, 8, 8, 8]  # 7, 1, 1, 1, 1, 1 of 12: 58.3 and 8.3, the largest remainders rounded up
+    assert sum(shown) == 100
+    for row in stats_page.locator("[data-testid=version-row]").all():
+        cells = row.locator("td").all_inner_texts()
+        assert sum(percents(cells[1:4])) == 100, cells
+    assert stats_page.inner_text("[data-testid=stat-answered-share]") == "59%"  # the same figure as in the list
+    assert stats_page.inner_text("[data-testid=stat-resolution]") == "43%"  # 3 of 7 decided episodes
+    assert stats_page.inner_text("[data-testid=stat-satisfaction]") == "50%"
+    assert "24 h" in stats_page.inner_text("#stat-resolution-how")
+
+
+@needs_chromium
+def test_bar_labels_are_the_numbers_the_bars_are_drawn_from(stats_page):
+    drawn = stats_page.evaluate(BARS)
+    (low, y_low), (high, y_high) = drawn["ticks"][0], drawn["ticks"][-1]
+    per_message = (y_low - y_high) / (high - low)  # pixels per message on the axis
+    labelled = [bar for bar in drawn["bars"] if bar["total"]]
+    assert sum(bar["total"] for bar in labelled) == 12
+    for bar in labelled:
+        assert bar["label"] == str(bar["total"])
+        assert bar["height"] == pytest.approx(bar["total"] * per_message, abs=1.0)
+    stats_page.locator("#view-stats").screenshot(path=str(SHOTS / "operator-stats.png"))

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 # JavaScript type (nosniff makes that strict for classic scripts too).
 ASSETS = {"console.css": "text/css; charset=utf-8", "agent.js": "text/javascript; charset=utf-8",
           "operator.js": "text/javascript; charset=utf-8", "knowledge.js": "text/javascript; charset=utf-8",
-          "console-common.js": "text/javascript; charset=utf-8"}
+          "console-common.js": "text/javascript; charset=utf-8", "stats.js": "text/javascript; charset=utf-8"}
 
 router = APIRouter(include_in_schema=False)
 

@@ -1,25 +1,25 @@
 /*
  * Snapdesk operator console: edit, try, version and publish the support prompt templates,
- * choose which template answers on each channel, and watch how the bot does; the Knowledge
- * view (knowledge.js) manages the help centre the bot answers from. Admins also
+ * choose which template answers on each channel; the Knowledge view (knowledge.js) manages the
+ * help centre the bot answers from, the Statistics view (stats.js) shows how the bot does. Admins also
  * get a Users view: list and add console accounts, change roles and display names, reset
  * passwords, sign accounts out everywhere, disable and enable them.
  *
  * Served at /operator with a strict CSP (script-src 'self'): no inline code, no eval. An ES module
  * that shares its helpers with the agent console through console-common.js.
  * Everything that comes from the server (template text, replies, issues, example text, diff
- * lines, names) is inserted as text nodes only; charts are SVG built with createElementNS.
+ * lines, names) is inserted as text nodes only.
  */
 import {
-  $, el, setAttrs, setText, initials, reasonLabel, channelLabel, isNum, confidenceClass, parseTime,
+  $, el, setText, initials, reasonLabel, channelLabel, isNum, confidenceClass, parseTime,
   apiClient, signOut, showError, clearError, toast
 } from "./console-common.js";
 import { knowledgeTab } from "./knowledge.js";
+import { duration, statsView } from "./stats.js";
 
 (function () {
   const MAX_IMAGES = 4;
   const VALIDATE_DELAY_MS = 400;
-  const SVG_NS = "http://www.w3.org/2000/svg";
   const LINE_HEIGHT = 20; // px, matches .op-yaml / .op-gutter
 
   const LANGUAGE_NAMES = { en: "English", zh: "Chinese", auto: "Auto" };
@@ -51,25 +51,14 @@ import { knowledgeTab } from "./knowledge.js";
     examplesText: null, // draft text the shown example results belong to
     versions: [],
     historySeq: 0,
-    statsDays: 14,
-    stats: null,
-    statsSeq: 0,
     users: [], // from GET /admin/api/users
     usersSeq: 0,
-    addingUser: false,
-    resizeTimer: 0
+    addingUser: false
   };
 
   // ---------------------------------------------------------------------------------------
   // DOM helpers
   // ---------------------------------------------------------------------------------------
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(SVG_NS, tag);
-    setAttrs(node, attrs);
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
   function clear(node) {
     while (node.firstChild) node.removeChild(node.firstChild);
   }
@@ -94,18 +83,6 @@ import { knowledgeTab } from "./knowledge.js";
     return isNum(v) ? Math.round(v * 100) + "%" : "—";
   }
 
-  function round1(v) {
-    return Math.round(v * 10) / 10;
-  }
-
-  function ms(v) {
-    return isNum(v) ? String(round1(v)) + " ms" : "—";
-  }
-
-  function msCard(v) {
-    return isNum(v) ? Math.round(v) + " ms" : "—";
-  }
-
   function count(n, one, many) {
     return n + " " + (n === 1 ? one : many);
   }
@@ -123,22 +100,6 @@ import { knowledgeTab } from "./knowledge.js";
       return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
     } catch (_) {
       return d.toLocaleString();
-    }
-  }
-
-  function parseDay(s) {
-    const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(String(s || ""));
-    return m ? new Date(Date.UTC(+m[1], +m[2] - 1, +m[3])) : null;
-  }
-
-  function dayLabel(s, long) {
-    const d = parseDay(s);
-    if (!d) return String(s || "");
-    try {
-      return d.toLocaleDateString("en-US", long ? { weekday: "short", month: "short", day: "numeric", timeZone: "UTC" }
-        : { month: "short", day: "numeric", timeZone: "UTC" });
-    } catch (_) {
-      return String(s);
     }
   }
 
@@ -171,6 +132,7 @@ import { knowledgeTab } from "./knowledge.js";
   });
 
   const knowledge = knowledgeTab(api); // the Knowledge view (knowledge.js)
+  const statistics = statsView(api); // the Statistics view (stats.js)
 
   function tplPath(name, rest) {
     return "/operator/api/templates/" + encodeURIComponent(name) + (rest || "");
@@ -252,10 +214,7 @@ import { knowledgeTab } from "./knowledge.js";
     const titles = { knowledge: "Knowledge", stats: "Statistics", users: "Users" };
     document.title = (titles[view] || (state.tpl ? state.tpl.name : "Templates")) + " · Snapdesk · Operator";
     if (view === "knowledge" && changed) knowledge.show(focus);
-    if (view === "stats" && changed) {
-      loadStats();
-      if (focus) $("stats-heading").focus();
-    }
+    if (changed) statistics.show(view === "stats", focus);
     if (view === "users" && changed) {
       loadUsers();
       if (focus) $("users-heading").focus();
@@ -928,8 +887,8 @@ import { knowledgeTab } from "./knowledge.js";
     const ct = isNum(data.completion_tokens) ? data.completion_tokens : "—";
     setText($("try-tokens"), pt + " prompt · " + ct + " completion");
     const latency = $("try-latency");
-    setText(latency, ms(data.latency_ms));
-    if (isNum(data.first_token_ms)) latency.appendChild(el("span", { class: "op-fact-sub", text: "first token after " + ms(data.first_token_ms) }));
+    setText(latency, isNum(data.latency_ms) ? duration(data.latency_ms / 1000) : "—");
+    if (isNum(data.first_token_ms)) latency.appendChild(el("span", { class: "op-fact-sub", text: "first token after " + duration(data.first_token_ms / 1000) }));
     $("try-empty").hidden = true;
     $("try-output").hidden = false;
   }
@@ -1157,364 +1116,6 @@ import { knowledgeTab } from "./knowledge.js";
     } catch (e) {
       showError("Version " + version + " was not restored: " + e.message);
     }
-  }
-
-  // ---------------------------------------------------------------------------------------
-  // Statistics
-  // ---------------------------------------------------------------------------------------
-  async function loadStats() {
-    const days = state.statsDays;
-    const seq = ++state.statsSeq;
-    setStatus($("stats-status"), "Loading…", "busy");
-    $("view-stats").setAttribute("aria-busy", "true");
-    try {
-      const data = await api("/operator/api/stats?days=" + encodeURIComponent(days));
-      if (seq !== state.statsSeq) return;
-      state.stats = data;
-      renderStats();
-      setStatus($("stats-status"), "Updated " + new Date().toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }));
-    } catch (e) {
-      if (seq !== state.statsSeq) return;
-      setStatus($("stats-status"), "Not loaded", "bad");
-      showError("Statistics could not be loaded: " + e.message);
-    } finally {
-      if (seq === state.statsSeq) $("view-stats").setAttribute("aria-busy", "false");
-    }
-  }
-
-  function renderStats() {
-    const s = state.stats;
-    if (!s) return;
-    const days = Array.isArray(s.days) ? s.days : [];
-    let messages = 0;
-    let answered = 0;
-    let handed = 0;
-    for (const d of days) {
-      messages += num(d.messages);
-      answered += num(d.answered);
-      handed += num(d.handed_over);
-    }
-    setText($("stat-messages"), String(messages));
-    setText($("stat-messages-sub"), days.length ? "≈ " + round1(messages / days.length) + " a day over " + count(days.length, "day", "days") : "");
-    setText($("stat-answered-share"), pct(s.answered_share));
-    setText($("stat-answered-sub"), answered + " answered");
-    setText($("stat-handed-over"), String(handed));
-    setText($("stat-handed-sub"), messages ? pct(handed / messages) + " of messages" : "");
-    const lat = s.latency_ms && typeof s.latency_ms === "object" ? s.latency_ms : {};
-    setText($("stat-p50"), msCard(lat.p50));
-    setText($("stat-p95"), msCard(lat.p95));
-    renderFeedback(s.feedback && typeof s.feedback === "object" ? s.feedback : {});
-    drawCharts();
-  }
-
-  function thumb(up) {
-    const icon = svg("svg", {
-      viewBox: "0 0 24 24", width: "16", height: "16", fill: "none", stroke: "currentColor", "stroke-width": "2",
-      "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true", focusable: "false"
-    });
-    icon.appendChild(svg("path", {
-      d: up ? "M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3z M7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3"
-        : "M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3z M17 2h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17"
-    }));
-    return icon;
-  }
-
-  /** The widget's "Did this solve your problem?" answers: totals and the latest comments. */
-  function renderFeedback(f) {
-    const up = num(f.helpful);
-    const down = num(f.not_helpful);
-    const total = up + down;
-    setText($("feedback-helpful"), String(up));
-    setText($("feedback-not-helpful"), String(down));
-    $("feedback-bar").classList.toggle("is-empty", total === 0);
-    $("feedback-bar-up").style.width = total ? Math.round((up / total) * 100) + "%" : "0";
-    setText($("feedback-share"), total ? pct(up / total) + " of " + count(total, "answer", "answers") + " helpful" : "No answers in this period.");
-    const list = $("feedback-comments");
-    clear(list);
-    const comments = Array.isArray(f.comments) ? f.comments : [];
-    for (const c of comments) {
-      if (!c || typeof c !== "object") continue;
-      const when = c.created_at ? new Date(String(c.created_at).replace(/(\.\d{3})\d+/, "$1")) : null;
-      const meta = "Conversation #" + String(c.conversation_id) +
-        (when && !isNaN(when.getTime()) ? " · " + when.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" }) : "");
-      list.appendChild(el("li", {
-        class: "op-comment", "data-testid": "feedback-comment", "data-helpful": c.helpful ? "true" : "false",
-        "data-conversation-id": String(c.conversation_id)
-      }, [
-        el("span", { class: "op-comment-verdict", "data-helpful": c.helpful ? "true" : "false", title: c.helpful ? "Helpful" : "Not helpful" }, [
-          thumb(c.helpful), el("span", { class: "sr-only", text: c.helpful ? "Helpful: " : "Not helpful: " })
-        ]),
-        el("span", { class: "op-comment-text", "data-testid": "feedback-comment-text", text: String(c.comment || "") }),
-        el("span", { class: "op-comment-meta", text: meta })
-      ]));
-    }
-    if (!list.firstChild) list.appendChild(el("li", { class: "op-comments-empty", text: "No comments yet." }));
-  }
-
-  function num(v) {
-    return isNum(v) ? v : 0;
-  }
-
-  function drawCharts() {
-    const s = state.stats;
-    if (!s) return;
-    const days = Array.isArray(s.days) ? s.days : [];
-    drawMessages($("chart-messages"), days);
-    dataTable($("data-messages"), ["Day", "Messages", "Answered", "Handed over"], days.map(function (d) {
-      return [dayLabel(d.date, true), num(d.messages), num(d.answered), num(d.handed_over)];
-    }));
-    const reasons = Object.keys(s.handovers_by_reason || {}).map(function (k) {
-      return { code: k, label: reasonLabel(k), value: num(s.handovers_by_reason[k]) };
-    }).sort(function (a, b) {
-      return b.value - a.value || a.label.localeCompare(b.label);
-    });
-    drawReasons($("chart-reasons"), reasons);
-    dataTable($("data-reasons"), ["Reason", "Hand-overs"], reasons.map(function (r) {
-      return [r.label, r.value];
-    }));
-    const buckets = Array.isArray(s.confidence_histogram) ? s.confidence_histogram : [];
-    drawHistogram($("chart-confidence"), buckets);
-    dataTable($("data-confidence"), ["Confidence", "Replies"], buckets.map(function (b) {
-      return [pct(b.from) + "–" + pct(b.to), num(b.count)];
-    }));
-  }
-
-  function dataTable(host, headers, rows) {
-    clear(host);
-    const table = el("table", { class: "op-table" });
-    const tr = el("tr");
-    for (const h of headers) tr.appendChild(el("th", { scope: "col", text: h }));
-    table.appendChild(el("thead", null, [tr]));
-    const body = el("tbody");
-    for (const r of rows) body.appendChild(el("tr", null, r.map(function (c) {
-      return el("td", { text: String(c) });
-    })));
-    if (!rows.length) body.appendChild(el("tr", null, [el("td", { colspan: String(headers.length), class: "muted", text: "No data." })]));
-    table.appendChild(body);
-    host.appendChild(el("details", null, [el("summary", { text: "Show the data as a table" }), table]));
-  }
-
-  function chartWidth(host, fallback) {
-    const w = host.clientWidth;
-    return Math.max(280, Math.floor(w > 0 ? w : fallback));
-  }
-
-  function niceStep(max, ticks) {
-    if (max <= 0) return 1;
-    const raw = max / ticks;
-    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-    const f = raw / mag;
-    const step = (f <= 1 ? 1 : f <= 2 ? 2 : f <= 2.5 ? 2.5 : f <= 5 ? 5 : 10) * mag;
-    return Math.max(1, step);
-  }
-
-  function makeSvg(kind, width, height, label) {
-    return svg("svg", {
-      "data-chart": kind, viewBox: "0 0 " + width + " " + height, width: String(width), height: String(height),
-      role: "img", "aria-label": label, preserveAspectRatio: "xMinYMin meet"
-    });
-  }
-
-  function emptyNote(root, cx, cy, text) {
-    root.appendChild(svg("text", { x: cx, y: cy, "text-anchor": "middle", fill: "#6b7280", "font-size": 13 }, text));
-  }
-
-  /** Value axis with gridlines, horizontal (for vertical bars). Returns the y scale. */
-  function yAxis(root, m, width, height, max, label) {
-    const plotH = height - m.top - m.bottom;
-    const step = niceStep(max, 4);
-    const top = Math.max(step, Math.ceil(max / step) * step);
-    const y = function (v) {
-      return m.top + plotH - (v / top) * plotH;
-    };
-    const g = svg("g", { class: "axis axis-y", "font-size": 11, fill: "#6b7280" });
-    for (let v = 0; v <= top + 1e-9; v += step) {
-      const yy = Math.round(y(v)) + 0.5;
-      g.appendChild(svg("line", { x1: m.left, x2: width - m.right, y1: yy, y2: yy, stroke: v === 0 ? "#9ca3af" : "#eef0f3" }));
-      g.appendChild(svg("text", { x: m.left - 6, y: yy + 4, "text-anchor": "end" }, formatTick(v)));
-    }
-    if (label) {
-      g.appendChild(svg("text", {
-        x: 0, y: 0, transform: "translate(12 " + (m.top + plotH / 2) + ") rotate(-90)", "text-anchor": "middle", fill: "#4b5563"
-      }, label));
-    }
-    root.appendChild(g);
-    return y;
-  }
-
-  function formatTick(v) {
-    return Number.isInteger(v) ? String(v) : String(round1(v));
-  }
-
-  function drawMessages(host, days) {
-    clear(host);
-    const width = chartWidth(host, 900);
-    const height = 280;
-    const m = { top: 18, right: 12, bottom: 44, left: 52 };
-    const totalMsgs = days.reduce(function (a, d) { return a + num(d.messages); }, 0);
-    const root = makeSvg("messages", width, height,
-      "Messages per day, answered by the bot and handed over, " + days.length + " days, " + totalMsgs + " messages in total.");
-    host.appendChild(root);
-    let max = 0;
-    for (const d of days) max = Math.max(max, num(d.messages), num(d.answered) + num(d.handed_over));
-    const y = yAxis(root, m, width, height, max, "Messages");
-    const plotW = width - m.left - m.right;
-    if (!days.length || max === 0) {
-      emptyNote(root, m.left + plotW / 2, m.top + (height - m.top - m.bottom) / 2, "No messages in this period.");
-      return;
-    }
-    const band = plotW / days.length;
-    const barW = Math.max(3, Math.min(44, band * 0.68));
-    const every = Math.max(1, Math.ceil(days.length * 56 / plotW));
-    const showTotals = band >= 26;
-    const bars = svg("g", { class: "bars" });
-    days.forEach(function (d, i) {
-      const a = num(d.answered);
-      const h = num(d.handed_over);
-      const total = Math.max(num(d.messages), a + h);
-      const x = m.left + band * i + (band - barW) / 2;
-      const g = svg("g", { class: "bar" });
-      g.appendChild(svg("title", null, dayLabel(d.date, true) + ": " + total + " messages — " + a + " answered by the bot, " + h + " handed over"));
-      const yA = y(a);
-      const yH = y(a + h);
-      g.appendChild(svg("rect", { x: x, y: yA, width: barW, height: Math.max(0, y(0) - yA), fill: "#4f46e5", "data-series": "answered" }));
-      if (h > 0) g.appendChild(svg("rect", { x: x, y: yH, width: barW, height: Math.max(0, yA - yH), fill: "#f59e0b", "data-series": "handed_over" }));
-      if (showTotals && total > 0) {
-        g.appendChild(svg("text", { x: x + barW / 2, y: y(total) - 5, "text-anchor": "middle", "font-size": 10, fill: "#374151" }, String(total)));
-      }
-      bars.appendChild(g);
-      if (i % every === 0) {
-        const cx = m.left + band * i + band / 2;
-        bars.appendChild(svg("line", { x1: cx, x2: cx, y1: y(0), y2: y(0) + 4, stroke: "#9ca3af" }));
-        bars.appendChild(svg("text", { x: cx, y: height - m.bottom + 17, "text-anchor": "middle", "font-size": 11, fill: "#6b7280" }, dayLabel(d.date)));
-      }
-    });
-    root.appendChild(bars);
-    root.appendChild(svg("text", { x: m.left + plotW / 2, y: height - 6, "text-anchor": "middle", "font-size": 11, fill: "#4b5563" }, "Day (UTC)"));
-  }
-
-  function drawReasons(host, reasons) {
-    clear(host);
-    const width = chartWidth(host, 520);
-    const rowH = 30;
-    const m = { top: 8, right: 44, bottom: 38, left: Math.min(180, Math.max(110, Math.round(width * 0.34))) };
-    const height = Math.max(140, m.top + m.bottom + rowH * Math.max(reasons.length, 1));
-    const total = reasons.reduce(function (a, r) { return a + r.value; }, 0);
-    const root = makeSvg("reasons", width, height, "Hand-overs by reason: " + (reasons.length ? reasons.map(function (r) {
-      return r.label + " " + r.value;
-    }).join(", ") : "none") + ".");
-    host.appendChild(root);
-    const plotW = width - m.left - m.right;
-    const max = reasons.reduce(function (a, r) { return Math.max(a, r.value); }, 0);
-    const step = niceStep(max, 4);
-    const top = Math.max(step, Math.ceil(max / step) * step);
-    const x = function (v) {
-      return m.left + (v / top) * plotW;
-    };
-    const axis = svg("g", { class: "axis axis-x", "font-size": 11, fill: "#6b7280" });
-    const plotBottom = height - m.bottom;
-    for (let v = 0; v <= top + 1e-9; v += step) {
-      const xx = Math.round(x(v)) + 0.5;
-      axis.appendChild(svg("line", { x1: xx, x2: xx, y1: m.top, y2: plotBottom, stroke: v === 0 ? "#9ca3af" : "#eef0f3" }));
-      axis.appendChild(svg("text", { x: xx, y: plotBottom + 16, "text-anchor": "middle" }, formatTick(v)));
-    }
-    axis.appendChild(svg("text", { x: m.left + plotW / 2, y: height - 4, "text-anchor": "middle", fill: "#4b5563" }, "Hand-overs"));
-    root.appendChild(axis);
-    if (!reasons.length || total === 0) {
-      emptyNote(root, m.left + plotW / 2, m.top + (plotBottom - m.top) / 2, "No hand-overs in this period.");
-      return;
-    }
-    const barH = Math.min(20, rowH * 0.66);
-    reasons.forEach(function (r, i) {
-      const cy = m.top + rowH * i + rowH / 2;
-      const g = svg("g", { class: "bar", "data-reason": r.code });
-      g.appendChild(svg("title", null, r.label + ": " + r.value + " (" + pct(r.value / total) + " of hand-overs)"));
-      g.appendChild(svg("text", { x: m.left - 8, y: cy + 4, "text-anchor": "end", "font-size": 12, fill: "#374151" }, truncate(r.label, Math.floor((m.left - 12) / 6.6))));
-      g.appendChild(svg("rect", { x: m.left, y: cy - barH / 2, width: Math.max(r.value > 0 ? 2 : 0, x(r.value) - m.left), height: barH, rx: 3, fill: "#f59e0b" }));
-      g.appendChild(svg("text", { x: x(r.value) + 6, y: cy + 4, "font-size": 12, fill: "#111827", "font-weight": 600 }, String(r.value)));
-      root.appendChild(g);
-    });
-  }
-
-  function truncate(s, n) {
-    return s.length > n ? s.slice(0, Math.max(1, n - 1)) + "…" : s;
-  }
-
-  function bucketColor(mid) {
-    // red (low confidence) -> amber -> green (high)
-    const stops = [[0, [220, 38, 38]], [0.5, [245, 158, 11]], [1, [5, 150, 105]]];
-    const t = Math.max(0, Math.min(1, mid));
-    let a = stops[0];
-    let b = stops[stops.length - 1];
-    for (let i = 0; i < stops.length - 1; i++) {
-      if (t >= stops[i][0] && t <= stops[i + 1][0]) {
-        a = stops[i];
-        b = stops[i + 1];
-        break;
-      }
-    }
-    const f = (t - a[0]) / (b[0] - a[0] || 1);
-    const c = a[1].map(function (v, i) {
-      return Math.round(v + (b[1][i] - v) * f);
-    });
-    return "rgb(" + c.join(",") + ")";
-  }
-
-  function drawHistogram(host, buckets) {
-    clear(host);
-    const width = chartWidth(host, 520);
-    const height = 260;
-    const m = { top: 18, right: 14, bottom: 44, left: 48 };
-    const total = buckets.reduce(function (a, b) { return a + num(b.count); }, 0);
-    const root = makeSvg("confidence", width, height, "Histogram of bot reply confidence, " + total + " replies.");
-    host.appendChild(root);
-    const max = buckets.reduce(function (a, b) { return Math.max(a, num(b.count)); }, 0);
-    const y = yAxis(root, m, width, height, max, "Replies");
-    const plotW = width - m.left - m.right;
-    const lo = buckets.length ? Math.min.apply(null, buckets.map(function (b) { return num(b.from); })) : 0;
-    const hi = buckets.length ? Math.max.apply(null, buckets.map(function (b) { return isNum(b.to) ? b.to : 1; })) : 1;
-    const span = hi - lo || 1;
-    const x = function (v) {
-      return m.left + ((v - lo) / span) * plotW;
-    };
-    const axis = svg("g", { class: "axis axis-x", "font-size": 11, fill: "#6b7280" });
-    const edges = [];
-    for (const b of buckets) {
-      if (edges.indexOf(num(b.from)) === -1) edges.push(num(b.from));
-      if (isNum(b.to) && edges.indexOf(b.to) === -1) edges.push(b.to);
-    }
-    const every = Math.max(1, Math.ceil(edges.length * 36 / plotW));
-    edges.sort(function (a, b) { return a - b; }).forEach(function (e, i) {
-      if (i % every !== 0 && i !== edges.length - 1) return;
-      const xx = Math.round(x(e)) + 0.5;
-      axis.appendChild(svg("line", { x1: xx, x2: xx, y1: y(0), y2: y(0) + 4, stroke: "#9ca3af" }));
-      axis.appendChild(svg("text", { x: xx, y: y(0) + 17, "text-anchor": "middle" }, formatTick(Math.round(e * 100) / 100)));
-    });
-    axis.appendChild(svg("text", { x: m.left + plotW / 2, y: height - 6, "text-anchor": "middle", fill: "#4b5563" }, "Confidence"));
-    root.appendChild(axis);
-    if (!buckets.length || total === 0) {
-      emptyNote(root, m.left + plotW / 2, m.top + (height - m.top - m.bottom) / 2, "No bot replies in this period.");
-      return;
-    }
-    for (const b of buckets) {
-      const from = num(b.from);
-      const to = isNum(b.to) ? b.to : from + 0.1;
-      const c = num(b.count);
-      const x0 = x(from) + 1;
-      const w = Math.max(1, x(to) - x(from) - 2);
-      const g = svg("g", { class: "bar" });
-      g.appendChild(svg("title", null, pct(from) + "–" + pct(to) + ": " + c + " " + (c === 1 ? "reply" : "replies")));
-      g.appendChild(svg("rect", { x: x0, y: y(c), width: w, height: Math.max(0, y(0) - y(c)), fill: bucketColor((from + to) / 2), rx: 2 }));
-      if (c > 0 && w >= 18) g.appendChild(svg("text", { x: x0 + w / 2, y: y(c) - 5, "text-anchor": "middle", "font-size": 10, fill: "#374151" }, String(c)));
-      root.appendChild(g);
-    }
-  }
-
-  function onResize() {
-    clearTimeout(state.resizeTimer);
-    state.resizeTimer = setTimeout(function () {
-      if (state.view === "stats" && state.stats) drawCharts();
-    }, 150);
   }
 
   // ---------------------------------------------------------------------------------------
@@ -1925,14 +1526,8 @@ import { knowledgeTab } from "./knowledge.js";
     $("run-examples").addEventListener("click", runExamples);
     $("reload-history").addEventListener("click", loadVersions);
 
-    $("stats-days").addEventListener("change", function () {
-      state.statsDays = parseInt($("stats-days").value, 10) || 14;
-      loadStats();
-    });
-    $("stats-refresh").addEventListener("click", loadStats);
     $("user-form").addEventListener("submit", addUser);
     $("users-refresh").addEventListener("click", loadUsers);
-    window.addEventListener("resize", onResize);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
