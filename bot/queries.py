@@ -133,24 +133,6 @@ def template_version_body(store: Store, name: str, version: int) -> str | None:
     return rows[0]["body"] if rows else None
 
 
-def daily_volume(store: Store, since: str) -> dict[str, dict]:
-    """Per day (YYYY-MM-DD, UTC) since `since`: user messages, bot answers and hand-overs.
-    Days without a message are absent."""
-    return {row["day"]: row for row in store.select(
-        """select substr(created_at, 1, 10) as day,
-                  sum(role = 'user') as messages,
-                  sum(role = 'bot' and kind = 'answer') as answered,
-                  sum(role = 'system' and kind = 'handover') as handed_over
-           from messages where created_at >= ? group by day order by day""", [since])}
-
-
-def handovers_by_reason(store: Store, since: str) -> dict[str, int]:
-    """How many hand-overs each reason caused since `since`, the most frequent first."""
-    return {row["reason"]: row["n"] for row in store.select(
-        "select reason, count(*) as n from escalations where created_at >= ? group by reason order by n desc, reason",
-        [since])}
-
-
 def turn_latencies(store: Store, since: str) -> list[float]:
     """How long each bot turn took (ms) since `since`, smallest first, for percentiles."""
     return [row["latency_ms"] for row in store.select(
