@@ -235,12 +235,15 @@ class Template(_Model):
     def to_dict(self) -> dict[str, Any]:
         """Every key in a fixed order: plain JSON/YAML-safe data that :meth:`from_dict` restores.
 
-        Two keys are written only when they differ from their defaults, so a stored version keeps
-        following Snapdesk's list: ``escalation.sensitive_topics`` and ``stream``.
+        Three keys are written only when they differ from their defaults, so a stored version keeps
+        following Snapdesk's list and stays as written: ``escalation.sensitive_topics``,
+        ``escalation.require_knowledge`` and ``stream``.
         """
         data = self.model_dump(mode="python")
         if data["escalation"]["sensitive_topics"] == list(DEFAULT_SENSITIVE_TOPICS):
             del data["escalation"]["sensitive_topics"]
+        if data["escalation"]["require_knowledge"] is False:
+            del data["escalation"]["require_knowledge"]
         if data["stream"] is False:
             del data["stream"]
         return data

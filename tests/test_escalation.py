@@ -431,7 +431,7 @@ def test_decision_is_frozen_and_reason_is_a_string(policy):
     assert decision.reason == "user_request" and Reason("low_confidence") is Reason.LOW_CONFIDENCE
     assert {r.value for r in Reason} == {
         "user_request", "low_confidence", "model_declined", "sensitive_topic",
-        "repeated_failure", "unreadable_image", "engine_error", "busy",
+        "repeated_failure", "unreadable_image", "no_knowledge", "engine_error", "busy",
     }
 
 
