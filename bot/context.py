@@ -78,9 +78,18 @@ def screenshot_values(readings: list[dict | None]) -> dict[str, str]:
     return {"screenshot_text": neutralize("\n\n".join(texts)), "screenshot_evidence": neutralize("\n".join(evidence))}
 
 
-def stand_in(number: int, sent_at: str, description: str | None) -> str:
+def stand_in(number: int, sent_at: str, description: str | None, shows: str = "") -> str:
+    """An older screenshot in words: the bot's description of it, and what Snapdesk read in it."""
     when = _clock(sent_at)
-    return f"[screenshot #{number}, sent {when}: {description or 'no description yet'}]"
+    read = f"; it shows {shows}" if shows else ""
+    return f"[screenshot #{number}, sent {when}: {description or 'no description yet'}{read}]"
+
+
+def evidence_summary(reading: dict | None) -> str:
+    """The one-line evidence of a stored reading (masked; neutralised: it is the user's content)."""
+    if not reading or not reading.get("ocr"):
+        return ""
+    return neutralize(Evidence.from_dict(reading.get("evidence") or {}).summary())
 
 
 def _clock(timestamp: str) -> str:
@@ -169,7 +178,8 @@ class ContextBuilder:
                         image_costs[id(parts[-1])] = self.engine.count_image_tokens(*image.size)
                     else:
                         description = info.description if info is not None else None
-                        text = stand_in(numbered[attachment_id], row["created_at"], description)
+                        shows = evidence_summary(getattr(info, "reading", None))
+                        text = stand_in(numbered[attachment_id], row["created_at"], description, shows)
                         parts.append(TextPart(text + "\n"))
                         tokens += self._text_tokens(text) + 1 + EDGE_TOKENS
             text = row.get("text") or ""

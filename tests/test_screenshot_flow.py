@@ -85,7 +85,8 @@ def reader():
     ocr.close()
 
 
-def make(tmp_path, reader, engine=None, reading=ReadingOptions(), knowledge: bool = False):
+def make(tmp_path, reader, engine=None, reading=ReadingOptions(), knowledge: bool = False,
+         options: ManagerOptions = ManagerOptions()):
     engine = engine or StubEngine(reply="That charge is your membership renewal.", keep_requests=10)
     engine.start()
     store = Store(tmp_path)
@@ -94,7 +95,7 @@ def make(tmp_path, reader, engine=None, reading=ReadingOptions(), knowledge: boo
     channels = ChannelRegistry()
     recorder = Recorder()
     channels.register(recorder)
-    manager = ConversationManager(store, engine, templates, EscalationPolicy(), channels, ManagerOptions(),
+    manager = ConversationManager(store, engine, templates, EscalationPolicy(), channels, options,
                                   reader=reader, reading=reading, knowledge=KnowledgeBase(store) if knowledge else None)
     return manager, recorder, engine
 
@@ -270,4 +271,17 @@ async def test_a_template_can_put_the_screenshot_reading_in_its_prompt(tmp_path,
     system = "".join(part.text for part in request.messages[0].parts if hasattr(part, "text"))
     assert "CARD_DECLINED (E-4012)" in system and "[card •••• 6467]" in system
     assert CARD not in system and EMAIL not in system
+    manager.close()
+
+
+async def test_an_older_screenshot_in_words_says_what_it_showed(tmp_path, reader):
+    from bot.context import ContextOptions
+
+    manager, _, engine = make(tmp_path, reader, options=ManagerOptions(context=ContextOptions(recent_images=0)))
+    await manager.handle(inbound((statement_png(),)))
+    await manager.handle(inbound((), text="And what should I do now?"))
+    history = "".join(part.text for message in engine.requests[-1].messages for part in message.parts
+                      if hasattr(part, "text"))
+    assert "[screenshot #1, sent" in history and "it shows CARD_DECLINED (E-4012)" in history
+    assert CARD not in history and "•••• 6467" in history  # the stand-in keeps only what may be shown
     manager.close()
