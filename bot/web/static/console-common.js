@@ -44,6 +44,24 @@ export function setText(node, value) {
   node.textContent = str(value);
 }
 
+export function clear(node) {
+  while (node.firstChild) node.removeChild(node.firstChild);
+}
+
+/** A status line: its text, and its tone ("bad", "busy"...) for the styles. */
+export function setStatus(node, text, tone) {
+  setText(node, text || "");
+  if (tone) node.setAttribute("data-tone", tone);
+  else node.removeAttribute("data-tone");
+}
+
+/** A button at work: disabled and announced as busy, or back to normal. */
+export function setBusy(button, busy) {
+  button.disabled = busy;
+  if (busy) button.setAttribute("aria-busy", "true");
+  else button.removeAttribute("aria-busy");
+}
+
 /** The first letter of a name, whole even when it is outside the Basic Multilingual Plane. */
 export function initials(name) {
   const s = str(name).trim();

@@ -7,7 +7,7 @@
  * from the server (titles, passages, questions, sources, import errors) is inserted as text
  * nodes only; links are made only from http(s) URLs.
  */
-import { $, el, setText, str, isNum, parseTime, showError, toast } from "./console-common.js";
+import { $, el, setText, str, isNum, parseTime, showError, toast, clear, setStatus, setBusy } from "./console-common.js";
 
 const API = "/operator/api/knowledge";
 const MAX_SCREENSHOTS = 4;
@@ -19,21 +19,6 @@ const GROUP_KINDS = {
   text_only: { label: "No screenshot evidence", cls: "kb-kind-text" }
 };
 
-function clear(node) {
-  while (node.firstChild) node.removeChild(node.firstChild);
-}
-
-function status(node, text, tone) {
-  setText(node, text || "");
-  if (tone) node.setAttribute("data-tone", tone);
-  else node.removeAttribute("data-tone");
-}
-
-function busy(button, on) {
-  button.disabled = on;
-  if (on) button.setAttribute("aria-busy", "true");
-  else button.removeAttribute("aria-busy");
-}
 
 function day(iso) {
   const d = parseTime(iso);
@@ -71,15 +56,15 @@ export function knowledgeTab(api) {
   async function loadArticles() {
     const seq = ++state.seq;
     $("kb-rows").setAttribute("aria-busy", "true");
-    status($("kb-articles-status"), state.articles.length ? "" : "Loading…", "busy");
+    setStatus($("kb-articles-status"), state.articles.length ? "" : "Loading…", "busy");
     try {
       const data = await api(API + "/articles");
       if (seq !== state.seq) return;
       state.articles = Array.isArray(data.articles) ? data.articles : [];
       setText($("kb-settings"), "Relevant from score " + str(data.min_score) + " · stale after " + str(data.stale_days) + " days");
-      status($("kb-articles-status"), plural(state.articles.length, "article", "articles"));
+      setStatus($("kb-articles-status"), plural(state.articles.length, "article", "articles"));
     } catch (e) {
-      status($("kb-articles-status"), "Not loaded", "bad");
+      setStatus($("kb-articles-status"), "Not loaded", "bad");
       showError("The articles could not be loaded: " + e.message);
     } finally {
       $("kb-rows").setAttribute("aria-busy", "false");
@@ -136,16 +121,16 @@ export function knowledgeTab(api) {
 
   async function openArticle(id) {
     const card = $("kb-view");
-    status($("kb-articles-status"), "Opening…", "busy");
+    setStatus($("kb-articles-status"), "Opening…", "busy");
     let article;
     try {
       article = await api(API + "/articles/" + encodeURIComponent(id));
     } catch (e) {
-      status($("kb-articles-status"), "", null);
+      setStatus($("kb-articles-status"), "", null);
       showError("The article could not be opened: " + e.message);
       return;
     }
-    status($("kb-articles-status"), plural(state.articles.length, "article", "articles"));
+    setStatus($("kb-articles-status"), plural(state.articles.length, "article", "articles"));
     state.openId = article.id;
     setText($("kb-view-title"), article.title);
     const meta = $("kb-view-meta");
@@ -178,7 +163,7 @@ export function knowledgeTab(api) {
   async function removeArticle(a, button) {
     if (!window.confirm("Remove “" + str(a.title) + "” from the help centre? The bot stops citing it at once. " +
         "A later sync brings it back if it is still in its folder or sitemap.")) return;
-    busy(button, true);
+    setBusy(button, true);
     try {
       await api(API + "/articles/" + encodeURIComponent(a.id), { method: "DELETE" });
       toast("Removed “" + str(a.title) + "”.");
@@ -186,7 +171,7 @@ export function knowledgeTab(api) {
       await loadArticles();
     } catch (e) {
       showError("The article could not be removed: " + e.message);
-      busy(button, false);
+      setBusy(button, false);
     }
   }
 
@@ -211,7 +196,7 @@ export function knowledgeTab(api) {
     const files = $("kb-files").files;
     const urls = $("kb-urls").value.trim();
     if (!files.length && !urls) {
-      status($("kb-import-status"), "Choose files or enter URLs first.", "bad");
+      setStatus($("kb-import-status"), "Choose files or enter URLs first.", "bad");
       return;
     }
     const form = new FormData();
@@ -219,36 +204,36 @@ export function knowledgeTab(api) {
     form.append("urls", urls);
     form.append("language", $("kb-language").value);
     const button = $("kb-import");
-    busy(button, true);
-    status($("kb-import-status"), "Importing…", "busy");
+    setBusy(button, true);
+    setStatus($("kb-import-status"), "Importing…", "busy");
     try {
       const report = await api(API + "/import", { method: "POST", form: form });
       showReport(report, "Import");
-      status($("kb-import-status"), "", null);
+      setStatus($("kb-import-status"), "", null);
       $("kb-files").value = "";
       if (!(report.failed || []).length) $("kb-urls").value = "";
       await Promise.all([loadArticles(), loadStale()]);
     } catch (e) {
-      status($("kb-import-status"), e.message, "bad");
+      setStatus($("kb-import-status"), e.message, "bad");
     } finally {
-      busy(button, false);
+      setBusy(button, false);
     }
   }
 
   async function runSync() {
     const button = $("kb-sync");
-    busy(button, true);
-    status($("kb-articles-status"), "Syncing every folder, page and sitemap…", "busy");
+    setBusy(button, true);
+    setStatus($("kb-articles-status"), "Syncing every folder, page and sitemap…", "busy");
     try {
       const report = await api(API + "/sync", { method: "POST" });
       showReport(report, "Sync");
       toast("Sync: " + str(report.summary));
       await Promise.all([loadArticles(), loadStale()]);
     } catch (e) {
-      status($("kb-articles-status"), "Sync failed", "bad");
+      setStatus($("kb-articles-status"), "Sync failed", "bad");
       showError("Sync failed: " + e.message);
     } finally {
-      busy(button, false);
+      setBusy(button, false);
     }
   }
 
@@ -258,26 +243,26 @@ export function knowledgeTab(api) {
     const question = $("kb-question").value;
     const shots = $("kb-screenshots").files;
     if (!question.trim() && !shots.length) {
-      status($("kb-search-status"), "Type a question or add a screenshot.", "bad");
+      setStatus($("kb-search-status"), "Type a question or add a screenshot.", "bad");
       return;
     }
     if (shots.length > MAX_SCREENSHOTS) {
-      status($("kb-search-status"), "At most " + MAX_SCREENSHOTS + " screenshots.", "bad");
+      setStatus($("kb-search-status"), "At most " + MAX_SCREENSHOTS + " screenshots.", "bad");
       return;
     }
     const form = new FormData();
     form.append("question", question);
     for (const f of shots) form.append("screenshots", f, f.name);
     const button = $("kb-search-run");
-    busy(button, true);
-    status($("kb-search-status"), shots.length ? "Reading the screenshots and searching…" : "Searching…", "busy");
+    setBusy(button, true);
+    setStatus($("kb-search-status"), shots.length ? "Reading the screenshots and searching…" : "Searching…", "busy");
     try {
       renderSearch(await api(API + "/search", { method: "POST", form: form }));
-      status($("kb-search-status"), "", null);
+      setStatus($("kb-search-status"), "", null);
     } catch (e) {
-      status($("kb-search-status"), e.message, "bad");
+      setStatus($("kb-search-status"), e.message, "bad");
     } finally {
-      busy(button, false);
+      setBusy(button, false);
     }
   }
 

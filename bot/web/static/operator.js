@@ -12,7 +12,7 @@
  */
 import {
   $, el, setText, initials, reasonLabel, channelLabel, isNum, confidenceClass, parseTime,
-  apiClient, signOut, showError, clearError, toast
+  apiClient, signOut, showError, clearError, toast, clear, setStatus, setBusy
 } from "./console-common.js";
 import { knowledgeTab } from "./knowledge.js";
 import { duration, statsView } from "./stats.js";
@@ -59,22 +59,6 @@ import { duration, statsView } from "./stats.js";
   // ---------------------------------------------------------------------------------------
   // DOM helpers
   // ---------------------------------------------------------------------------------------
-  function clear(node) {
-    while (node.firstChild) node.removeChild(node.firstChild);
-  }
-
-  /** A button at work: disabled and announced as busy, or back to normal. */
-  function setBusy(button, busy) {
-    button.disabled = busy;
-    if (busy) button.setAttribute("aria-busy", "true");
-    else button.removeAttribute("aria-busy");
-  }
-
-  function setStatus(node, text, tone) {
-    setText(node, text || "");
-    if (tone) node.setAttribute("data-tone", tone);
-    else node.removeAttribute("data-tone");
-  }
 
   // ---------------------------------------------------------------------------------------
   // Formatting

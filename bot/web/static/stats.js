@@ -10,7 +10,7 @@
  * An ES module imported by operator.js, which owns navigation and the API client. Everything
  * from the server is inserted as text nodes only; charts are SVG built with createElementNS.
  */
-import { $, el, setAttrs, setText, reasonLabel, isNum, showError } from "./console-common.js";
+import { $, el, setAttrs, setText, reasonLabel, isNum, showError, clear, setStatus } from "./console-common.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const OUTCOMES = {
@@ -28,15 +28,6 @@ function svg(tag, attrs, text) {
   return node;
 }
 
-function clear(node) {
-  while (node.firstChild) node.removeChild(node.firstChild);
-}
-
-function setStatus(node, text, tone) {
-  setText(node, text || "");
-  if (tone) node.setAttribute("data-tone", tone);
-  else node.removeAttribute("data-tone");
-}
 
 function num(v) {
   return isNum(v) ? v : 0;
