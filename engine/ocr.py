@@ -153,7 +153,13 @@ class OcrReader:
         # screenshots queues here: a screenshot not read is kept unredacted, so the queue may
         # take several readings' time before it gives up.
         queue_wait_s = QUEUE_WAITS * self.timeout_s
-        got = await asyncio.to_thread(self._slots.acquire, True, queue_wait_s)
+        acquiring = asyncio.get_running_loop().run_in_executor(None, self._slots.acquire, True, queue_wait_s)
+        try:
+            got = await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            # The waiting thread may still get the worker after its caller gave up: hand it back then.
+            acquiring.add_done_callback(self._release_if_acquired)
+            raise
         if not got:
             self.stats["busy"] += 1
             raise OcrUnavailable("busy", f"no OCR worker free within {queue_wait_s:g} s")
@@ -175,6 +181,10 @@ class OcrReader:
             raise OcrUnavailable("failed", repr(exc)) from exc
         self.stats["read"] += 1
         return rows
+
+    def _release_if_acquired(self, acquiring) -> None:
+        if not acquiring.cancelled() and acquiring.exception() is None and acquiring.result():
+            self._slots.release()
 
     def close(self) -> None:
         if self._executor is not None:

@@ -285,3 +285,27 @@ async def test_an_older_screenshot_in_words_says_what_it_showed(tmp_path, reader
     assert "[screenshot #1, sent" in history and "it shows CARD_DECLINED (E-4012)" in history
     assert CARD not in history and "•••• 6467" in history  # the stand-in keeps only what may be shown
     manager.close()
+
+
+async def test_a_redelivered_screenshot_message_is_stored_and_answered_once(tmp_path, reader):
+    manager, recorder, _ = make(tmp_path, reader)
+    message = inbound((statement_png(),))
+    first, second = await asyncio.gather(manager.accept(message), manager.accept(message))  # both deliveries race
+    assert first.message_id == second.message_id and {first.duplicate, second.duplicate} == {False, True}
+    outcomes = await asyncio.gather(manager.process(first.message_id), manager.handle(message))
+    assert outcomes[1].kind == "duplicate"
+    assert [kind for kind, _ in recorder.sent] == ["notice", "answer"]
+    assert list((tmp_path / "staging").iterdir()) == []  # the losing delivery's staged copy is gone too
+    manager.close()
+
+
+async def test_a_reading_given_up_while_waiting_for_a_worker_does_not_keep_the_worker(reader):
+    image = Image.open(io.BytesIO(statement_png())).convert("RGB")
+    reader._slots.acquire()  # the only worker is busy
+    waiting = asyncio.ensure_future(reader.read(image))
+    await asyncio.sleep(0.2)
+    waiting.cancel()  # the turn waiting for it is cancelled (a shutdown, a crash)
+    reader._slots.release()  # the worker frees up: the cancelled wait must not take it for good
+    await asyncio.sleep(0.3)
+    rows = await asyncio.wait_for(reader.read(image), 30)
+    assert any("CARD_DECLINED" in row.text for row in rows)
