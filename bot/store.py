@@ -370,10 +370,48 @@ def _m12_turn_knowledge(db: sqlite_utils.Database) -> None:
     db["messages"].add_column("knowledge", str)
 
 
+def _m13_regression(db: sqlite_utils.Database) -> None:
+    """Operators' own regression cases (the shipped templates' cases are files in prompts/cases/),
+    and the runs of a set against a draft and the live version: kept, so that a run can be
+    watched, cancelled and compared after the page that started it is closed. A case's
+    screenshots are files in data/cases/ (already redacted), named by their SHA-256, so purging
+    old conversations never takes a case's screenshots with it."""
+    db["eval_cases"].create(
+        {
+            "id": int, "template": str, "text": str, "language": str, "channel": str, "expect": str,
+            "expect_reason": str, "must_contain": str, "must_not_contain": str, "cite": str, "notes": str,
+            "screenshots": str, "source_message_id": int, "created_by": str, "created_at": str,
+        },
+        pk="id",
+        not_null={"template", "text", "expect", "created_at"},
+        defaults={"text": "", "language": "", "channel": "widget", "must_contain": "[]", "must_not_contain": "[]",
+                  "cite": "[]", "notes": "", "screenshots": "[]", "created_by": ""},
+    )
+    db["eval_cases"].create_index(["template"])
+    db["eval_runs"].create(
+        {
+            "id": int, "template": str, "draft_yaml": str, "draft_label": str, "live_version": int, "status": str,
+            "total": int, "done": int, "started_by": str, "started_at": str, "finished_at": str, "summary": str,
+            "error": str,
+        },
+        pk="id",
+        not_null={"template", "status", "started_at"},
+        defaults={"total": 0, "done": 0, "started_by": "", "draft_label": ""},
+    )
+    db["eval_runs"].create_index(["template", "id"])
+    db["eval_results"].create(
+        {"id": int, "run_id": int, "case_key": str, "arm": str, "result": str},
+        pk="id",
+        not_null={"run_id", "case_key", "arm", "result"},
+        foreign_keys=[("run_id", "eval_runs", "id")],
+    )
+    db["eval_results"].create_index(["run_id", "case_key", "arm"], unique=True)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
     _m6_api_keys, _m7_undelivered_index, _m8_ownership, _m9_password_change, _m10_screenshot_reading,
-    _m11_knowledge, _m12_turn_knowledge,
+    _m11_knowledge, _m12_turn_knowledge, _m13_regression,
 ]
 
 
