@@ -79,7 +79,7 @@ def _refusal(error: TemplateError) -> HTTPException:
                                       "issues": _issues(error)})
 
 
-async def _parse(yaml_text: str) -> Template:
+async def parse_draft(yaml_text: str) -> Template:
     try:
         return await off_loop(Template.from_yaml, yaml_text)
     except TemplateError as exc:
@@ -235,7 +235,7 @@ async def validate(body: YamlIn, session: OperatorSession) -> dict:
 @router.post("/operator/api/try", summary="Run a question (and screenshots) against an unsaved draft")
 async def try_it(request: Request, runtime: RuntimeDep, server: ServerDep, session: OperatorSession) -> dict:
     form = await request.form(max_files=MAX_TRY_IMAGES + 1, max_part_size=runtime.settings.image_max_bytes + 1)
-    template = await _parse(str(form.get("yaml") or ""))
+    template = await parse_draft(str(form.get("yaml") or ""))
     text = str(form.get("text") or "")[: runtime.settings.widget_max_text_chars]
     uploads = [v for k, v in form.multi_items() if k == "images" and hasattr(v, "read")]
     if len(uploads) > MAX_TRY_IMAGES:
@@ -254,7 +254,7 @@ async def try_it(request: Request, runtime: RuntimeDep, server: ServerDep, sessi
 
 @router.post("/operator/api/examples", summary="Run every example of a draft; pass/fail by expected hand-over")
 async def run_examples(body: YamlIn, runtime: RuntimeDep, server: ServerDep, session: OperatorSession) -> dict:
-    template = await _parse(body.yaml)
+    template = await parse_draft(body.yaml)
     turns = []
     for example in template.examples:
         text = example.text if not example.screenshot else f"{example.text}\n[screenshot: {example.screenshot}]"
@@ -284,7 +284,7 @@ async def run_examples(body: YamlIn, runtime: RuntimeDep, server: ServerDep, ses
 
 @router.post("/operator/api/templates/{name}/publish", summary="Publish a draft as a new version")
 async def publish(name: Name, body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
-    template = await _parse(body.yaml)
+    template = await parse_draft(body.yaml)
     if template.name != name:
         raise HTTPException(422, detail={"error": "invalid_template", "message": "The name in the YAML must stay "
                                          f"'{name}'.", "issues": [{"field": "name", "message": "must not change",
@@ -310,7 +310,7 @@ async def list_versions(name: Name, runtime: RuntimeDep, session: OperatorSessio
 async def restore(name: Name, body: RestoreIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
     old = await runtime.manager.db(queries.template_version_body, runtime.store, name, body.version)
     if old is not None:
-        await _parse(old)  # a version stored before today's limits may be past them
+        await parse_draft(old)  # a version stored before today's limits may be past them
 
     def apply() -> int | None:
         stored = queries.template_version_body(runtime.store, name, body.version)
