@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     kb_allow_private: bool = Field(False, description="allow fetching from private and loopback addresses")
     kb_stale_days: int = Field(180, ge=1, description="the Knowledge tab lists cited articles not updated for this long")
 
+    # Quality loop: regression sets and publishing
+    publish_gate: Literal["confirm", "block"] = Field(
+        "confirm", description="a draft whose regression run does worse than the live version: confirm asks before "
+        "publishing it, block refuses (and then a draft must have a finished run to be published)")
+    eval_target_precision: float = Field(0.9, gt=0, le=1, description="the precision of answered cases that threshold "
+                                         "advice aims for")
+
     # Conversations
     context_tokens: int = Field(8192, ge=512, description="token budget of a prompt: system prompt + history + new message")
     recent_images: int = Field(2, ge=0, description="screenshots sent as images; older ones become text stand-ins")

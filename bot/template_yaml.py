@@ -183,3 +183,31 @@ def locate(root: yaml.Node, issue: TemplateIssue, *, relative: bool) -> Template
     elif isinstance(node, yaml.ScalarNode):
         line = node.start_mark.line + 1
     return replace(issue, line=line)
+
+
+def set_confidence_threshold(text: str, threshold: float) -> str:
+    """The document with `escalation.confidence_threshold` set, every other line as written
+    (comments, order, wrapping): an operator's draft changes only where they asked."""
+    value = f"{round(threshold, 4):g}"
+    root, _, _ = read(text)
+    escalation = _mapping_entry(root, "escalation")
+    if escalation is None:
+        return f"{text.rstrip()}\nescalation:\n  confidence_threshold: {value}\n"
+    if not isinstance(escalation[1], yaml.MappingNode) or escalation[1].flow_style:
+        raise TemplateError(TemplateIssue("escalation", "write escalation as a block of keys to change its threshold"))
+    current = _mapping_entry(escalation[1], "confidence_threshold")
+    if current is not None:
+        node = current[1]
+        return text[:node.start_mark.index] + value + text[node.end_mark.index:]
+    first_key = escalation[1].value[0][0] if escalation[1].value else None
+    if first_key is None:  # "escalation: {}" is flow style, so an empty block has no keys to follow
+        raise TemplateError(TemplateIssue("escalation", "escalation has no keys"))
+    line_start = text.rfind("\n", 0, first_key.start_mark.index) + 1
+    indent = " " * first_key.start_mark.column
+    return f"{text[:line_start]}{indent}confidence_threshold: {value}\n{text[line_start:]}"
+
+
+def _mapping_entry(node: yaml.Node, key: str) -> tuple[yaml.Node, yaml.Node] | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)

@@ -34,6 +34,7 @@ from ..store import StoreBusy, StoreError
 from .admin_console import router as admin_router
 from .agent_console import router as agent_router
 from .operator_console import router as operator_router
+from .rollout_console import router as rollout_router
 from .help_pages import router as help_router
 from .knowledge_console import router as knowledge_router
 from .auth import router as auth_router
@@ -46,6 +47,7 @@ from .ratelimit import RateLimiter, WidgetLimits
 from .stream_caps import StreamCaps
 from .server_state import Adapter, ServerState
 from .secret_key import load_secret_key
+from .regression_console import regression_runs, router as regression_router
 from .static_files import router as static_router
 from .widget_api import api_error_response
 from .widget_api import router as widget_router
@@ -97,6 +99,7 @@ def build_server(runtime: Runtime) -> ServerState:
         console_hub=ConsoleHub(),
         stream_caps=StreamCaps.from_settings(settings),
     )
+    server.regression = regression_runs(runtime, server.api_share)
     runtime.manager.listeners.append(server.console_hub.on_event)
     for adapter in platform_adapters(settings, runtime.gateway):
         runtime.channels.register(adapter.channel)
@@ -206,7 +209,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(agent_router)
     app.include_router(operator_router)
+    app.include_router(rollout_router)
     app.include_router(knowledge_router)
+    app.include_router(regression_router)
     app.include_router(help_router)
     app.include_router(admin_router)
     app.include_router(openai_router)

@@ -26,6 +26,7 @@ from engine.images import ImageRejected, prepare_image
 
 from .. import queries
 from ..operator_stats import stats
+from ..regression.runner import publish_check
 from ..accounts import Session
 from ..escalation import Decision
 from ..language import detect_language
@@ -282,20 +283,51 @@ async def run_examples(body: YamlIn, runtime: RuntimeDep, server: ServerDep, ses
     return {"results": results, "passed": passed, "failed": len(results) - passed}
 
 
+class PublishIn(YamlIn):
+    confirm: bool = False  # publish even though its regression run does worse than the live version
+
+
+def _gate(check: dict, gate: str, confirmed: bool) -> HTTPException | None:
+    """Why publishing must stop for this draft's regression run, or None."""
+    worse = check["comparison"]["worse"]
+    why = "; ".join(check["comparison"]["why"])
+    if gate == "block" and check["run_id"] is None:
+        return HTTPException(409, detail={"error": "run_required", "message": "Run the regression set against this "
+                                          "draft first: publishing needs a finished run that does not do worse than "
+                                          "the live version.", "check": check})
+    if worse and gate == "block":
+        return HTTPException(409, detail={"error": "worse_than_live", "message": "This draft does worse than the live "
+                                          f"version in its regression run ({why}), and publishing such a draft is "
+                                          "blocked.", "check": check})
+    if worse and not confirmed:
+        return HTTPException(409, detail={"error": "confirm_worse", "message": "This draft does worse than the live "
+                                          f"version in its regression run ({why}). Publish it anyway?", "check": check})
+    return None
+
+
 @router.post("/operator/api/templates/{name}/publish", summary="Publish a draft as a new version")
-async def publish(name: Name, body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+async def publish(name: Name, body: PublishIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
     template = await parse_draft(body.yaml)
     if template.name != name:
         raise HTTPException(422, detail={"error": "invalid_template", "message": "The name in the YAML must stay "
                                          f"'{name}'.", "issues": [{"field": "name", "message": "must not change",
                                                                     "line": None}]})
 
-    def apply() -> int:
+    def apply() -> int | HTTPException:
+        live = next(iter(runtime.store.published_template_versions(name)), None)
+        check = publish_check(runtime.store, name, body.yaml, live["version"] if live else None)
+        stop = _gate(check, runtime.settings.publish_gate, body.confirm)
+        if stop is not None:
+            return stop
         version = runtime.store.add_template_version(name, body.yaml, author=session.user.name, publish=True)
-        runtime.store.audit(session.user.name, "template_publish", f"template:{name}", version=version)
+        runtime.store.audit(session.user.name, "template_publish", f"template:{name}", version=version,
+                            run=check["run_id"], worse_confirmed=check["comparison"]["worse"])
         return version
 
-    return {"version": await runtime.manager.db(apply)}
+    outcome = await runtime.manager.db(apply)
+    if isinstance(outcome, HTTPException):
+        raise outcome
+    return {"version": outcome}
 
 
 @router.get("/operator/api/templates/{name}/versions", summary="Every version with author, time and diff")

@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from adapters.widget import WidgetChannel
 
 from ..messages import Channel
+from ..regression.runner import RegressionRuns
 from .console_events import ConsoleHub
 from .api_share import ApiShare
 from .ratelimit import RateLimiter, WidgetLimits
@@ -43,5 +44,6 @@ class ServerState:
     widget_limits: WidgetLimits  # widget requests per address and messages per visitor
     console_hub: ConsoleHub  # live updates to the consoles' open pages
     stream_caps: StreamCaps  # open event streams, widget and consoles
+    regression: RegressionRuns | None = None  # regression-set runs going in this server
     demo_banner: str | None = None
     adapters: list[Adapter] = field(default_factory=list)
