@@ -30,6 +30,8 @@ def _norm(text: str) -> str:
 
 def article_slug(source: str, url: str = "") -> str:
     """"prompts/knowledge/auto-renewal.en.md" and "https://help.example/auto-renewal" -> "auto-renewal"."""
+    if source.startswith("upload:"):  # a file an operator uploaded: its name
+        source = source.split(":", 1)[1]
     where = source if source and "://" not in source else (urlsplit(url or source).path or "")
     name = PurePosixPath(where.replace("\\", "/")).name
     return name.split(".", 1)[0].casefold()
@@ -73,3 +75,15 @@ def judge(case: Case, result: TurnResult) -> Verdict:
             else:
                 failures.append(f"the answer does not cite \u201c{article}\u201d")
     return Verdict(not failures, tuple(failures), checks, passed)
+
+
+def good_answer(case: Case, result: TurnResult) -> bool:
+    """Whether the model's text would be a good answer to give, whatever the policy then did
+    with it: the case wants an answer, and the text passes its answer checks. What a
+    confidence is measured against."""
+    if case.expect != "answer" or result.error:
+        return False
+    said = _norm(result.reply)
+    return (all(_norm(t) in said for t in case.must_contain)
+            and not any(_norm(t) in _norm(f"{result.reply}\n{result.detail}") for t in case.must_not_contain)
+            and all(_cites(a, result.cited) for a in case.cite))

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from ..calibration import auroc, expected_calibration_error, reliability, threshold_for_precision
 from .cases import Case
-from .checks import Verdict
+from .checks import Verdict, good_answer
 from .turn import TurnResult
 
 DEFAULT_TARGET_PRECISION = 0.9
@@ -44,7 +44,7 @@ def summary(pairs: Sequence[tuple[Case, TurnResult, Verdict]], target_precision:
     checks_passed = sum(v.checks_passed for _, _, v in pairs)
     # Calibration: answers the model gave with a confidence, labelled by whether they are good
     # answers to give (the case wants an answer and the text passes its checks).
-    scored = [(r.confidence, c.expect == "answer" and _answer_ok(v)) for c, r, v in pairs
+    scored = [(r.confidence, good_answer(c, r)) for c, r, v in pairs
               if r.model_called and r.confidence is not None and not r.error and r.reason != "model_declined"]
     scores, good = [s for s, _ in scored], [g for _, g in scored]
     table = reliability(scores, good, bins=5)
@@ -69,10 +69,6 @@ def summary(pairs: Sequence[tuple[Case, TurnResult, Verdict]], target_precision:
         "tokens": sum(r.prompt_tokens + r.completion_tokens for _, r, _ in pairs),
         "latency_s_median": latencies[len(latencies) // 2] if latencies else None,
     }
-
-
-def _answer_ok(verdict: Verdict) -> bool:
-    return verdict.checks_passed == verdict.checks and not any("engine failed" in f for f in verdict.failures)
 
 
 def _round(value: float | None) -> float | None:
