@@ -212,6 +212,8 @@ class RegressionRuns:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         row = await self.manager.db(run_row, self.store, run_id)
+        if row is None or row["status"] != CANCELLED:  # it ended on its own just before
+            return False
         await self.manager.db(self.store.audit, author, "regression_cancel", f"template:{row['template']}", run=run_id)
         return True
 
