@@ -53,3 +53,30 @@ def sign_in(browser, base: str, name: str, password: str, path: str):
     page.click("button[type=submit]")
     page.wait_for_url(f"**{path}")
     return page
+
+
+# The operator console's template editor is CodeMirror over the #editor textarea (the textarea
+# itself when CodeMirror did not load): tests read and write it through the editor, as typing would.
+_EDITOR = "(document.querySelector('#code .CodeMirror') || {}).CodeMirror"
+_EDITOR_TEXT = f"() => {_EDITOR} ? {_EDITOR}.getValue() : document.querySelector('#editor').value"
+
+
+def editor_text(page) -> str:
+    """The template YAML in the operator console's editor."""
+    return page.evaluate(_EDITOR_TEXT)
+
+
+def set_editor(page, text: str) -> None:
+    """Replace the editor's text as an edit by the operator (the draft turns dirty and is checked)."""
+    page.evaluate(f"""text => {{
+      const cm = {_EDITOR};
+      if (cm) {{ cm.setValue(text); return; }}
+      const area = document.querySelector('#editor');
+      area.value = text;
+      area.dispatchEvent(new Event('input', {{bubbles: true}}));
+    }}""", text)
+
+
+def wait_for_editor(page, fragment: str, timeout: float = 10_000) -> None:
+    """Wait until the editor holds a template containing `fragment` (it loads after a click)."""
+    page.wait_for_function(f"fragment => ({_EDITOR_TEXT})().includes(fragment)", arg=fragment, timeout=timeout)

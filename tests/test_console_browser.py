@@ -10,7 +10,7 @@ from PIL import Image
 from bot.accounts import Accounts
 from bot.store import Store
 from engine.stub import StubEngine
-from tests.browser import chromium, needs_chromium, open_page
+from tests.browser import chromium, editor_text, needs_chromium, open_page, set_editor, wait_for_editor
 from tests.browser import sign_in as console_sign_in
 from tests.live_server import PASSWORD, live_server
 
@@ -71,9 +71,8 @@ def test_operator_edits_tries_publishes_sees_the_diff_and_restores(browser, serv
     operator = sign_in(browser, server, "olga", "/operator")
     operator.wait_for_selector("[data-testid=template-item][data-name=billing]")
     operator.click("[data-testid=template-item][data-name=billing] [data-testid=edit-template]")
-    editor = operator.locator("[data-testid=editor]")
-    operator.wait_for_function("() => document.querySelector('[data-testid=editor]').value.includes('name: billing')")
-    editor.fill(editor.input_value().replace("Acme", "Globex"))
+    wait_for_editor(operator, "name: billing")
+    set_editor(operator, editor_text(operator).replace("Acme", "Globex"))
     operator.wait_for_function(
         "() => document.querySelector('[data-testid=preview]') && "
         "document.querySelector('[data-testid=preview]').textContent.includes('Globex')", timeout=10_000)

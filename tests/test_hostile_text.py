@@ -29,7 +29,7 @@ from bot.accounts import Accounts
 from bot.apikeys import ApiKeys
 from bot.store import Store
 from engine.stub import StubEngine, last_user_text
-from tests.browser import chromium, needs_chromium, open_page, sign_in
+from tests.browser import chromium, needs_chromium, open_page, sign_in, wait_for_editor
 from tests.fake_slack import BOT_TOKEN, TEAM, FakeSlack, dm_event, event_callback, sign, wait_for
 from tests.fake_telegram import FakeTelegram
 from tests.live_server import live_server, sse_events
@@ -452,7 +452,7 @@ def test_hostile_text_is_shown_as_text_in_the_widget_and_both_consoles(server):
 
         operator = sign_in(browser, base, "olga", PASSWORD, "/operator")
         operator.click("[data-testid=template-item][data-name=general] [data-testid=edit-template]")
-        operator.wait_for_function("() => document.querySelector('[data-testid=editor]').value.includes('name: general')")
+        wait_for_editor(operator, "name: general")
         operator.fill("[data-testid=try-text]", HOSTILE)
         operator.click("[data-testid=try-run]")
         result = operator.wait_for_selector("[data-testid=try-reply]", timeout=10_000)

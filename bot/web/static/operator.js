@@ -16,11 +16,11 @@ import {
 } from "./console-common.js";
 import { knowledgeTab } from "./knowledge.js";
 import { duration, statsView } from "./stats.js";
+import { templateEditor } from "./yaml-editor.js";
 
 (function () {
   const MAX_IMAGES = 4;
   const VALIDATE_DELAY_MS = 400;
-  const LINE_HEIGHT = 20; // px, matches .op-yaml / .op-gutter
 
   const LANGUAGE_NAMES = { en: "English", zh: "Chinese", auto: "Auto" };
   const ROLE_NAMES = { agent: "Agent", operator: "Operator", admin: "Admin" };
@@ -42,8 +42,6 @@ import { duration, statsView } from "./stats.js";
     validateTimer: 0,
     validateSeq: 0,
     validateAbort: null,
-    issueLines: new Set(),
-    gutterKey: "",
     publishing: false,
     images: [], // [{file, url}]
     trying: false,
@@ -115,6 +113,7 @@ import { duration, statsView } from "./stats.js";
     }
   });
 
+  let editor = null; // the template editor (yaml-editor.js), made in wire()
   const knowledge = knowledgeTab(api); // the Knowledge view (knowledge.js)
   const statistics = statsView(api); // the Statistics view (stats.js)
 
@@ -208,7 +207,7 @@ import { duration, statsView } from "./stats.js";
   function goTemplate(name) {
     const target = "#/templates/" + encodeURIComponent(name);
     if (location.hash === target) {
-      if (state.tpl && state.tpl.name === name) $("editor").focus();
+      if (state.tpl && state.tpl.name === name) editor.focus();
       else openTemplate(name, true);
     } else {
       location.hash = target;
@@ -356,8 +355,9 @@ import { duration, statsView } from "./stats.js";
   // ---------------------------------------------------------------------------------------
   // Editor
   // ---------------------------------------------------------------------------------------
+  /** The template YAML in the editor: what Publish, Try it and the examples use. */
   function draft() {
-    return $("editor").value;
+    return editor.value();
   }
 
   function isDirty() {
@@ -402,16 +402,7 @@ import { duration, statsView } from "./stats.js";
   }
 
   function setEditorText(text) {
-    const editor = $("editor");
-    editor.value = text;
-    editor.scrollTop = 0;
-    editor.scrollLeft = 0;
-    try {
-      editor.setSelectionRange(0, 0);
-    } catch (_) {
-      /* not focused */
-    }
-    updateGutter();
+    editor.setValue(text);
     updateCursor();
     updateDraftState();
   }
@@ -460,7 +451,6 @@ import { duration, statsView } from "./stats.js";
   }
 
   function onEditorInput() {
-    updateGutter();
     updateCursor();
     updateDraftState();
     scheduleValidate();
@@ -519,13 +509,13 @@ import { duration, statsView } from "./stats.js";
   function renderIssues(issues, text) {
     const list = $("issue-list");
     clear(list);
-    state.issueLines = new Set();
+    const issueLines = new Set();
     for (const issue of issues) {
       const field = issue && issue.field ? String(issue.field) : "";
       let line = issue && isNum(issue.line) ? issue.line : null;
       const guessed = line === null && field ? fieldLine(text, field) : null;
       const target = line !== null ? line : guessed;
-      if (line !== null) state.issueLines.add(line);
+      if (line !== null) issueLines.add(line);
       const button = el("button", { type: "button", class: "op-issue" }, [
         el("span", { class: "op-issue-line", text: line !== null ? "Line " + line : guessed !== null ? "≈ Line " + guessed : "—" }),
         el("span", { class: "op-issue-field", text: field || "(template)" }),
@@ -538,14 +528,13 @@ import { duration, statsView } from "./stats.js";
         });
       } else {
         button.addEventListener("click", function () {
-          $("editor").focus();
+          editor.focus();
         });
       }
       list.appendChild(el("li", { "data-testid": "issue", "data-field": field, "data-line": line !== null ? line : "" }, [button]));
     }
     $("issues-ok").hidden = issues.length > 0;
-    state.gutterKey = "";
-    updateGutter();
+    editor.markIssues(issueLines);
   }
 
   /** The line a dotted field path ("system_prompt.en", "examples.2.expect") starts on, found by indentation. */
@@ -596,46 +585,13 @@ import { duration, statsView } from "./stats.js";
   }
 
   function goToLine(line) {
-    const editor = $("editor");
-    const lines = editor.value.split("\n");
-    const n = Math.max(1, Math.min(line, lines.length));
-    let start = 0;
-    for (let i = 0; i < n - 1; i++) start += lines[i].length + 1;
-    editor.focus();
-    editor.setSelectionRange(start, start + lines[n - 1].length);
-    editor.scrollTop = Math.max(0, (n - 1) * LINE_HEIGHT - editor.clientHeight / 3);
-    editor.scrollLeft = 0;
+    editor.goToLine(line);
     updateCursor();
   }
 
-  function updateGutter() {
-    const editor = $("editor");
-    const lines = editor.value.split("\n").length;
-    const key = lines + "|" + Array.from(state.issueLines).join(",");
-    if (key !== state.gutterKey) {
-      state.gutterKey = key;
-      const gutter = $("gutter");
-      clear(gutter);
-      const frag = document.createDocumentFragment();
-      for (let i = 1; i <= lines; i++) {
-        frag.appendChild(el("span", { class: state.issueLines.has(i) ? "is-issue" : null, text: String(i) }));
-      }
-      gutter.appendChild(frag);
-    }
-    syncGutter();
-  }
-
-  function syncGutter() {
-    $("gutter").scrollTop = $("editor").scrollTop;
-  }
-
   function updateCursor() {
-    const editor = $("editor");
-    const pos = editor.selectionStart || 0;
-    const before = editor.value.slice(0, pos);
-    const line = before.split("\n").length;
-    const col = pos - before.lastIndexOf("\n");
-    setText($("cursor-pos"), "Ln " + line + ", Col " + col);
+    const at = editor.cursor();
+    setText($("cursor-pos"), "Ln " + at.line + ", Col " + at.col);
   }
 
   function renderPreview(preview) {
@@ -1451,16 +1407,8 @@ import { duration, statsView } from "./stats.js";
     $("logout").addEventListener("click", logout);
     $("save-channels").addEventListener("click", saveChannels);
 
-    const editor = $("editor");
-    editor.addEventListener("input", onEditorInput);
-    editor.addEventListener("scroll", syncGutter);
-    for (const ev of ["keyup", "click", "select", "focus"]) editor.addEventListener(ev, updateCursor);
-    editor.addEventListener("keydown", function (e) {
-      if ((e.ctrlKey || e.metaKey) && (e.key === "s" || e.key === "S")) {
-        e.preventDefault();
-        validateNow();
-      }
-    });
+    editor = templateEditor($("editor"), $("gutter"), { change: onEditorInput, cursor: updateCursor, save: validateNow });
+    $("editor-keys").hidden = !editor.enhanced;
     $("publish").addEventListener("click", publish);
     $("revert").addEventListener("click", revert);
 
