@@ -1174,18 +1174,24 @@ def _dump(rows: list[dict]) -> str:
     return re.sub(r"\[\s+(\d+),\s+(\d+),\s+(\d+),\s+(\d+)\s+\]", r"[\1, \2, \3, \4]", text) + "\n"
 
 
+def save(shot: Sample, path: Path, *, optimize: bool = False) -> None:
+    """Photographed samples as JPEG at a high quality, so the file decodes to nearly the pixels the truth
+    describes (they already carry their quality-60 artefacts); screens as PNG. `optimize` takes longer
+    for a smaller file of the same pixels."""
+    if "jpeg" in shot.tags:
+        shot.image.save(path, "JPEG", quality=95, optimize=optimize)
+    else:
+        shot.image.save(path, "PNG", optimize=optimize)
+
+
 def write(out_dir: Path) -> list[Path]:
-    """Writes every sample; photographed ones as JPEG at a high quality, so the file decodes to nearly
-    the pixels the truth describes (they already carry their quality-60 artefacts)."""
+    """Writes every sample and the truth of all of them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths, rows = [], []
     for shot in samples():
         path = out_dir / file_name(shot)
-        if "jpeg" in shot.tags:
-            shot.image.save(path, "JPEG", quality=95)
-        else:
-            shot.image.save(path, "PNG")
+        save(shot, path)
         paths.append(path)
         rows.append(_truth_of(shot))
     (out_dir / "truth.json").write_text(_dump(rows), encoding="utf-8")
