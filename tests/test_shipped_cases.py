@@ -110,7 +110,8 @@ def test_every_shipped_template_has_a_case_file_and_no_file_is_extra():
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_a_case_file_names_its_template_and_the_loader_reads_it(template):
     data = FILES[template]
-    assert set(data) == {"template", "cases"} and data["template"] == template
+    assert set(data) == {"date", "template", "cases"} and data["template"] == template
+    assert str(data["date"]) == "2024-03-06"  # the day the screenshots show; the prompt's "today" in a run
     assert isinstance(data["cases"], list) and data["cases"]
     loaded = read_case_file(CASES / f"{template}.yaml")
     assert [case.key for case in loaded] == [f"shipped:{case['id']}" for case in data["cases"]]

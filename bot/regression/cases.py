@@ -13,6 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +51,7 @@ class CaseSpec(BaseModel):
     must_not_contain: list[str] = Field(default_factory=list, max_length=MAX_CHECKS)
     cite: list[str] = Field(default_factory=list, max_length=MAX_CHECKS)
     notes: str = Field(default="", max_length=2000)
+    date: dt.date | None = None  # the day the conversation happens (the prompt's "today"); default: the file's, or today
 
     @field_validator("must_contain", "must_not_contain", "cite")
     @classmethod
@@ -73,6 +75,7 @@ class Case:
     must_not_contain: tuple[str, ...] = ()
     cite: tuple[str, ...] = ()
     notes: str = ""
+    date: dt.date | None = None
     screenshots: tuple[Path, ...] = ()
     source: str = "shipped"  # shipped | operator
     source_message_id: int | None = None
@@ -92,6 +95,7 @@ class Case:
             "cite": list(self.cite), "notes": self.notes, "screenshots": len(self.screenshots),
             "source": self.source, "source_message_id": self.source_message_id, "created_by": self.created_by,
             "created_at": self.created_at, "id": self.row_id,
+            "date": self.date.isoformat() if self.date else None,
         }
 
 
@@ -109,7 +113,14 @@ def read_case_file(path: Path) -> list[Case]:
         raise CaseError(f"{path.name}: cannot be read: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise CaseError(f"{path.name}: expected 'template:' and a list under 'cases:'")
+    if set(data) - {"template", "date", "cases"}:
+        raise CaseError(f"{path.name}: unknown key {sorted(set(data) - {'template', 'date', 'cases'})[0]!r} "
+                        "(a case file has template, date and cases)")
     template = str(data.get("template") or path.stem)
+    try:
+        day = CaseSpec.model_validate({"expect": "answer", "date": data.get("date")}).date
+    except ValidationError:
+        raise CaseError(f"{path.name}: 'date' must be a date such as 2024-03-06") from None
     screenshots_dir = path.parent / "screenshots"
     cases, seen = [], set()
     for index, raw in enumerate(data["cases"], start=1):
@@ -124,11 +135,12 @@ def read_case_file(path: Path) -> list[Case]:
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise CaseError(f"{path.name}, case {spec.id}: no screenshot {missing[0]} in {screenshots_dir}")
-        cases.append(_case(f"shipped:{spec.id}", template, spec, files, source="shipped"))
+        cases.append(_case(f"shipped:{spec.id}", template, spec, files, source="shipped", date=spec.date or day))
     return cases
 
 
 def _case(key: str, template: str, spec: CaseSpec, files: tuple[Path, ...], **extra: Any) -> Case:
+    extra.setdefault("date", spec.date)
     return Case(key=key, template=template, text=spec.text, language=spec.language, channel=spec.channel,
                 expect=spec.expect, reason=spec.reason.value if spec.reason else None,
                 must_contain=tuple(spec.must_contain), must_not_contain=tuple(spec.must_not_contain),

@@ -58,7 +58,7 @@ async def evaluate(turn: TemplateTurn, cases: Sequence[Case], arms: Sequence[Arm
             prepared = await screenshots(case)
             try:
                 result = await turn.run(arm.template, case.text, case.language, prepared, channel=case.channel,
-                                        places=places)
+                                        places=places, today=case.date)
             except TemplateError as exc:  # the version cannot be rendered: every case of it fails
                 result = TurnResult(outcome="handover", reason="engine_error", error=f"the template does not render: {exc}")
             result = await _with_slugs(turn, result)

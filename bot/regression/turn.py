@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import date
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncContextManager, Awaitable, Callable, Protocol
@@ -163,7 +164,7 @@ class TemplateTurn:
 
     async def run(self, template: Template, text: str, language: str, screenshots: PreparedScreenshots, *,
                   channel: str = "widget", places: Places = free_places, progress: Progress | None = None,
-                  ) -> TurnResult:
+                  today: date | None = None) -> TurnResult:
         """The decision for `text` (and the prepared screenshots) under `template`.
 
         A template that does not render raises TemplateError (the operator's mistake, shown to
@@ -184,13 +185,14 @@ class TemplateTurn:
         generation_s = None
         if decision is None:
             values = screenshot_values(screenshots.details())
-            system = template.render_system_prompt(language, channel=channel, **values)
+            when = {"now": today} if today else {}
+            system = template.render_system_prompt(language, channel=channel, **values, **when)
             section = knowledge_section(passages, language)
             if section:
                 system = f"{system.rstrip()}\n\n{section}"
             request = GenerationRequest(
                 (ChatMessage.of("system", system),
-                 ChatMessage.of("user", *[r.image for r in screenshots.readable], text)),
+                 ChatMessage.of("user", *[r.image for r in screenshots.readings], text)),  # as a real turn sends them
                 max_new_tokens=min(template.generation.max_new_tokens, self.max_new_tokens),
                 sampling=SamplingParams(temperature=template.generation.temperature, top_p=template.generation.top_p),
             )
