@@ -14,7 +14,7 @@ from pathlib import Path
 from engine.base import ChatMessage, EngineError, GenerationRequest, ModelLoadError
 from engine.images import ImageRejected, prepare_image
 
-from . import inspect_cli, kb_cli
+from . import eval_cli, inspect_cli, kb_cli
 from .engine_setup import make_engine
 from .settings import Settings, get_settings
 
@@ -301,6 +301,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return inspect_cli.cmd_inspect(args, get_settings())
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    return eval_cli.cmd_eval(args, _settings_for_data(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snapdesk", description="Self-hosted support bot that reads screenshots.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -322,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     kb_cli.add_parser(commands)
     commands.choices["kb"].set_defaults(func=cmd_kb)
     commands.choices["inspect"].set_defaults(func=cmd_inspect)
+    eval_cli.add_parser(commands)
+    commands.choices["eval"].set_defaults(func=cmd_eval)
 
     serve = commands.add_parser("serve", help="run the server: widget, demo page, health and metrics")
     serve.add_argument("--model", help="hub id or local directory of a Qwen3-VL checkpoint (default: SNAPDESK_MODEL)")
