@@ -18,8 +18,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from ..accounts import Session
-from ..regression.cases import CaseError, operator_case, operator_cases, remove_case, shipped_cases
-from ..regression.report import DEFAULT_TARGET_PRECISION
+from ..regression.cases import CaseError, operator_case, remove_case
 from ..regression.runner import RegressionRuns, SetCannotRun, runs_of
 from ..regression.saved_turns import TurnNotUsable, case_from_turn
 from ..regression.turn import TemplateTurn
@@ -69,7 +68,7 @@ RunsDep = Annotated[RegressionRuns, Depends(_runs)]
 
 
 class RunIn(YamlIn):
-    target_precision: float = Field(DEFAULT_TARGET_PRECISION, gt=0, le=1)
+    target_precision: float | None = Field(None, gt=0, le=1)  # default: SNAPDESK_EVAL_TARGET_PRECISION
 
 
 class ThresholdIn(YamlIn):
@@ -92,13 +91,12 @@ def _cannot_run(message: str) -> HTTPException:
 
 
 @router.get("/operator/api/templates/{name}/cases", summary="A template's regression set: shipped and own cases")
-async def list_cases(name: Name, runtime: RuntimeDep, session: OperatorSession) -> dict:
+async def list_cases(name: Name, runtime: RuntimeDep, runs: RunsDep, session: OperatorSession) -> dict:
     def read() -> dict:
         try:
-            shipped = shipped_cases(name)
+            return {"cases": [c.as_dict() for c in runs.cases(name)]}  # the set a run would answer
         except CaseError as exc:
             raise _cannot_run(str(exc)) from None
-        return {"cases": [c.as_dict() for c in [*shipped, *operator_cases(runtime.store, name)]]}
 
     return await runtime.manager.db(read)
 
@@ -140,7 +138,8 @@ async def add_case_from_turn(message_id: RowId, body: CaseFromTurnIn, runtime: R
 async def start_run(name: Name, body: RunIn, runtime: RuntimeDep, runs: RunsDep, session: OperatorSession) -> dict:
     draft = await parse_draft(body.yaml)
     try:
-        run_id = await runs.start(name, draft, body.yaml, session.user.name, target_precision=body.target_precision)
+        run_id = await runs.start(name, draft, body.yaml, session.user.name,
+                                  target_precision=body.target_precision or runtime.settings.eval_target_precision)
     except SetCannotRun as exc:
         raise _cannot_run(str(exc)) from None
     return {"run_id": run_id}
