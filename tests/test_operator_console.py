@@ -1,9 +1,10 @@
-"""The operator console API over real HTTP: roles, validation, try it, examples, versions, stats."""
+"""The operator console API over real HTTP: roles, validation, try it, versions, stats, and the
+engine's queue kept for customers while "try it" and regression runs use it."""
 
 from __future__ import annotations
 
 import io
-import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -99,16 +100,6 @@ def test_try_it_runs_the_unsaved_draft_with_a_screenshot(server):
     assert bad.status_code == 422 and bad.json()["issues"]
 
 
-def test_examples_run_all_at_once_with_a_summary(server):
-    base, _ = server
-    operator = signed_in(base, "operator")
-    summary = operator.post("/operator/api/examples", json={"yaml": billing_yaml(operator)}).json()
-    assert summary["passed"] + summary["failed"] == len(summary["results"]) >= 3
-    for result in summary["results"]:
-        assert result["passed"] == (result["outcome"] == result["expect"])
-    assert any(r["expect"] == "handover" and r["passed"] for r in summary["results"])
-
-
 def test_publish_history_diff_and_restore(server):
     base, app = server
     operator = signed_in(base, "operator")
@@ -180,34 +171,51 @@ def test_statistics_count_the_widget_feedback_and_show_the_latest_comments(serve
     assert [c["helpful"] for c in comments[:3]] == [False, False, True]
 
 
-def short_draft(base_yaml: str, examples: int, max_new_tokens: int) -> str:
-    """A valid draft with a short prompt (fast on the tiny model) and many examples."""
+def short_draft(base_yaml: str, max_new_tokens: int) -> str:
+    """A valid draft with a short prompt (fast on the tiny model)."""
     data = yaml.safe_load(base_yaml)
     data["system_prompt"] = {"en": "You help users of {{ company }}. If unsure, write {{ decline_marker }}.",
                              "zh": "你为 {{ company }} 的用户提供帮助。没有把握时，写 {{ decline_marker }}。"}
     data["generation"]["max_new_tokens"] = max_new_tokens
-    data["examples"] = [{"text": f"Why was I charged {i + 1} times?", "expect": "answer", "language": "en"}
-                        for i in range(examples)]
     return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 
 
-def test_running_many_examples_leaves_the_engine_queue_to_customers(tmp_path, tiny_model_dir):
+def many_cases(directory: Path, count: int) -> Path:
+    """A billing regression set of `count` text cases, as a shipped case file."""
+    (directory / "screenshots").mkdir(parents=True)
+    cases = [{"id": f"charged-{i + 1}", "text": f"Why was I charged {i + 1} times?", "expect": "answer"}
+             for i in range(count)]
+    (directory / "billing.yaml").write_text(yaml.safe_dump({"template": "billing", "cases": cases}), encoding="utf-8")
+    return directory
+
+
+def test_a_regression_run_of_many_cases_leaves_the_engine_queue_to_customers(tmp_path, tiny_model_dir):
     # The real engine with a queue of 4 waiting requests; a customer's turn waits at most 0.3 s for room
-    # in it before going to a person as "busy". Before, "run all examples" sent every example to the
-    # engine at once: the queue filled and the customers writing meanwhile were handed over as busy.
-    accounts = Accounts(Store(tmp_path))
+    # in it before going to a person as "busy". A run of many cases (each answered by the draft and by
+    # the live version) takes its places in the engine's queue only from the share of "try it" and the
+    # API, waiting for one when that share is taken: the customers writing meanwhile find room.
+    accounts = Accounts(Store(tmp_path / "data"))
     accounts.add_user("operator", "operator", PASSWORD)
     engine = TransformersEngine(LoadOptions(model=str(tiny_model_dir)), max_queue=4, max_batch_size=1,
                                 batch_window_ms=0.0)
-    with live_server(tmp_path, engine=engine, queue_size=4, busy_wait_s=0.3, max_new_tokens=48,
+    with live_server(tmp_path / "data", engine=engine, queue_size=4, busy_wait_s=0.3, max_new_tokens=48,
                      login_rate_per_ip=1000, widget_rate_per_ip=10_000) as (base, app):
+        app.state.server.regression.cases_directory = many_cases(tmp_path / "cases", 8)
+        share = app.state.server.api_share
+        held = []  # the share's places in use, each time the run took one
+        acquire = share.acquire
+
+        def counted():
+            ticket = acquire()
+            held.append(share.active)
+            return ticket
+
+        share.acquire = counted
         operator = signed_in(base, "operator")
-        draft = short_draft(operator.get("/operator/api/templates/billing").json()["yaml"], 8, 48)
-        run: dict = {}
-        runner = threading.Thread(target=lambda: run.update(
-            response=operator.post("/operator/api/examples", json={"yaml": draft}, timeout=120)))
-        runner.start()
-        wait_for(lambda: engine.worker.busy_for_s > 0, timeout=30, what="the first example to be generating")
+        draft = short_draft(operator.get("/operator/api/templates/billing").json()["yaml"], 48)
+        assert operator.post("/operator/api/templates/billing/publish", json={"yaml": draft}).status_code == 200
+        run_id = operator.post("/operator/api/templates/billing/runs", json={"yaml": draft}).json()["run_id"]
+        wait_for(lambda: engine.worker.busy_for_s > 0, timeout=30, what="the first case to be generating")
         visitors = []
         for i in range(2):
             token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
@@ -224,32 +232,36 @@ def test_running_many_examples_leaves_the_engine_queue_to_customers(tmp_path, ti
 
         for headers in visitors:
             wait_for(lambda: answered(headers), timeout=60, what="the customer's turn")
-        runner.join(timeout=120)
+
+        def finished():
+            view = operator.get(f"/operator/api/runs/{run_id}").json()
+            return view if view["run"]["status"] != "running" else None
+
+        view = wait_for(finished, timeout=180, what="the run to finish")
         reasons = [row["reason"] for row in app.state.runtime.store._all("select reason from escalations")]
         assert "busy" not in reasons, reasons
-        assert run["response"].status_code == 200, run["response"].text
-        results = run["response"].json()["results"]
-        assert len(results) == 8 and all(r["reason"] != "busy" for r in results), [r["reason"] for r in results]
-        assert app.state.server.api_share.active == 0, "every place taken for an example was given back"
+        assert view["run"]["status"] == "done" and view["run"]["done"] == 16
+        results = [case[arm] for case in view["cases"] for arm in ("draft", "live")]
+        assert len(results) == 16 and all(r["model_called"] and r["reason"] != "busy" for r in results), \
+            [r["reason"] for r in results]
+        assert held and max(held) <= share.limit, (held, share.limit)
+        assert share.active == 0, "every place taken for a case was given back"
 
 
-def test_examples_get_a_clear_429_when_the_api_holds_every_place(server, monkeypatch):
+def test_try_it_gets_a_clear_429_when_the_api_holds_every_place(server, monkeypatch):
     base, app = server
     operator = signed_in(base, "operator")
     draft = billing_yaml(operator)
-    operator.post("/operator/api/examples", json={"yaml": draft})  # the first run creates the shared budget
     share = app.state.server.api_share
     monkeypatch.setattr("bot.web.operator_console.PLACE_WAIT_S", 0.2)
     asked = len(ENGINE.requests)
     taken = share.active
     share.active = share.limit  # as if API clients held every place
     try:
-        refused = operator.post("/operator/api/examples", json={"yaml": draft})
-        tried = operator.post("/operator/api/try", data={"yaml": draft, "text": "Why was I charged?"})
+        refused = operator.post("/operator/api/try", data={"yaml": draft, "text": "Why was I charged?"})
     finally:
         share.active = taken
-    for response in (refused, tried):
-        assert response.status_code == 429 and response.headers["retry-after"] == "1"
-        assert response.json()["error"] == "busy" and "kept for customers" in response.json()["message"]
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"] == "busy" and "kept for customers" in refused.json()["message"]
     assert len(ENGINE.requests) == asked
-    assert operator.post("/operator/api/examples", json={"yaml": draft}).status_code == 200
+    assert operator.post("/operator/api/try", data={"yaml": draft, "text": "Why was I charged?"}).status_code == 200

@@ -86,12 +86,12 @@ BOMBS = {
 def send(operator: httpx.Client, route: str, text: str) -> httpx.Response:
     if route == "try":
         return operator.post("/operator/api/try", data={"yaml": text, "text": "Why was I charged?"}, timeout=30)
-    path = {"validate": "/operator/api/validate", "examples": "/operator/api/examples",
+    path = {"validate": "/operator/api/validate", "runs": "/operator/api/templates/billing/runs",
             "publish": "/operator/api/templates/billing/publish"}[route]
     return operator.post(path, json={"yaml": text}, timeout=30)
 
 
-ROUTES = ("validate", "try", "examples", "publish")
+ROUTES = ("validate", "try", "runs", "publish")
 
 
 @pytest.mark.parametrize("name", list(BOMBS))

@@ -1,14 +1,15 @@
-"""The operator console's API: templates (validate, try, examples, publish, history,
-restore), the active template per channel, and statistics.
+"""The operator console's API: templates (validate, try, publish, history, restore), the
+active template per channel, and statistics. Regression sets have their own module
+(regression_console.py).
 
-"Try it" and the example runs use the unsaved draft and the real engine, so an operator
-sees what users would get before publishing. Every change is audited with its author.
+"Try it" uses the unsaved draft and the real engine, so an operator sees what users would get
+before publishing. Every change is audited with its author.
 
 A draft is read and rendered off the event loop with a time limit (bot.template_work), and a
 draft that passes a size or complexity limit is bad input: 400, naming the limit and where.
 The engine is shared with the bot under the budget of the /v1 API (api_share.ApiShare): "try
-it" and the examples hold places in the engine's queue only from that share, the examples a
-few at a time, so an operator can never push customers into "busy" hand-overs.
+it" holds places in the engine's queue only from that share, so an operator can never push
+customers into "busy" hand-overs.
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ from .deps import RuntimeDep, ServerDep
 OperatorSession = Annotated[Session, Depends(require("operator"))]
 router = APIRouter(tags=["operator console"])
 MAX_TRY_IMAGES = 4
-EXAMPLES_AT_ONCE = 2  # examples of one run in the engine at the same time
-PLACE_WAIT_S = 10.0  # how long a run waits for a place in the engine's queue before answering 429
+PLACE_WAIT_S = 10.0  # how long "try it" waits for a place in the engine's queue before answering 429
 PLACE_POLL_S = 0.05
 
 
@@ -105,7 +105,7 @@ async def engine_place(share: ApiShare) -> Ticket:
             if loop.time() >= deadline:
                 raise HTTPException(429, headers={"Retry-After": "1"}, detail={
                     "error": "busy",
-                    "message": f"The model is busy: \"try it\", the examples and the API may hold {share.limit} "
+                    "message": f"The model is busy: \"try it\", regression runs and the API may hold {share.limit} "
                                "places in its queue and all are taken (the rest is kept for customers). Try again "
                                "in a moment.",
                 }) from None
@@ -146,16 +146,13 @@ def _decide(runtime: Runtime, template: Template, text: str, generation, error) 
     )
 
 
-async def _run(runtime: Runtime, share: ApiShare, template: Template, text: str, language: str, images: list,
-               system: str | None = None) -> dict:
+async def _run(runtime: Runtime, share: ApiShare, template: Template, text: str, language: str, images: list) -> dict:
     """One turn against a draft template, through the real engine and escalation policy.
 
-    The engine is used only with a place from the API's share (see `engine_place`); `system`
-    is the rendered system prompt when the caller has it already.
+    The engine is used only with a place from the API's share (see `engine_place`).
     """
     language = detect_language(text) if language not in ("en", "zh") else language
-    if system is None:
-        system = await _system_prompt(template, language)
+    system = await _system_prompt(template, language)
     request = GenerationRequest(
         (ChatMessage.of("system", system), ChatMessage.of("user", *images, text)),
         max_new_tokens=min(template.generation.max_new_tokens, runtime.settings.max_new_tokens),
@@ -251,36 +248,6 @@ async def try_it(request: Request, runtime: RuntimeDep, server: ServerDep, sessi
     if not text.strip() and not images:
         raise HTTPException(400, detail={"error": "empty", "message": "Type a question or add a screenshot."})
     return await _run(runtime, server.api_share, template, text, str(form.get("language") or "auto"), images)
-
-
-@router.post("/operator/api/examples", summary="Run every example of a draft; pass/fail by expected hand-over")
-async def run_examples(body: YamlIn, runtime: RuntimeDep, server: ServerDep, session: OperatorSession) -> dict:
-    template = await parse_draft(body.yaml)
-    turns = []
-    for example in template.examples:
-        text = example.text if not example.screenshot else f"{example.text}\n[screenshot: {example.screenshot}]"
-        turns.append((example, text, example.language if example.language in ("en", "zh") else detect_language(text)))
-    systems = {language: await _system_prompt(template, language) for language in sorted({t[2] for t in turns})}
-    at_once = asyncio.Semaphore(EXAMPLES_AT_ONCE)
-
-    async def one(example, text: str, language: str) -> dict:
-        async with at_once:
-            result = await _run(runtime, server.api_share, template, text, language, [], systems[language])
-        outcome = "handover" if result["decision"]["handover"] else "answer"
-        return {"text": example.text, "language": example.language, "screenshot": example.screenshot,
-                "expect": example.expect, "outcome": outcome, "reason": result["decision"]["reason"],
-                "confidence": result["confidence"], "reply": result["reply"], "passed": outcome == example.expect}
-
-    runs = [asyncio.ensure_future(one(*turn)) for turn in turns]
-    try:
-        results = await asyncio.gather(*runs)
-    except BaseException:  # one found no place in time (429), or the request went away: stop the rest
-        for run in runs:
-            run.cancel()
-        await asyncio.gather(*runs, return_exceptions=True)
-        raise
-    passed = sum(r["passed"] for r in results)
-    return {"results": results, "passed": passed, "failed": len(results) - passed}
 
 
 class PublishIn(YamlIn):

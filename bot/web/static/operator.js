@@ -1,20 +1,22 @@
 /*
- * Snapdesk operator console: edit, try, version and publish the support prompt templates,
- * choose which template answers on each channel; the Knowledge view (knowledge.js) manages the
+ * Snapdesk operator console: edit, try, version and publish the support prompt templates (a
+ * template's regression set and its runs are regression.js's card in the editor), choose which
+ * template answers on each channel; the Knowledge view (knowledge.js) manages the
  * help centre the bot answers from, the Statistics view (stats.js) shows how the bot does. Admins also
  * get a Users view: list and add console accounts, change roles and display names, reset
  * passwords, sign accounts out everywhere, disable and enable them.
  *
  * Served at /operator with a strict CSP (script-src 'self'): no inline code, no eval. An ES module
  * that shares its helpers with the agent console through console-common.js.
- * Everything that comes from the server (template text, replies, issues, example text, diff
- * lines, names) is inserted as text nodes only.
+ * Everything that comes from the server (template text, replies, issues, diff lines, names) is
+ * inserted as text nodes only.
  */
 import {
-  $, el, setText, initials, reasonLabel, channelLabel, isNum, confidenceClass, parseTime,
+  $, el, setText, initials, reasonLabel, channelLabel, isNum, parseTime,
   apiClient, signOut, showError, clearError, toast, clear, setStatus, setBusy
 } from "./console-common.js";
 import { knowledgeTab } from "./knowledge.js";
+import { regressionCard } from "./regression.js";
 import { duration, statsView } from "./stats.js";
 import { templateEditor } from "./yaml-editor.js";
 
@@ -22,7 +24,6 @@ import { templateEditor } from "./yaml-editor.js";
   const MAX_IMAGES = 4;
   const VALIDATE_DELAY_MS = 400;
 
-  const LANGUAGE_NAMES = { en: "English", zh: "Chinese", auto: "Auto" };
   const ROLE_NAMES = { agent: "Agent", operator: "Operator", admin: "Admin" };
 
   // ---------------------------------------------------------------------------------------
@@ -45,8 +46,6 @@ import { templateEditor } from "./yaml-editor.js";
     publishing: false,
     images: [], // [{file, url}]
     trying: false,
-    examplesRunning: false,
-    examplesText: null, // draft text the shown example results belong to
     versions: [],
     historySeq: 0,
     users: [], // from GET /admin/api/users
@@ -116,6 +115,17 @@ import { templateEditor } from "./yaml-editor.js";
   let editor = null; // the template editor (yaml-editor.js), made in wire()
   const knowledge = knowledgeTab(api); // the Knowledge view (knowledge.js)
   const statistics = statsView(api); // the Statistics view (stats.js)
+  const regression = regressionCard(api, { // the template's regression set and runs (regression.js)
+    draft: draft,
+    replaceDraft: replaceDraft,
+    issues: function (text, issues) {
+      applyValidation(text, false, issues, null);
+    },
+    csrf: function () {
+      return state.csrf;
+    },
+    unauthorized: toLogin
+  });
 
   function tplPath(name, rest) {
     return "/operator/api/templates/" + encodeURIComponent(name) + (rest || "");
@@ -355,7 +365,7 @@ import { templateEditor } from "./yaml-editor.js";
   // ---------------------------------------------------------------------------------------
   // Editor
   // ---------------------------------------------------------------------------------------
-  /** The template YAML in the editor: what Publish, Try it and the examples use. */
+  /** The template YAML in the editor: what Publish, Try it and regression runs use. */
   function draft() {
     return editor.value();
   }
@@ -387,12 +397,11 @@ import { templateEditor } from "./yaml-editor.js";
     state.opening = null;
     state.tpl = { name: data.name || name, published: isNum(data.published_version) ? data.published_version : null, yaml: String(data.yaml || "") };
     state.validation = null;
-    state.examplesText = null;
     $("workspace-empty").hidden = true;
     $("workspace").hidden = false;
     setEditorText(state.tpl.yaml);
     resetTryResult();
-    resetExamples();
+    regression.open(state.tpl.name);
     renderTemplates();
     renderWorkspaceHead();
     showView("templates", false);
@@ -424,9 +433,7 @@ import { templateEditor } from "./yaml-editor.js";
     setText(badge, dirty ? "Unsaved changes" : state.tpl && isNum(state.tpl.published) ? "Same as live version" : "No changes");
     $("revert").disabled = !dirty;
     updatePublish();
-    const ex = $("examples-summary");
-    if (state.examplesText !== null && state.examplesText !== draft()) ex.setAttribute("title", "The draft has changed since these results.");
-    else ex.removeAttribute("title");
+    regression.draftChanged();
   }
 
   function currentIssues() {
@@ -448,6 +455,12 @@ import { templateEditor } from "./yaml-editor.js";
     setText($("publish-why"), why);
     if (why) button.setAttribute("title", why);
     else button.removeAttribute("title");
+  }
+
+  /** A changed draft from the server (threshold advice) replaces the editor's text: an edit, checked and unsaved. */
+  function replaceDraft(text) {
+    setEditorText(text);
+    scheduleValidate();
   }
 
   function onEditorInput() {
@@ -641,7 +654,8 @@ import { templateEditor } from "./yaml-editor.js";
     updatePublish();
     setText($("publish"), "Publishing…");
     try {
-      const data = await api(tplPath(name, "/publish"), { method: "POST", json: { yaml: text } });
+      const data = await regression.publish(tplPath(name, "/publish"), text); // asks again when its run does worse
+      if (!data) return;
       if (state.tpl && state.tpl.name === name) {
         state.tpl.yaml = text;
         if (isNum(data.version)) state.tpl.published = data.version;
@@ -831,110 +845,6 @@ import { templateEditor } from "./yaml-editor.js";
     if (isNum(data.first_token_ms)) latency.appendChild(el("span", { class: "op-fact-sub", text: "first token after " + duration(data.first_token_ms / 1000) }));
     $("try-empty").hidden = true;
     $("try-output").hidden = false;
-  }
-
-  // ---------------------------------------------------------------------------------------
-  // Examples
-  // ---------------------------------------------------------------------------------------
-  /** How many entries the draft lists under a top-level `examples:` key (for the progress text). */
-  function countExamples(text) {
-    const lines = String(text).split("\n");
-    let inside = false;
-    let itemIndent = null;
-    let n = 0;
-    for (const line of lines) {
-      if (!inside) {
-        if (/^examples\s*:\s*(#.*)?$/.test(line)) inside = true;
-        continue;
-      }
-      if (/^\S/.test(line) && !/^-/.test(line) && !/^#/.test(line)) break;
-      const m = /^(\s*)- /.exec(line) || /^(\s*)-$/.exec(line);
-      if (m && (itemIndent === null || m[1].length === itemIndent)) {
-        itemIndent = m[1].length;
-        n++;
-      }
-    }
-    return n;
-  }
-
-  function resetExamples() {
-    clear($("examples-rows"));
-    $("examples-wrap").hidden = true;
-    const summary = $("examples-summary");
-    setText(summary, "");
-    summary.removeAttribute("data-state");
-    summary.removeAttribute("title");
-  }
-
-  async function runExamples() {
-    if (!state.tpl || state.examplesRunning) return;
-    const yaml = draft();
-    const n = countExamples(yaml);
-    state.examplesRunning = true;
-    const button = $("run-examples");
-    button.disabled = true;
-    const progress = $("examples-progress");
-    const label = n ? "Running " + count(n, "example", "examples") + "…" : "Running the examples…";
-    setText($("examples-progress-text"), label);
-    progress.hidden = false;
-    const started = Date.now();
-    const tick = setInterval(function () {
-      setText($("examples-progress-text"), label + " " + Math.round((Date.now() - started) / 1000) + " s");
-    }, 1000);
-    try {
-      const data = await api("/operator/api/examples", { method: "POST", json: { yaml: yaml } });
-      state.examplesText = yaml;
-      renderExamples(data);
-    } catch (e) {
-      if (e.issues) {
-        applyValidation(yaml, false, e.issues, null);
-        showError("The examples can't run until the draft's issues are fixed: " + e.message);
-      } else {
-        showError("The examples did not run: " + e.message);
-      }
-    } finally {
-      clearInterval(tick);
-      progress.hidden = true;
-      state.examplesRunning = false;
-      button.disabled = false;
-      updateDraftState();
-    }
-  }
-
-  function renderExamples(data) {
-    const rows = $("examples-rows");
-    clear(rows);
-    const results = Array.isArray(data.results) ? data.results : [];
-    results.forEach(function (r, i) {
-      const passed = r.passed === true;
-      const question = el("td", { class: "op-ex-text" });
-      question.appendChild(el("div", { text: r.text ? String(r.text) : "(no text)" }));
-      if (r.screenshot) question.appendChild(el("span", { class: "op-ex-shot", text: "Screenshot: " + String(r.screenshot) }));
-      if (r.reply !== undefined && r.reply !== null && r.reply !== "") {
-        question.appendChild(el("details", { class: "op-ex-reply" }, [el("summary", { text: "Reply" }), el("div", { text: String(r.reply) })]));
-      }
-      const expect = r.expect === "handover" ? "Hand over" : r.expect === "answer" ? "Answer" : String(r.expect || "—");
-      const outcome = r.outcome === "handover" ? "Hand over" : r.outcome === "answer" ? "Answer" : String(r.outcome || "—");
-      rows.appendChild(el("tr", { class: "op-ex-row", "data-testid": "example-result", "data-passed": passed ? "true" : "false" }, [
-        el("td", { text: String(i + 1) }),
-        question,
-        el("td", { text: r.language ? String(r.language) : "—", title: LANGUAGE_NAMES[r.language] || null }),
-        el("td", { text: expect }),
-        el("td", null, [el("span", { class: r.outcome === "handover" ? "op-out-handover" : "op-out-answer", text: outcome })]),
-        el("td", { text: r.reason ? reasonLabel(r.reason) : "—", title: r.reason ? String(r.reason) : null }),
-        el("td", null, [el("span", { class: confidenceClass(r.confidence), text: pct(r.confidence) })]),
-        el("td", null, [el("span", { class: passed ? "op-pass" : "op-fail", text: passed ? "Pass" : "Fail" })])
-      ]));
-    });
-    if (!results.length) {
-      rows.appendChild(el("tr", null, [el("td", { colspan: "8", class: "muted", text: "The draft has no examples. Add some under “examples:”." })]));
-    }
-    $("examples-wrap").hidden = false;
-    const passedN = isNum(data.passed) ? data.passed : results.filter(function (r) { return r.passed === true; }).length;
-    const failedN = isNum(data.failed) ? data.failed : results.length - passedN;
-    const summary = $("examples-summary");
-    setText(summary, passedN + " passed, " + failedN + " failed");
-    summary.setAttribute("data-state", failedN ? "fail" : "pass");
   }
 
   // ---------------------------------------------------------------------------------------
@@ -1455,7 +1365,6 @@ import { templateEditor } from "./yaml-editor.js";
       if (e.target !== $("try-text")) onPaste(e);
     });
 
-    $("run-examples").addEventListener("click", runExamples);
     $("reload-history").addEventListener("click", loadVersions);
 
     $("user-form").addEventListener("submit", addUser);
