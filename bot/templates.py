@@ -235,11 +235,14 @@ class Template(_Model):
     def to_dict(self) -> dict[str, Any]:
         """Every key in a fixed order: plain JSON/YAML-safe data that :meth:`from_dict` restores.
 
-        Three keys are written only when they differ from their defaults, so a stored version keeps
+        Four keys are written only when they differ from their defaults, so a stored version keeps
         following Snapdesk's list and stays as written: ``escalation.sensitive_topics``,
-        ``escalation.require_knowledge`` and ``stream``.
+        ``escalation.require_knowledge``, ``stream`` and ``examples`` (an older version's, read and
+        kept; a template's regression cases live in prompts/cases/ and the database).
         """
         data = self.model_dump(mode="python")
+        if not data["examples"]:
+            del data["examples"]
         if data["escalation"]["sensitive_topics"] == list(DEFAULT_SENSITIVE_TOPICS):
             del data["escalation"]["sensitive_topics"]
         if data["escalation"]["require_knowledge"] is False:
