@@ -15,28 +15,32 @@ customers into "busy" hand-overs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
-from typing import Annotated
+import time
+from dataclasses import dataclass
+from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from engine.base import ChatMessage, EngineError, GenerationRequest, SamplingParams
-from engine.images import ImageRejected, prepare_image
+from engine.images import ImageRejected
+from engine.screenshots import reading_limits
 
 from .. import queries
 from ..operator_stats import stats
 from ..regression.runner import publish_check
 from ..accounts import Session
-from ..escalation import Decision
 from ..language import detect_language
 from ..store import Store
 from ..template_work import off_loop
 from ..templates import Template, TemplateError
+from ..regression.turn import PreparedScreenshots, TemplateTurn
 from .auth import console_page, current_session, require
 from .api_share import ApiShare, Ticket
 from .openai_errors import ApiError
+from .progress_stream import EVENT_STREAM, Progress, progress_response, wants_events
 from .params import Days, Name, RowIdField
 from ..runtime import Runtime
 from .deps import RuntimeDep, ServerDep
@@ -138,45 +142,101 @@ def template_overview(runtime: Runtime) -> dict:
     return {"templates": out, "channels": channels}
 
 
-def _decide(runtime: Runtime, template: Template, text: str, generation, error) -> Decision:
-    return runtime.manager.policy.decide(
-        user_text=text, generation=generation, error=error,
-        threshold=template.escalation.confidence_threshold, decline_marker=template.escalation.decline_marker,
-        unknown_confidence_hands_over=runtime.settings.unknown_confidence_hands_over,
-    )
+@dataclass(frozen=True)
+class TryQuestion:
+    """What "try it" was asked, read whole before answering (a streamed answer can no longer read
+    the request): the draft, the question, its language (en, zh or auto) and the screenshots."""
+
+    yaml: str
+    text: str
+    language: str
+    files: tuple[tuple[str, bytes], ...]  # (file name, bytes)
 
 
-async def _run(runtime: Runtime, share: ApiShare, template: Template, text: str, language: str, images: list) -> dict:
-    """One turn against a draft template, through the real engine and escalation policy.
+async def _try_question(request: Request, settings) -> TryQuestion:
+    form = await request.form(max_files=MAX_TRY_IMAGES + 1, max_part_size=settings.image_max_bytes + 1)
+    uploads = [v for k, v in form.multi_items() if k == "images" and hasattr(v, "read")]
+    if len(uploads) > MAX_TRY_IMAGES:
+        raise HTTPException(413, detail={"error": "too_many_images", "message": f"At most {MAX_TRY_IMAGES} images."})
+    return TryQuestion(str(form.get("yaml") or ""), str(form.get("text") or "")[: settings.widget_max_text_chars],
+                       str(form.get("language") or "auto"),
+                       tuple([(upload.filename or "screenshot", await upload.read()) for upload in uploads]))
 
-    The engine is used only with a place from the API's share (see `engine_place`).
+
+def _try_places(share: ApiShare):
+    """The engine's queue for "try it": a place from the API's share, or 429 after PLACE_WAIT_S."""
+
+    @contextlib.asynccontextmanager
+    async def place() -> AsyncIterator[None]:
+        ticket = await engine_place(share)
+        try:
+            yield
+        finally:
+            ticket.release()
+
+    return place
+
+
+async def _try_screenshots(runtime: Runtime, turn: TemplateTurn, files: tuple[tuple[str, bytes], ...],
+                           tell: Progress) -> PreparedScreenshots:
+    """Each screenshot read and redacted as a turn's are; one that is not an image we take is a 400
+    naming the file (the operator picked the wrong one), where a user's would be an unreadable image."""
+    prepared = PreparedScreenshots()
+    for number, (name, data) in enumerate(files, start=1):
+        tell("screenshot", {"number": number, "of": len(files)})
+        one = await turn.prepare([data])
+        if one.refused:
+            why = ImageRejected(one.refused[0], reading_limits(runtime.manager.core.options.image_limits))
+            raise HTTPException(400, detail={"error": why.reason, "message": f"{name}: {why.message()}"})
+        prepared.readings += one.readings
+        prepared.read_s += one.read_s
+    return prepared
+
+
+async def try_turn(runtime: Runtime, share: ApiShare, question: TryQuestion, progress: Progress | None = None) -> dict:
+    """One question against a draft, as the first turn of a new widget conversation would go
+    (regression.turn.TemplateTurn): the screenshots read and redacted, the checks that need no
+    model, the help centre, the engine with a place from the API's share, then the escalation
+    policy. `progress` is told each stage as it happens: draft (checked), screenshot (each one),
+    screenshots (all read), queued (waiting for a place), generating, text (a delta of the reply,
+    not yet decided). Anything the operator must fix is an HTTPException, as the JSON route answers.
     """
-    language = detect_language(text) if language not in ("en", "zh") else language
-    system = await _system_prompt(template, language)
-    request = GenerationRequest(
-        (ChatMessage.of("system", system), ChatMessage.of("user", *images, text)),
-        max_new_tokens=min(template.generation.max_new_tokens, runtime.settings.max_new_tokens),
-        sampling=SamplingParams(temperature=template.generation.temperature, top_p=template.generation.top_p),
-    )
-    generation, error = None, None
-    ticket = await engine_place(share)
+    tell: Progress = progress or (lambda stage, details: None)
+    template = await parse_draft(question.yaml)
+    text = question.text
+    language = question.language if question.language in ("en", "zh") else detect_language(text)
+    await _system_prompt(template, language)  # a draft that does not render stops here, within the time limit
+    tell("draft", {"language": language})
+    turn = TemplateTurn.for_settings(runtime.manager, runtime.settings)
+    screenshots = await _try_screenshots(runtime, turn, question.files, tell)
+    if not text.strip() and not screenshots.readings:
+        raise HTTPException(400, detail={"error": "empty", "message": "Type a question or add a screenshot."})
+    if screenshots.readings:
+        tell("screenshots", {"count": len(screenshots.readings), "unreadable": screenshots.unreadable,
+                             "read": list(screenshots.summary())})
+    when: dict[str, float] = {}
+
+    def relay(stage: str, details: dict) -> None:
+        when.setdefault(stage, time.perf_counter())
+        tell(stage, details)
+
     try:
-        generation = await runtime.engine.generate(request, timeout=runtime.settings.request_timeout_s)
-    except EngineError as exc:
-        error = exc
-    finally:
-        ticket.release()
-    decision = _decide(runtime, template, text, generation, error)
+        result = await turn.run(template, text, language, screenshots, places=_try_places(share), progress=relay)
+    except TemplateError as exc:
+        raise _refusal(exc) from None
+    first_token = when["text"] - when["generating"] if "text" in when and "generating" in when else None
     return {
-        "reply": generation.text if generation else "",
-        "confidence": generation.confidence if generation else None,
-        "min_token_prob": generation.min_token_prob if generation else None,
-        "decision": {"handover": decision.handover, "reason": decision.reason.value if decision.reason else None,
-                     "detail": decision.detail},
-        "prompt_tokens": generation.prompt_tokens if generation else 0,
-        "completion_tokens": generation.completion_tokens if generation else 0,
-        "latency_ms": round(generation.timings.total_ms, 1) if generation else None,
-        "first_token_ms": round(generation.timings.first_token_ms, 1) if generation else None,
+        "reply": result.reply,
+        "confidence": result.confidence,
+        "min_token_prob": result.min_token_prob,
+        "decision": {"handover": result.outcome == "handover", "reason": result.reason, "detail": result.detail},
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "latency_ms": round(result.latency_s * 1000, 1) if result.latency_s is not None else None,
+        "first_token_ms": round(first_token * 1000, 1) if first_token is not None else None,
+        "error": result.error,
+        "screenshots": list(result.screenshots),
+        "cited": list(result.cited),
     }
 
 
@@ -230,24 +290,21 @@ async def validate(body: YamlIn, session: OperatorSession) -> dict:
     return {"ok": True, "issues": [], "preview": preview}
 
 
-@router.post("/operator/api/try", summary="Run a question (and screenshots) against an unsaved draft")
-async def try_it(request: Request, runtime: RuntimeDep, server: ServerDep, session: OperatorSession) -> dict:
-    form = await request.form(max_files=MAX_TRY_IMAGES + 1, max_part_size=runtime.settings.image_max_bytes + 1)
-    template = await parse_draft(str(form.get("yaml") or ""))
-    text = str(form.get("text") or "")[: runtime.settings.widget_max_text_chars]
-    uploads = [v for k, v in form.multi_items() if k == "images" and hasattr(v, "read")]
-    if len(uploads) > MAX_TRY_IMAGES:
-        raise HTTPException(413, detail={"error": "too_many_images", "message": f"At most {MAX_TRY_IMAGES} images."})
-    images = []
-    for upload in uploads:
-        try:
-            prepared = await asyncio.to_thread(prepare_image, await upload.read(), runtime.settings.image_limits())
-        except ImageRejected as exc:
-            raise HTTPException(400, detail={"error": exc.reason, "message": f"{upload.filename}: {exc.message()}"}) from None
-        images.append(prepared.image)
-    if not text.strip() and not images:
-        raise HTTPException(400, detail={"error": "empty", "message": "Type a question or add a screenshot."})
-    return await _run(runtime, server.api_share, template, text, str(form.get("language") or "auto"), images)
+TRY_EVENTS = {"description": "With `Accept: text/event-stream`: server-sent events `draft`, `screenshot`, "
+              "`screenshots`, `queued`, `generating`, `text` (`{\"delta\"}`: the reply as it is written, not yet "
+              "decided), then `result` (the JSON answer) or `error` (`{\"status\", \"error\", \"message\"}`, "
+              "what the JSON answer's error would be). Closing the stream cancels the turn.",
+              "content": {EVENT_STREAM: {"schema": {"type": "string"}}}}
+
+
+@router.post("/operator/api/try", response_model=None, responses={200: TRY_EVENTS},
+             summary="Run a question (and screenshots) against an unsaved draft, as one answer or as events")
+async def try_it(request: Request, runtime: RuntimeDep, server: ServerDep,
+                 session: OperatorSession) -> dict | StreamingResponse:
+    question = await _try_question(request, runtime.settings)
+    if wants_events(request):
+        return progress_response(lambda progress: try_turn(runtime, server.api_share, question, progress))
+    return await try_turn(runtime, server.api_share, question)
 
 
 class PublishIn(YamlIn):

@@ -20,7 +20,7 @@ CSS = "text/css; charset=utf-8"
 # The consoles' scripts are ES modules: a browser runs a module only when it is served with a
 # JavaScript type (nosniff makes that strict for classic scripts too, such as CodeMirror's).
 ASSETS = {"console.css": CSS, "agent.js": JS, "operator.js": JS, "knowledge.js": JS, "console-common.js": JS,
-          "stats.js": JS, "rollout.js": JS, "yaml-editor.js": JS, "regression.js": JS,
+          "stats.js": JS, "rollout.js": JS, "yaml-editor.js": JS, "event-post.js": JS, "regression.js": JS,
           "codemirror.js": JS, "codemirror-yaml.js": JS, "codemirror.css": CSS,
           "codemirror-LICENSE.txt": "text/plain; charset=utf-8"}
 

@@ -19,6 +19,7 @@ import { knowledgeTab } from "./knowledge.js";
 import { regressionCard } from "./regression.js";
 import { duration, statsView } from "./stats.js";
 import { templateEditor } from "./yaml-editor.js";
+import { postForEvents } from "./event-post.js";
 
 (function () {
   const MAX_IMAGES = 4;
@@ -46,6 +47,8 @@ import { templateEditor } from "./yaml-editor.js";
     publishing: false,
     images: [], // [{file, url}]
     trying: false,
+    tryAbort: null, // stops the running "try it" (closing its stream cancels it on the server)
+    tryScreenshots: false, // the running "try it" has screenshots to read
     versions: [],
     historySeq: 0,
     users: [], // from GET /admin/api/users
@@ -94,22 +97,25 @@ import { templateEditor } from "./yaml-editor.js";
     location.assign("/login?next=/operator");
   }
 
+  /** What to tell the operator when the server did not say why a request failed. */
+  function statusMessage(status) {
+    if (status === 0) return "Can't reach the server. Check the connection and try again.";
+    if (status === 401) return "Please sign in.";
+    if (status === 403) return "You don't have permission to do that. Your session may have expired: reload the page.";
+    if (status === 404) return "Not found. It may have been removed: reload the page.";
+    if (status === 409) return "Someone else changed this at the same time. Reload and try again.";
+    if (status === 413) return "The images are too large. Send smaller screenshots.";
+    if (status === 429) return "Too many requests. Wait a moment and try again.";
+    if (status >= 500) return "The server had a problem (" + status + "). Try again in a moment.";
+    return "";
+  }
+
   const api = apiClient({
     csrf: function () {
       return state.csrf;
     },
     onUnauthorized: toLogin,
-    fallback: function (status) {
-      if (status === 0) return "Can't reach the server. Check the connection and try again.";
-      if (status === 401) return "Please sign in.";
-      if (status === 403) return "You don't have permission to do that. Your session may have expired: reload the page.";
-      if (status === 404) return "Not found. It may have been removed: reload the page.";
-      if (status === 409) return "Someone else changed this at the same time. Reload and try again.";
-      if (status === 413) return "The images are too large. Send smaller screenshots.";
-      if (status === 429) return "Too many requests. Wait a moment and try again.";
-      if (status >= 500) return "The server had a problem (" + status + "). Try again in a moment.";
-      return "";
-    }
+    fallback: statusMessage
   });
 
   let editor = null; // the template editor (yaml-editor.js), made in wire()
@@ -768,6 +774,7 @@ import { templateEditor } from "./yaml-editor.js";
 
   function resetTryResult(failure) {
     $("try-output").hidden = true;
+    $("try-live").hidden = true;
     const empty = $("try-empty");
     setStatus(empty, failure ? "No result: " + failure : TRY_PLACEHOLDER, failure ? "bad" : null);
     empty.hidden = false;
@@ -794,18 +801,30 @@ import { templateEditor } from "./yaml-editor.js";
     const button = $("try-run");
     button.disabled = true;
     setText(button, "Running…");
+    const stop = $("try-stop");
+    stop.hidden = false;
+    const controller = new AbortController();
+    state.tryAbort = controller;
     $("try-result").setAttribute("aria-busy", "true");
+    startTryProgress(state.images.length > 0);
     const started = Date.now();
-    setStatus($("try-status"), "Waiting for the model…", "busy");
+    setStatus($("try-status"), "Running…", "busy");
     const tick = setInterval(function () {
-      setStatus($("try-status"), "Waiting for the model… " + Math.round((Date.now() - started) / 1000) + " s", "busy");
+      setStatus($("try-status"), "Running… " + Math.round((Date.now() - started) / 1000) + " s", "busy");
     }, 1000);
     try {
-      const data = await api("/operator/api/try", { method: "POST", form: form });
+      const data = await postForEvents("/operator/api/try", {
+        form: form, csrf: state.csrf, signal: controller.signal, fallback: statusMessage, onEvent: onTryEvent
+      });
       renderTryResult(data);
       setStatus($("try-status"), "Done", "good");
     } catch (e) {
-      if (e.issues) {
+      if (e && e.name === "AbortError") {
+        resetTryResult();
+        setStatus($("try-status"), "Stopped");
+      } else if (e.status === 401) {
+        toLogin();
+      } else if (e.issues) {
         applyValidation(yaml, false, e.issues, null);
         setStatus($("try-status"), "The draft has issues", "bad");
         resetTryResult("the draft has issues; fix them and run again.");
@@ -818,10 +837,67 @@ import { templateEditor } from "./yaml-editor.js";
     } finally {
       clearInterval(tick);
       state.trying = false;
+      state.tryAbort = null;
+      stop.hidden = true;
       button.disabled = false;
       setText(button, "Run");
       $("try-result").setAttribute("aria-busy", "false");
     }
+  }
+
+  // The stages of a running "try it" as the server reports them, and the reply as it is written.
+  function startTryProgress(screenshots) {
+    clear($("try-stages"));
+    setText($("try-draft"), "");
+    $("try-draft-wrap").hidden = true;
+    $("try-empty").hidden = true;
+    $("try-output").hidden = true;
+    $("try-live").hidden = false;
+    tryStage("draft", "Checking the draft");
+    state.tryScreenshots = screenshots;
+  }
+
+  /** Mark `key` as the stage under way (the one before it is done), or as done with `done`. */
+  function tryStage(key, label, done) {
+    const list = $("try-stages");
+    let item = null;
+    for (const li of Array.from(list.children)) {
+      if (li.getAttribute("data-stage") === key) item = li;
+      else if (li.getAttribute("data-state") === "active") li.setAttribute("data-state", "done");
+    }
+    if (!item) {
+      item = el("li", { class: "op-stage", "data-testid": "try-stage", "data-stage": key });
+      list.appendChild(item);
+    }
+    item.setAttribute("data-state", done ? "done" : "active");
+    setText(item, label);
+  }
+
+  function onTryEvent(name, data) {
+    const d = data && typeof data === "object" ? data : {};
+    if (name === "draft") {
+      tryStage("draft", "Draft checked", true);
+      if (state.tryScreenshots) tryStage("screenshots", "Reading the screenshots");
+    } else if (name === "screenshot") {
+      tryStage("screenshots", "Reading screenshot " + d.number + " of " + d.of);
+    } else if (name === "screenshots") {
+      const unreadable = isNum(d.unreadable) && d.unreadable ? ", " + d.unreadable + " unreadable" : "";
+      tryStage("screenshots", count(isNum(d.count) ? d.count : 0, "screenshot", "screenshots") + " read and redacted" + unreadable, true);
+    } else if (name === "queued") {
+      tryStage("queued", "Waiting for a place in the model's queue");
+    } else if (name === "generating") {
+      tryStage("queued", "Got a place in the model's queue", true);
+      tryStage("generating", "Generating the reply");
+      $("try-draft-wrap").hidden = false;
+    } else if (name === "text" && typeof d.delta === "string") {
+      const box = $("try-draft");
+      box.appendChild(document.createTextNode(d.delta));
+      box.scrollTop = box.scrollHeight;
+    }
+  }
+
+  function stopTry() {
+    if (state.tryAbort) state.tryAbort.abort();
   }
 
   function renderTryResult(data) {
@@ -844,6 +920,7 @@ import { templateEditor } from "./yaml-editor.js";
     setText(latency, isNum(data.latency_ms) ? duration(data.latency_ms / 1000) : "—");
     if (isNum(data.first_token_ms)) latency.appendChild(el("span", { class: "op-fact-sub", text: "first token after " + duration(data.first_token_ms / 1000) }));
     $("try-empty").hidden = true;
+    $("try-live").hidden = true;
     $("try-output").hidden = false;
   }
 
@@ -1337,6 +1414,7 @@ import { templateEditor } from "./yaml-editor.js";
     setText($("preview-note"), "The preview appears when a template is open.");
 
     $("try-form").addEventListener("submit", runTry);
+    $("try-stop").addEventListener("click", stopTry);
     $("try-text").addEventListener("keydown", function (e) {
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) runTry(e);
     });
