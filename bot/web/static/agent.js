@@ -11,8 +11,8 @@
  * Debug/test handle: window.SnapdeskAgent = { state(), refresh() }.
  */
 import {
-  $, el, str, initials, CHANNELS, reasonLabel, channelLabel, isNum, confidenceClass, parseTime,
-  readJson, apiClient, signOut, showError, clearError, toast
+  $, el, str, initials, CHANNELS, REASONS, reasonLabel, channelLabel, isNum, confidenceClass, parseTime,
+  readJson, apiClient, signOut, showError, clearError, toast, setStatus, setBusy
 } from "./console-common.js";
 
 (function () {
@@ -947,6 +947,7 @@ import {
       title: "The user's chat did not accept this yet; Snapdesk keeps sending it", text: "Not delivered yet"
     }) : null;
     if (undelivered) head.appendChild(undelivered);
+    if (role === "user" && m.id !== null && m.id !== undefined && mayAddCases()) head.appendChild(addCaseButton(m));
 
     const text = el("div", { class: "msg-text", "data-testid": "thread-message-text" });
     fillText(text, m.text);
@@ -1375,11 +1376,8 @@ import {
     overlay.who = who;
     overlay.when = when;
     overlay.opener = opener;
-    const node = $("image-overlay");
-    node.hidden = false;
-    $("topbar").inert = true;
-    $("layout").inert = true;
-    document.body.classList.add("has-overlay");
+    $("image-overlay").hidden = false;
+    setModal(true);
     setZoom(false);
     showOverlayImage();
     $("overlay-close").focus();
@@ -1420,9 +1418,7 @@ import {
     const node = $("image-overlay");
     if (node.hidden) return;
     node.hidden = true;
-    $("topbar").inert = false;
-    $("layout").inert = false;
-    document.body.classList.remove("has-overlay");
+    setModal(false);
     $("overlay-img").removeAttribute("src");
     const opener = overlay.opener;
     overlay.opener = null;
@@ -1431,33 +1427,282 @@ import {
   }
 
   function overlayKeydown(e) {
-    if (e.key === "Escape") {
-      e.preventDefault();
-      e.stopPropagation();
-      closeOverlay();
-    } else if (e.key === "ArrowLeft") {
+    if (e.key === "ArrowLeft") {
       e.preventDefault();
       stepOverlay(-1);
     } else if (e.key === "ArrowRight") {
       e.preventDefault();
       stepOverlay(1);
-    } else if (e.key === "Tab") {
-      // Keep focus inside the dialog.
-      const focusables = Array.prototype.filter.call(
-        $("image-overlay").querySelectorAll("button, a[href]"),
-        function (n) { return !n.hidden && !n.disabled && n.offsetParent !== null; }
-      );
-      if (!focusables.length) return;
-      const firstEl = focusables[0];
-      const lastEl = focusables[focusables.length - 1];
-      if (e.shiftKey && (document.activeElement === firstEl || !$("image-overlay").contains(document.activeElement))) {
-        e.preventDefault();
-        lastEl.focus();
-      } else if (!e.shiftKey && (document.activeElement === lastEl || !$("image-overlay").contains(document.activeElement))) {
-        e.preventDefault();
-        firstEl.focus();
-      }
+    } else {
+      modalKeydown($("image-overlay"), closeOverlay, e);
     }
+  }
+
+  /** A modal dialog is open (or no longer): the page behind it is inert and does not scroll. */
+  function setModal(on) {
+    $("topbar").inert = on;
+    $("layout").inert = on;
+    document.body.classList.toggle("has-overlay", on);
+  }
+
+  /** Escape closes a modal dialog; Tab and Shift+Tab go round its controls, never out of it. */
+  function modalKeydown(dialog, close, e) {
+    if (e.key === "Escape") {
+      e.preventDefault();
+      e.stopPropagation();
+      close();
+      return;
+    }
+    if (e.key !== "Tab") return;
+    const focusables = Array.prototype.filter.call(
+      dialog.querySelectorAll("button, a[href], input, select, textarea"),
+      function (n) { return !n.hidden && !n.disabled && n.offsetParent !== null; }
+    );
+    if (!focusables.length) return;
+    const firstEl = focusables[0];
+    const lastEl = focusables[focusables.length - 1];
+    if (e.shiftKey && (document.activeElement === firstEl || !dialog.contains(document.activeElement))) {
+      e.preventDefault();
+      lastEl.focus();
+    } else if (!e.shiftKey && (document.activeElement === lastEl || !dialog.contains(document.activeElement))) {
+      e.preventDefault();
+      firstEl.focus();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Add to regression set (operators and admins)
+  // ---------------------------------------------------------------------------------------
+  /*
+   * Any user message can become a case of a template's regression set. The dialog starts from
+   * what the bot did with the message, because the usual case is "it got this wrong": one click
+   * turns the expectation round. The case keeps the screenshots as Snapdesk stored them
+   * (redacted), and the server refuses screenshots nobody checked for personal data until the
+   * operator says they looked at them.
+   */
+  const CASE_LISTS = [["case-must-contain", "Must contain"], ["case-must-not-contain", "Must not contain"], ["case-cite", "Cites"]];
+  const CASE_LIST_MAX = 20;
+  const CASE_ENTRY_MAX = 200;
+  const caseDialog = { messageId: null, opener: null, saving: false, did: null, opened: 0 };
+
+  function mayAddCases() {
+    return Boolean(state.me) && (state.me.role === "operator" || state.me.role === "admin");
+  }
+
+  function addCaseButton(m) {
+    const button = el("button", {
+      type: "button", class: "msg-action", "data-testid": "add-case", "aria-haspopup": "dialog",
+      title: "Make this message a case of a template's regression set", text: "Add to regression set"
+    });
+    button.addEventListener("click", function () {
+      openCaseDialog(m, button);
+    });
+    return button;
+  }
+
+  /** What the bot did with a user message: {kind: answer|handover|draft, reason, confidence}, or null. */
+  function outcomeOf(t, m) {
+    const list = Array.isArray(t && t.messages) ? t.messages : [];
+    let reply = null;
+    list.forEach(function (r) {
+      if (r && r.reply_to !== null && r.reply_to !== undefined && String(r.reply_to) === String(m.id) &&
+          (r.kind === "answer" || r.kind === "handover" || r.kind === "draft")) reply = r;
+    });
+    if (!reply) return null;
+    let reason = "";
+    const esc = t.escalation && typeof t.escalation === "object" ? t.escalation : null;
+    if (reply.kind === "handover" && esc) {
+      // The thread tells the reason of its newest hand-over only.
+      const handovers = list.filter(function (r) { return r && r.kind === "handover"; });
+      if (handovers[handovers.length - 1] === reply) reason = str(esc.reason);
+    }
+    return { kind: reply.kind, reason: reason, confidence: reply.confidence };
+  }
+
+  function outcomeText(outcome) {
+    if (!outcome) return "The bot did not reply to this message.";
+    if (outcome.kind === "draft") return "A person took over before the bot's answer was sent.";
+    const conf = isNum(outcome.confidence) ? " (confidence " + outcome.confidence.toFixed(2) + ")" : "";
+    if (outcome.kind === "handover") return "The bot handed over" + (outcome.reason ? ": " + reasonLabel(outcome.reason) : "") + conf + ".";
+    return "The bot answered" + conf + ".";
+  }
+
+  function caseExpect() {
+    return $("case-expect-handover").checked ? "handover" : "answer";
+  }
+
+  function setCaseExpect(expect) {
+    $("case-expect-handover").checked = expect === "handover";
+    $("case-expect-answer").checked = expect !== "handover";
+    syncCaseExpect();
+  }
+
+  /** The reason shows with a hand-over; the quick switch says what it does against what the bot did. */
+  function syncCaseExpect() {
+    const expect = caseExpect();
+    $("case-reason-wrap").hidden = expect !== "handover";
+    let flip;
+    if (!caseDialog.did) flip = expect === "answer" ? "Expect a hand-over instead" : "Expect an answer instead";
+    else if (expect !== caseDialog.did) flip = "The bot got this right";
+    else flip = "The bot got this wrong: it should have " + (expect === "answer" ? "handed over" : "answered");
+    $("case-flip").textContent = flip;
+  }
+
+  /** The screenshots the case keeps: the stored copies, and whether anyone checked them for personal data. */
+  function fillCaseShots(m) {
+    const list = $("case-shots");
+    list.textContent = "";
+    const shots = Array.isArray(m.screenshots) ? m.screenshots : [];
+    (Array.isArray(m.images) ? m.images : []).forEach(function (raw, i) {
+      const url = safeUrl(raw);
+      if (!url) return;
+      const reading = shots[i] && typeof shots[i] === "object" ? shots[i] : {};
+      const checked = reading.read === true;
+      const hidden = hiddenData(reading.redacted);
+      list.appendChild(el("li", { class: "case-shot" + (checked ? "" : " is-unchecked"), "data-testid": "case-shot" }, [
+        el("img", { src: url, alt: "Screenshot " + (i + 1) + ", as stored", decoding: "async" }),
+        el("span", {
+          class: "case-shot-note",
+          text: !checked ? "Not checked for personal data" : hidden ? "Painted out: " + hidden : "Checked: no personal data"
+        })
+      ]));
+    });
+    list.hidden = !list.childNodes.length;
+  }
+
+  /** The template choice: by default the server's (the template that answered, else the channel's). */
+  async function fillCaseTemplates(outcome, channel) {
+    const select = $("case-template");
+    const opened = caseDialog.opened;
+    select.textContent = "";
+    select.appendChild(el("option", { value: "", text: outcome ? "The one that answered" : "This channel's template" }));
+    let data;
+    try {
+      data = await api("/operator/api/templates");
+    } catch (_) {
+      return; // the default still works
+    }
+    if (opened !== caseDialog.opened) return; // the dialog was opened again meanwhile
+    const channels = Array.isArray(data.channels) ? data.channels : [];
+    const used = channels.find(function (c) { return c && str(c.channel) === str(channel); });
+    if (!outcome && used && str(used.template)) select.options[0].textContent = "This channel's template (" + str(used.template) + ")";
+    (Array.isArray(data.templates) ? data.templates : []).forEach(function (t) {
+      if (t && str(t.name)) select.appendChild(el("option", { value: str(t.name), text: str(t.name) }));
+    });
+  }
+
+  function openCaseDialog(m, opener) {
+    const t = state.thread;
+    if (!t || !mayAddCases() || m.id === null || m.id === undefined) return;
+    caseDialog.messageId = String(m.id);
+    caseDialog.opener = opener;
+    caseDialog.opened++;
+    const outcome = outcomeOf(t, m);
+    caseDialog.did = !outcome ? null : outcome.kind === "handover" ? "handover" : "answer";
+    const text = $("case-text");
+    text.textContent = str(m.text) || "No text: screenshots only";
+    text.classList.toggle("is-empty", !str(m.text));
+    fillCaseShots(m);
+    $("case-did").textContent = outcomeText(outcome);
+    setCaseExpect(caseDialog.did || "answer");
+    $("case-reason").value = outcome && Object.prototype.hasOwnProperty.call(REASONS, outcome.reason) ? outcome.reason : "";
+    ["case-must-contain", "case-must-not-contain", "case-cite", "case-notes"].forEach(function (id) { $(id).value = ""; });
+    $("case-unchecked").hidden = true;
+    $("case-allow").checked = false;
+    setStatus($("case-status"), "");
+    setBusy($("case-save"), false);
+    $("case-notice").hidden = true;
+    fillCaseTemplates(outcome, t.channel);
+    $("case-dialog").hidden = false;
+    setModal(true);
+    $(caseExpect() === "handover" ? "case-expect-handover" : "case-expect-answer").focus();
+  }
+
+  function closeCaseDialog() {
+    const node = $("case-dialog");
+    if (node.hidden) return;
+    node.hidden = true;
+    setModal(false);
+    const id = caseDialog.messageId;
+    let opener = caseDialog.opener;
+    caseDialog.messageId = null;
+    caseDialog.opener = null;
+    if (!opener || !opener.isConnected) {
+      // Live updates drew the message again meanwhile: back to its new button.
+      const message = messageNodes.get("id:" + id);
+      opener = message ? message.querySelector("[data-testid=add-case]") : null;
+    }
+    if (opener) opener.focus();
+    else if (state.currentId) $("messages").focus();
+  }
+
+  /** One entry a line, blanks left out; null (and the field named) when the server would refuse them. */
+  function caseLists() {
+    const out = {};
+    for (const [id, label] of CASE_LISTS) {
+      const entries = $(id).value.split("\n").map(function (line) { return line.trim(); }).filter(Boolean);
+      const problem = entries.length > CASE_LIST_MAX ? "at most " + CASE_LIST_MAX + " lines"
+        : entries.some(function (e) { return e.length > CASE_ENTRY_MAX; }) ? "lines of at most " + CASE_ENTRY_MAX + " characters" : "";
+      if (problem) {
+        setStatus($("case-status"), label + ": " + problem + ".", "bad");
+        $(id).focus();
+        return null;
+      }
+      out[id] = entries;
+    }
+    return out;
+  }
+
+  async function saveCase() {
+    const id = caseDialog.messageId;
+    if (caseDialog.saving || id === null) return;
+    const unchecked = !$("case-unchecked").hidden;
+    if (unchecked && !$("case-allow").checked) {
+      setStatus($("case-status"), "Look at the screenshots first, then tick the box to add them as they are.", "bad");
+      $("case-allow").focus();
+      return;
+    }
+    const lists = caseLists();
+    if (!lists) return;
+    const expect = caseExpect();
+    const body = {
+      expect: expect, reason: expect === "handover" && $("case-reason").value ? $("case-reason").value : null,
+      must_contain: lists["case-must-contain"], must_not_contain: lists["case-must-not-contain"], cite: lists["case-cite"],
+      notes: $("case-notes").value.trim(), allow_unchecked_screenshots: unchecked
+    };
+    if ($("case-template").value) body.template = $("case-template").value;
+    caseDialog.saving = true;
+    setBusy($("case-save"), true);
+    setStatus($("case-status"), "Adding the case…", "busy");
+    let added;
+    try {
+      added = await api("/operator/api/messages/" + encodeURIComponent(id) + "/case", { method: "POST", json: body });
+    } catch (err) {
+      caseDialog.saving = false;
+      setBusy($("case-save"), false);
+      if (err.status === 401) return;
+      if (caseDialog.messageId !== id) {
+        showError(err.message); // the dialog was closed meanwhile
+      } else if (err.code === "unchecked_screenshots") {
+        setStatus($("case-status"), "");
+        $("case-unchecked-text").textContent = err.message;
+        $("case-unchecked").hidden = false;
+        $("case-allow").focus();
+      } else {
+        setStatus($("case-status"), err.message || "The case could not be added.", "bad");
+      }
+      return;
+    }
+    caseDialog.saving = false;
+    setBusy($("case-save"), false);
+    if (caseDialog.messageId === id) closeCaseDialog();
+    showCaseNotice(str(added.template));
+  }
+
+  function showCaseNotice(template) {
+    $("case-notice-text").textContent = "Added to the " + template + " regression set";
+    $("case-notice-link").href = "/operator#/templates/" + encodeURIComponent(template);
+    $("case-notice").hidden = false;
   }
 
   // ---------------------------------------------------------------------------------------
@@ -1770,6 +2015,31 @@ import {
       if (e.target === $("overlay-stage")) closeOverlay();
     });
     $("image-overlay").addEventListener("keydown", overlayKeydown);
+
+    // Add to regression set
+    Object.keys(REASONS).forEach(function (code) {
+      $("case-reason").appendChild(el("option", { value: code, text: REASONS[code] }));
+    });
+    $("case-form").addEventListener("submit", function (e) {
+      e.preventDefault();
+      saveCase();
+    });
+    $("case-expect-answer").addEventListener("change", syncCaseExpect);
+    $("case-expect-handover").addEventListener("change", syncCaseExpect);
+    $("case-flip").addEventListener("click", function () {
+      setCaseExpect(caseExpect() === "handover" ? "answer" : "handover");
+    });
+    $("case-allow").addEventListener("change", function () {
+      setStatus($("case-status"), "");
+    });
+    $("case-close").addEventListener("click", closeCaseDialog);
+    $("case-cancel").addEventListener("click", closeCaseDialog);
+    $("case-dialog").addEventListener("keydown", function (e) {
+      modalKeydown($("case-dialog"), closeCaseDialog, e);
+    });
+    $("case-notice-close").addEventListener("click", function () {
+      $("case-notice").hidden = true;
+    });
 
     // Search
     const input = $("search-input");
