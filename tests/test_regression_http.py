@@ -9,14 +9,12 @@ operator's own case, so the runs stay small whatever prompts/cases/ ships.
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from PIL import Image, ImageDraw
 
 from bot.templates import Template
 from engine.base import EngineError
@@ -24,7 +22,7 @@ from engine.loading import LoadOptions
 from engine.stub import StubEngine, last_user_text
 from engine.transformers_engine import TransformersEngine
 from tests.live_server import live_server, wait_for
-from tests.test_agent_console import ROLES, signed_in
+from tests.test_agent_console import ROLES, png, signed_in
 
 CASES = {
     "template": "billing",
@@ -41,17 +39,9 @@ ARMS = ("draft", "live")
 REBRANDED = "Globex"  # in a draft's system prompt: the scripted engine answers worse
 
 
-def statement_png() -> bytes:
-    image = Image.new("RGB", (640, 240), "white")
-    ImageDraw.Draw(image).text((20, 100), "02 Mar  ACME* Membership auto-renewal  -88.00", fill="black")
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def case_files(directory: Path, cases: dict = CASES) -> Path:
     (directory / "screenshots").mkdir(parents=True, exist_ok=True)
-    (directory / "screenshots" / "statement.png").write_bytes(statement_png())
+    (directory / "screenshots" / "statement.png").write_bytes(png())
     (directory / "billing.yaml").write_text(yaml.safe_dump(cases, allow_unicode=True), encoding="utf-8")
     return directory
 

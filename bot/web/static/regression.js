@@ -75,7 +75,7 @@ const FIGURES = [
   },
   {
     key: "expected_calibration_error", label: "Calibration error",
-    value: function (s) { return isNum(s.expected_calibration_error) ? s.expected_calibration_error.toFixed(2) : "—"; },
+    value: function (s) { return two(s.expected_calibration_error); },
     how: "The same replies in five bins of stated confidence (table below): the gap between a bin's mean confidence and its share of good answers, averaged with the bins' counts as weights. 0 is perfectly calibrated."
   },
   {
@@ -85,7 +85,7 @@ const FIGURES = [
   },
   {
     key: "threshold", label: "Hand-over threshold",
-    value: function (s) { return isNum(s.threshold) ? s.threshold.toFixed(2) : "—"; },
+    value: function (s) { return two(s.threshold); },
     how: "The version's own confidence_threshold: an answer below it is handed over."
   },
   {
@@ -102,6 +102,10 @@ const FIGURES = [
 
 function pct(v) {
   return isNum(v) ? Math.round(v * 100) + "%" : "—";
+}
+
+function two(v) {
+  return isNum(v) ? v.toFixed(2) : "—";
 }
 
 function plural(n, one, many) {
@@ -651,7 +655,7 @@ export function regressionCard(api, hooks) {
       for (const b of [draft[i], live[i]]) {
         const bin = b || {};
         cells.push(el("td", { text: isNum(bin.count) ? String(bin.count) : "0" }));
-        cells.push(el("td", { text: isNum(bin.mean_confidence) ? bin.mean_confidence.toFixed(2) : "—" }));
+        cells.push(el("td", { text: two(bin.mean_confidence) }));
         cells.push(el("td", { text: pct(bin.pass_rate) }));
       }
       body.appendChild(el("tr", { "data-testid": "rg-bin" }, cells));
