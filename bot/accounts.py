@@ -1,5 +1,8 @@
 """Console accounts: who may answer customers (agents) and who may shape the bot (operators).
 
+Operators also read the agent console, without answering from it: real conversation turns are
+what they make regression cases of (`User.can_read`).
+
 Passwords are hashed with argon2id (19 MiB, 2 passes: OWASP's minimum) on a small pool of
 threads of their own: each check takes tens of milliseconds of CPU, and run on the database
 thread it made every other request wait behind a burst of sign-ins. The database thread only
@@ -40,6 +43,9 @@ ROLES: tuple[Role, ...] = ("agent", "operator", "admin")
 MIN_PASSWORD_CHARS = 10
 MAX_PASSWORD_CHARS = 1024
 MAX_DISPLAY_NAME_CHARS = 60
+# The consoles a role may open to read only, besides its own: operators read conversations in
+# the agent console (to add real turns to regression sets) but never claim or answer them.
+READ_ONLY_CONSOLES: dict[Role, tuple[Role, ...]] = {"agent": ("operator",)}
 
 HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 DUMMY_HASH = HASHER.hash("not a real password, only to spend the same time")
@@ -77,6 +83,11 @@ class User:
     def can(self, role: Role) -> bool:
         """Admins can do everything; agents and operators only their own consoles."""
         return not self.disabled and (self.role == "admin" or self.role == role)
+
+    def can_read(self, console: Role) -> bool:
+        """Whether the account may open `console` and read what it shows: the consoles it may
+        use (`can`), and those its role may only read (an operator in the agent console)."""
+        return self.can(console) or (not self.disabled and self.role in READ_ONLY_CONSOLES.get(console, ()))
 
     @property
     def home(self) -> str:
@@ -262,8 +273,8 @@ class Accounts:
         return _user({**row, "disabled": 0})
 
     def set_role(self, name: str, role: str, actor: str = "cli") -> tuple[User, list[int]]:
-        """Change the account's role; one that may no longer use the agent console gives its
-        claimed conversations back to the queue. Returns the user and the ids released."""
+        """Change the account's role; one that may no longer answer in the agent console gives
+        its claimed conversations back to the queue. Returns the user and the ids released."""
         _check_role(role)
         with self.store.transaction():
             row = self._row(name)

@@ -1,6 +1,8 @@
 """Every console route and API call, anonymous and with each role: exactly the allowed set.
 
 The routes are read from the console routers themselves, so a new route cannot escape the check.
+Operators read the agent console (every GET route there, the live events included) and change
+nothing in it; agents never reach the operator console.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tests.test_agent_console import ROLES, signed_in, visitor_hands_over
 
 ALLOWED = {"/agent": {"agent", "admin"}, "/operator": {"operator", "admin"}, "/admin": {"admin"},
            "/console": set(ROLES), "/logout": set(ROLES)}
+READ_ONLY = {"/agent": {"operator"}}  # the roles that may only read a console: its GET routes
 PARAMS = {"conversation_id": "{conversation_id}", "name": "billing", "sha256": "0" * 64, "article_id": "1",
           "message_id": "1", "case_id": "1", "number": "1", "run_id": "1"}
 
@@ -46,7 +49,8 @@ def console_routes(app) -> list[tuple[str, str, set[str]]]:
         if prefix is None:
             continue
         for method in sorted(route.methods - {"HEAD"}):
-            routes.append((method, route.path, ALLOWED[prefix]))
+            readers = READ_ONLY.get(prefix, set()) if method == "GET" else set()
+            routes.append((method, route.path, ALLOWED[prefix] | readers))
     return routes
 
 
@@ -78,6 +82,11 @@ def test_every_console_route_admits_exactly_its_roles(server):
             if admitted != (role in allowed):
                 failures.append((method, path, role, status))
     assert not failures, failures
+    operator_reads = {path for method, path, allowed in routes if "operator" in allowed and path.startswith("/agent")}
+    assert {"/agent", "/agent/api/conversations/{conversation_id}", "/agent/api/events"} <= operator_reads
+    assert not any(method == "POST" and "operator" in allowed for method, path, allowed in routes
+                   if path.startswith("/agent")), "an operator may change something in the agent console"
+    assert not any("agent" in allowed for _, path, allowed in routes if path.startswith("/operator"))
 
 
 def test_state_changes_without_the_csrf_token_are_refused_everywhere(server):

@@ -162,7 +162,8 @@ def test_admins_enable_change_roles_and_sign_accounts_out_everywhere(server):
     moved = admin.post("/admin/api/users/li/role", json={"role": "operator"})
     assert moved.json()["released"] == [held]  # an operator cannot answer: the queue gets it back
     assert app.state.runtime.store.conversation(held)["status"] == WAITING
-    assert li.get("/agent/api/queue").status_code == 403 and li.get("/operator/api/templates").status_code == 200
+    assert li.post(f"/agent/api/conversations/{held}/claim").status_code == 403  # operators read, never answer
+    assert li.get("/agent/api/queue").status_code == 200 and li.get("/operator/api/templates").status_code == 200
     assert admin.post("/admin/api/users/li/role", json={"role": "owner"}).status_code == 422
 
     for path, body in (("role", {"role": "agent"}), ("reset-password", {"password": TEMPORARY}), ("disable", None),
@@ -227,15 +228,15 @@ def test_a_console_the_role_may_not_use_shows_the_way_to_the_one_it_may(server):
     page = agent.get("/operator")
     assert page.status_code == 403 and page.headers["content-type"].startswith("text/html")
     assert "This is the operator console" in page.text and 'href="/agent"' in page.text
+    assert "Open the agent console" in page.text
     assert 'href="/account/password"' in page.text and 'action="/logout"' in page.text
     assert page.headers["x-frame-options"] == "DENY" and "default-src 'self'" in page.headers["content-security-policy"]
-    operator = signed_in(base, "olga")
-    page = operator.get("/agent")
-    assert page.status_code == 403 and 'href="/operator"' in page.text and "Open the operator console" in page.text
     # The sign-out form on that page works (it carries the session's CSRF token).
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    form_post = httpx.post(f"{base}/logout", data={"csrf_token": csrf}, cookies=operator.cookies)
-    assert form_post.status_code == 303 and operator.get("/console/api/me").status_code == 401
+    form_post = httpx.post(f"{base}/logout", data={"csrf_token": csrf}, cookies=agent.cookies)
+    assert form_post.status_code == 303 and agent.get("/console/api/me").status_code == 401
+    operator = signed_in(base, "olga")
+    assert operator.get("/agent").status_code == 200  # operators read the agent console
     admin = signed_in(base, "admin")
     assert admin.get("/agent").status_code == 200 and admin.get("/operator").status_code == 200
 

@@ -1,4 +1,6 @@
-"""The agent console API over real HTTP: roles, CSRF, queue, claim, replies, notes, search."""
+"""The agent console API over real HTTP: roles, CSRF, queue, claim, replies, notes, search.
+
+Operators read the console (to make regression cases of real turns) and change nothing in it."""
 
 from __future__ import annotations
 
@@ -82,21 +84,53 @@ AGENT_ROUTES = [
     ("POST", "/agent/api/conversations/{id}/note"),
     ("GET", "/agent/api/search?q=human"),
 ]
+WRITES = ("claim", "reply", "note", "resolve", "hand-back", "transfer")
 
 
 @pytest.mark.parametrize("method, path", AGENT_ROUTES)
-def test_agent_routes_allow_exactly_agents_and_admins(server, method, path):
+def test_agents_and_admins_use_the_agent_routes_and_operators_only_read(server, method, path):
     base, _ = server
     visitor_hands_over(base, image=False)
     agent = signed_in(base, "agent")
     conversation_id = queue_item(agent)["id"]
     url = path.format(id=conversation_id)
     body = {"json": {"text": "checking"}} if method == "POST" else {}
-    assert_admits_exactly(base, method, url, {"agent", "admin"}, **body)
+    assert_admits_exactly(base, method, url, {"agent", "admin"} | ({"operator"} if method == "GET" else set()), **body)
 
 
-def test_agent_page_redirects_to_sign_in_and_refuses_operators(server):
-    assert_page_signs_in_and_refuses(server[0], "/agent", "operator")
+def test_agent_page_redirects_to_sign_in_and_opens_for_every_role(server):
+    base, _ = server
+    anonymous = httpx.get(f"{base}/agent", follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/login?next=/agent"
+    for role in ROLES:
+        page = signed_in(base, role).get("/agent")
+        assert page.status_code == 200 and 'data-testid="read-only"' in page.text, role
+
+
+def test_an_operator_reads_a_conversation_and_changes_nothing(server):
+    base, app = server
+    visitor_hands_over(base, "A human please, about this bill")
+    olga = signed_in(base, "operator")
+    item = queue_item(olga)
+    conversation_id = item["id"]
+    thread = olga.get(f"/agent/api/conversations/{conversation_id}").json()
+    assert thread["status"] == "waiting" and thread["escalation"]["reason"] == "user_request"
+    assert olga.get(item["thumbnail"]).status_code == 200
+    assert olga.get("/agent/api/search", params={"q": "bill"}).json()["results"]
+    for verb in WRITES:
+        body = {"agent": "mei"} if verb == "transfer" else {"text": "from an operator"}
+        refused = olga.post(f"/agent/api/conversations/{conversation_id}/{verb}", json=body)
+        assert refused.status_code == 403 and refused.json()["error"] == "forbidden", verb
+    after = olga.get(f"/agent/api/conversations/{conversation_id}").json()
+    assert after["status"] == "waiting" and after["assigned_agent"] is None and after["messages"] == thread["messages"]
+
+    # An operator is never an agent: not offered for transfers, and nobody can give them a conversation.
+    agents = {a["name"] for a in olga.get("/agent/api/agents").json()["agents"]}
+    assert "operator" not in agents and {"agent", "mei", "admin"} <= agents
+    given = signed_in(base, "admin").post(f"/agent/api/conversations/{conversation_id}/transfer",
+                                          json={"agent": "operator"})
+    assert given.status_code == 400 and given.json()["error"] == "no_such_agent"
+    assert app.state.runtime.store.conversation(conversation_id)["assigned_agent"] is None
 
 
 def test_changes_need_the_csrf_token(server):
@@ -177,9 +211,10 @@ def test_search_finds_past_conversations_in_english_and_chinese(server):
     assert agent.get("/agent/api/search", params={"q": '" OR 1=1 --'}).status_code == 200
 
 
-def test_the_event_stream_announces_new_hand_overs(server):
+@pytest.mark.parametrize("role", ["agent", "operator"])
+def test_the_event_stream_announces_new_hand_overs(server, role):
     base, _ = server
-    agent = signed_in(base, "agent")
+    agent = signed_in(base, role)
     updates: list[dict] = []
 
     def listen():

@@ -205,7 +205,8 @@ def test_a_console_stream_lives_only_as_long_as_its_session_and_account(tmp_path
     assert queries.console_session(store, "0" * 64) is None
 
     assert session_is_open(accounts, token, "agent")
-    assert not session_is_open(accounts, operator_token, "agent")  # an operator's page gets no agent stream
+    assert not session_is_open(accounts, operator_token, "agent")  # an operator's session is no agent's
+    assert session_is_open(accounts, operator_token, "operator")  # (it reads the agent console as an operator)
     assert not session_is_open(accounts, "made-up", "agent")
     accounts.disable_user("mei")
     assert not session_is_open(accounts, token, "agent")

@@ -53,23 +53,44 @@ def server(tmp_path_factory):
         yield base, app, data_dir
 
 
-def widget_turn(base: str, text: str, image: bytes | None = None, timeout: float = 60) -> tuple[dict, dict]:
-    """A visitor's message through the widget, once the bot has decided it: (the user message,
-    the bot's reply to it), as the widget API shows them."""
+def new_visitor(base: str) -> dict[str, str]:
+    """A widget visitor of their own: the headers their messages go with."""
     token = httpx.post(f"{base}/widget/api/session", json={}).json()["token"]
-    headers = {"Authorization": f"Bearer {token}"}
+    return {"Authorization": f"Bearer {token}"}
+
+
+def widget_turn(base: str, text: str, image: bytes | None = None, timeout: float = 60,
+                visitor: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """A visitor's message through the widget (a new visitor's unless `visitor` says whose),
+    once the bot has decided it: (the user message, the bot's reply to it), as the widget API
+    shows them."""
+    headers = visitor or new_visitor(base)
+    client_id = f"c{time.monotonic_ns()}"
     files = [("images", ("statement.png", image, "image/png"))] if image else None
     sent = httpx.post(f"{base}/widget/api/messages", headers=headers, files=files, timeout=30,
-                      data={"client_message_id": f"c{time.monotonic_ns()}", "text": text})
+                      data={"client_message_id": client_id, "text": text})
     assert sent.status_code == 202, sent.text
 
     def decided():
         messages = httpx.get(f"{base}/widget/api/conversation", headers=headers).json()["messages"]
-        return messages if any(m["kind"] in ("answer", "handover") for m in messages) else None
+        user = next(m for m in messages if m["kind"] == "user" and m["client_message_id"] == client_id)
+        reply = next((m for m in messages if m["reply_to"] == user["id"] and m["kind"] in ("answer", "handover")), None)
+        return (user, reply) if reply else None
 
-    messages = wait_for(decided, timeout=timeout, what="the bot's reply")
-    user = next(m for m in messages if m["kind"] == "user")
-    return user, next(m for m in messages if m["kind"] in ("answer", "handover"))
+    return wait_for(decided, timeout=timeout, what="the bot's reply")
+
+
+def two_hand_overs(base: str, store: Store, agent: httpx.Client) -> list[dict]:
+    """One visitor's conversation handed over twice, for different reasons (a person asked for,
+    then a sensitive topic), handed back to the bot by `agent` in between: its two user messages."""
+    visitor = new_visitor(base)
+    first, notice = widget_turn(base, "I want to talk to a human about my bill", visitor=visitor)
+    assert notice["kind"] == "handover"
+    conversation_id = store.message(first["id"])["conversation_id"]
+    assert agent.post(f"/agent/api/conversations/{conversation_id}/hand-back").status_code == 200
+    second, notice = widget_turn(base, "I want a chargeback for this charge", visitor=visitor)
+    assert notice["kind"] == "handover"
+    return [first, second]
 
 
 def add_case(client: httpx.Client, message_id: int, **body) -> httpx.Response:
@@ -153,6 +174,43 @@ def test_only_operators_make_cases_and_only_of_user_messages(server):
     assert add_case(olga, user["id"], expect="maybe").status_code == 422
     assert add_case(olga, user["id"], template="no-such-template").status_code == 404
     assert signed_in(base, "root").post(url, json={"expect": "answer"}).status_code == 200  # admins may
+
+
+def test_an_operator_reads_any_turn_of_a_conversation_and_makes_it_a_case_without_answering(server):
+    base, app, _ = server
+    store = app.state.runtime.store
+    first, second = two_hand_overs(base, store, signed_in(base, "root"))
+    conversation_id = store.message(first["id"])["conversation_id"]
+    olga = signed_in(base, "olga")
+
+    thread = olga.get(f"/agent/api/conversations/{conversation_id}")
+    assert thread.status_code == 200, thread.text
+    messages = thread.json()["messages"]
+    notices = [m for m in messages if m["kind"] == "handover"]
+    # Every hand-over says its own reason and which template version handed over, not only the newest.
+    assert [(m["reply_to"], m["reason"]) for m in notices] == [(first["id"], "user_request"),
+                                                                (second["id"], "sensitive_topic")]
+    assert {(m["template_name"], m["template_version"]) for m in notices} == {(TEMPLATE, 1)}
+    assert thread.json()["escalation"]["reason"] == "sensitive_topic"
+    assert all(m["reason"] is None for m in messages if m["kind"] != "handover")
+
+    for verb in ("claim", "reply"):
+        refused = olga.post(f"/agent/api/conversations/{conversation_id}/{verb}", json={"text": "Hello"})
+        assert refused.status_code == 403 and refused.json()["error"] == "forbidden", verb
+    added = add_case(olga, first["id"], reason="user_request")
+    assert added.status_code == 200, added.text
+    case = cases_of(olga)[added.json()["case_id"]]
+    assert case["source_message_id"] == first["id"] and case["reason"] == "user_request" and case["created_by"] == "olga"
+    after = olga.get(f"/agent/api/conversations/{conversation_id}").json()
+    assert after["status"] == "waiting" and after["assigned_agent"] is None and after["messages"] == messages
+
+    # "Talk to a person" after an answer: a hand-over with no bot turn still says its reason.
+    visitor = new_visitor(base)
+    asked, _ = widget_turn(base, "Why was I charged 88 this month?", visitor=visitor)
+    assert httpx.post(f"{base}/widget/api/handover", headers=visitor).status_code == 200
+    thread = olga.get(f"/agent/api/conversations/{store.message(asked['id'])['conversation_id']}").json()
+    (notice,) = [m for m in thread["messages"] if m["kind"] == "handover"]
+    assert notice["reply_to"] is None and notice["reason"] == "user_request"
 
 
 def test_a_case_outlives_its_conversation_and_still_runs(server):

@@ -2,7 +2,9 @@
 
 Every route needs a signed-in agent (or admin); every change needs the CSRF token and is
 written to the audit log by the conversation core. Replies go back to the user's channel
-through the same manager that answers for the bot.
+through the same manager that answers for the bot. Operators read everything here (the
+routes that only show things) to make regression cases of real turns, and change nothing:
+they never claim, answer or hold a conversation.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .screenshot_evidence import attachment_url, episode_summary, screenshot_vie
 from .stream_caps import CappedStreamingResponse, check_caps
 
 AgentSession = Annotated[Session, Depends(require("agent"))]
+ReaderSession = Annotated[Session, Depends(require("agent", reading=True))]
 router = APIRouter(tags=["agent console"])
 QUEUE_LIMIT = queries.QUEUE_LIMIT
 # What each bot turn cost and how sure it was, shown under the bot's messages.
@@ -83,9 +86,11 @@ def thread(store: Store, conversation_id: int) -> dict | None:
     rows = store.messages(conversation_id)
     views = {i: screenshot_view(found) for i, found in
              store.attachments({i for row in rows for i in attachment_ids(row)}).items()}
-    escalation = store.open_escalation(conversation_id) or next(reversed(store.escalations(conversation_id)), None)
+    escalations = store.escalations(conversation_id)
+    escalation = store.open_escalation(conversation_id) or next(reversed(escalations), None)
     agent = conversation["assigned_agent"]
     shots = {row["id"]: _screenshots(row, views) for row in rows}
+    reasons = _handover_reasons(rows, escalations)
     return {
         "id": conversation["id"], "channel": conversation["channel"], "user_name": conversation["user_name"] or "",
         "user_id": conversation["user_id"] or "", "status": conversation["status"],
@@ -106,6 +111,8 @@ def thread(store: Store, conversation_id: int) -> dict | None:
                 "created_at": row["created_at"],
                 "reply_to": row["reply_to"], "status_change": row["status_change"],
                 **{figure: row[figure] for figure in TURN_FIGURES},
+                "template_name": row["template_name"], "template_version": row["template_version"],
+                "reason": reasons.get(row["id"]),
                 "knowledge": json.loads(row["knowledge"]) if row.get("knowledge") else None,
                 "delivered": row["delivered"] == 1 if row["role"] in ("bot", "agent", "system") else None,
                 "withheld": row["delivered"] == -1,  # never sent: a person took over first
@@ -113,6 +120,26 @@ def thread(store: Store, conversation_id: int) -> dict | None:
             for row in rows
         ],
     }
+
+
+def _handover_reasons(rows: list[dict], escalations: list[dict]) -> dict[int, str]:
+    """Each hand-over notice's reason, by the notice's message id. A hand-over is recorded
+    against the user message it was raised on: the one the notice replies to, or (a person
+    asked for, with no bot turn) the newest user message before it. Rows and escalations
+    come oldest first; each escalation belongs to one notice."""
+    raised_on: dict[int | None, list[dict]] = {}
+    for escalation in escalations:
+        raised_on.setdefault(escalation["message_id"], []).append(escalation)
+    reasons: dict[int, str] = {}
+    last_user = None
+    for row in rows:
+        if row["role"] == "user":
+            last_user = row["id"]
+        elif row["kind"] == "handover":
+            pending = raised_on.get(row["reply_to"] if row["reply_to"] is not None else last_user)
+            if pending:
+                reasons[row["id"]] = pending.pop(0)["reason"]
+    return reasons
 
 
 def _episode_of(rows: list[dict], escalation: dict, conversation: dict) -> int:
@@ -156,13 +183,13 @@ async def conversation_link(conversation_id: RowId,
 
 
 @router.get("/agent/api/queue", summary="Conversations waiting for (or owned by) a person")
-async def queue(runtime: RuntimeDep, session: AgentSession, channel: FilterName = None,
+async def queue(runtime: RuntimeDep, session: ReaderSession, channel: FilterName = None,
                 reason: FilterName = None) -> dict:
     return {"conversations": await runtime.manager.db(queue_rows, runtime.store, channel, reason)}
 
 
 @router.get("/agent/api/conversations/{conversation_id}", summary="One conversation with everything in it")
-async def conversation(conversation_id: RowId, runtime: RuntimeDep, session: AgentSession) -> dict:
+async def conversation(conversation_id: RowId, runtime: RuntimeDep, session: ReaderSession) -> dict:
     found = await runtime.manager.db(thread, runtime.store, conversation_id)
     if found is None:
         raise _not_found()
@@ -230,14 +257,14 @@ async def transfer(conversation_id: RowId, body: TransferIn, runtime: RuntimeDep
 
 
 @router.get("/agent/api/agents", summary="Active agents a conversation can be transferred to")
-async def agents(runtime: RuntimeDep, session: AgentSession) -> dict:
+async def agents(runtime: RuntimeDep, session: ReaderSession) -> dict:
     users = await runtime.manager.db(runtime.accounts.users)
     return {"agents": [{"name": u.name, "display_name": u.display_name, "role": u.role}
                        for u in users if u.can("agent")]}
 
 
 @router.get("/agent/api/search", summary="Search past conversations by text")
-async def search_route(runtime: RuntimeDep, session: AgentSession, q: str = "") -> dict:
+async def search_route(runtime: RuntimeDep, session: ReaderSession, q: str = "") -> dict:
     q = clean_user_text(q[:200])  # stored text has no control characters; a NUL breaks the FTS query
     if not q.strip():
         return {"results": []}
@@ -247,14 +274,17 @@ async def search_route(runtime: RuntimeDep, session: AgentSession, q: str = "") 
 @router.get("/agent/api/events", summary="Live updates (server-sent events)", response_class=StreamingResponse,
             description="Open streams are capped per session and in total: beyond a cap the answer is 429 "
                         "`too_many_streams` with Retry-After. The stream ends when its session does.")
-async def events(request: Request, runtime: RuntimeDep, server: ServerDep, session: AgentSession) -> StreamingResponse:
+async def events(request: Request, runtime: RuntimeDep, server: ServerDep, session: ReaderSession) -> StreamingResponse:
     hub = server.console_hub
     token = request.cookies.get(SESSION_COOKIE, "")
     caps = {("session", hashlib.sha256(token.encode()).hexdigest()): runtime.settings.console_streams_per_session}
     check_caps(server.stream_caps, caps)
 
+    # Checked against the role the page was opened with: a reader whose role changes reconnects.
+    reads_as = "agent" if session.user.can("agent") else session.user.role
+
     async def still_valid() -> bool:
-        return await runtime.manager.db(session_is_open, runtime.accounts, token, "agent")
+        return await runtime.manager.db(session_is_open, runtime.accounts, token, reads_as)
 
     return CappedStreamingResponse(server.stream_caps, caps, hub.stream(request, session.user.name, token, still_valid),
                                    media_type="text/event-stream",
@@ -262,7 +292,7 @@ async def events(request: Request, runtime: RuntimeDep, server: ServerDep, sessi
 
 
 @router.get("/agent/api/attachments/{sha256}", summary="A screenshot", response_class=FileResponse)
-async def attachment(sha256: str, runtime: RuntimeDep, session: AgentSession):
+async def attachment(sha256: str, runtime: RuntimeDep, session: ReaderSession):
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise HTTPException(404, detail={"error": "not_found", "message": "No such image."})
     path = await runtime.manager.db(queries.attachment_path, runtime.store, sha256)

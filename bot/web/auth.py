@@ -3,9 +3,10 @@
 Agents and operators sign in with a password; the session cookie is HttpOnly,
 SameSite=Strict, Secure behind HTTPS, and replaced at every login. Every state-changing
 console request must carry the session's CSRF token (header `X-CSRF-Token` or form field
-`csrf_token`). Roles are checked on the server for every route (`require("agent")`), and an
-account whose password an admin reset reaches nothing but `/account/password` until its
-owner has chosen a new one.
+`csrf_token`). Roles are checked on the server for every route (`require("agent")`; a route
+that only shows what a console holds says `reading=True`, and the roles that may only read
+that console reach it too: see `User.can_read`), and an account whose password an admin reset
+reaches nothing but `/account/password` until its owner has chosen a new one.
 
 A failed sign-in answers the same (status, page, headers, cookie) after the same work
 whether the name is unknown, the account disabled or the password wrong; repeated failures
@@ -51,15 +52,17 @@ async def current_session(request: Request, runtime: RuntimeDep) -> Session | No
     return await runtime.manager.db(runtime.accounts.session, token)
 
 
-def require(role: Role | None = None, password_change: bool = False) -> Callable:
+def require(role: Role | None = None, password_change: bool = False, reading: bool = False) -> Callable:
     """A dependency: the signed-in session of a user allowed `role` (admins always are;
-    None: any signed-in user). `password_change`: also a session that must change its
-    password first (only the password page and signing out are open to those)."""
+    None: any signed-in user). `reading`: the route only shows what the console holds, so a
+    role that may only read that console is let in too. `password_change`: also a session
+    that must change its password first (only the password page and signing out are open to
+    those)."""
 
     async def guard(request: Request, session: Annotated[Session | None, Depends(current_session)]) -> Session:
         if session is None:
             raise HTTPException(401, detail={"error": "login_required", "message": "Please sign in."})
-        if role is not None and not session.user.can(role):
+        if role is not None and not (session.user.can_read(role) if reading else session.user.can(role)):
             raise HTTPException(403, detail={"error": "forbidden", "message": "Your role may not do this."})
         if session.user.must_change_password and not password_change:
             raise HTTPException(403, detail={"error": "password_change_required",
@@ -124,14 +127,15 @@ def _sign_out_form(session: Session) -> str:
 
 
 def console_page(session: Session | None, role: Role, path: str, page: str) -> Response:
-    """A console page: sign-in first, a new password if an admin reset it, then only for its role."""
+    """A console page: sign-in first, a new password if an admin reset it, then only for the
+    roles that may use or read that console (the page shows a reader no way to change anything)."""
     from .static_files import static_text
 
     if session is None:
         return RedirectResponse(f"/login?next={quote(path)}", status_code=303)
     if session.user.must_change_password:
         return RedirectResponse(f"{PASSWORD_PAGE}?next={quote(path)}", status_code=303)
-    if not session.user.can(role):
+    if not session.user.can_read(role):
         return HTMLResponse(card_page("Not for this account", forbidden_page(session, role)), status_code=403,
                             headers=PAGE_HEADERS)
     return HTMLResponse(static_text(page), headers=PAGE_HEADERS)

@@ -5,6 +5,7 @@
  * scripts, no inline handlers, no eval. Vanilla JS, no build step, no dependencies: an ES module
  * that shares its helpers with the operator console through console-common.js.
  * Everything written by end users, agents or the model is only ever inserted as text nodes.
+ * Operators open it read-only (no composer, claim or transfer) to add real turns to regression sets.
  *
  * Data comes from the same-origin console API (/console/api/me, /agent/api/...) and stays live
  * through the /agent/api/events stream (EventSource, "update" events).
@@ -273,8 +274,18 @@ import {
     if (!res.ok || !me) return false;
     state.me = { name: str(me.name), role: str(me.role) };
     state.csrf = str(me.csrf_token);
-    $("console-switch").hidden = state.me.role !== "admin";
+    // Operators and admins have the operator console too.
+    $("console-switch").hidden = state.me.role !== "operator" && state.me.role !== "admin";
+    const readOnly = !mayAnswer();
+    $("read-only").hidden = !readOnly;
+    $("composer-form").hidden = readOnly;
+    if (readOnly) closeTransfer(false);
     return true;
+  }
+
+  /** Agents and admins take and answer conversations; operators only read them (the server refuses them too). */
+  function mayAnswer() {
+    return Boolean(state.me) && (state.me.role === "agent" || state.me.role === "admin");
   }
 
   // ---------------------------------------------------------------------------------------
@@ -659,9 +670,9 @@ import {
     if (str(t.language)) extra.push(str(t.language).toUpperCase());
     $("thread-extra").textContent = extra.join(" · ");
 
-    $("claim").hidden = t.status !== "waiting";
+    $("claim").hidden = !mayAnswer() || t.status !== "waiting";
     if (t.status !== "waiting" && document.activeElement === $("claim")) $("composer").focus();
-    const transferable = t.status === "waiting" || t.status === "claimed";
+    const transferable = mayAnswer() && (t.status === "waiting" || t.status === "claimed");
     $("transfer").hidden = !transferable;
     if (!transferable) closeTransfer(false);
 
@@ -1500,7 +1511,10 @@ import {
     return button;
   }
 
-  /** What the bot did with a user message: {kind: answer|handover|draft, reason, confidence}, or null. */
+  /**
+   * What the bot did with a user message, or null: {kind: answer|handover|draft, reason (of a
+   * hand-over), confidence, template and version (the one that answered, when known)}.
+   */
   function outcomeOf(t, m) {
     const list = Array.isArray(t && t.messages) ? t.messages : [];
     let reply = null;
@@ -1509,14 +1523,16 @@ import {
           (r.kind === "answer" || r.kind === "handover" || r.kind === "draft")) reply = r;
     });
     if (!reply) return null;
-    let reason = "";
-    const esc = t.escalation && typeof t.escalation === "object" ? t.escalation : null;
-    if (reply.kind === "handover" && esc) {
-      // The thread tells the reason of its newest hand-over only.
-      const handovers = list.filter(function (r) { return r && r.kind === "handover"; });
-      if (handovers[handovers.length - 1] === reply) reason = str(esc.reason);
-    }
-    return { kind: reply.kind, reason: reason, confidence: reply.confidence };
+    return {
+      kind: reply.kind, reason: reply.kind === "handover" ? str(reply.reason) : "", confidence: reply.confidence,
+      template: str(reply.template_name), version: isNum(reply.template_version) ? reply.template_version : null
+    };
+  }
+
+  /** "billing v3": the template (and version) that answered, or "" when the thread does not say. */
+  function answeredBy(outcome) {
+    if (!outcome || !outcome.template) return "";
+    return outcome.template + (outcome.version !== null ? " v" + outcome.version : "");
   }
 
   function outcomeText(outcome) {
@@ -1575,7 +1591,10 @@ import {
     const select = $("case-template");
     const opened = caseDialog.opened;
     select.textContent = "";
-    select.appendChild(el("option", { value: "", text: outcome ? "The one that answered" : "This channel's template" }));
+    const by = answeredBy(outcome);
+    select.appendChild(el("option", {
+      value: "", text: by ? "The one that answered (" + by + ")" : outcome ? "The one that answered" : "This channel's template"
+    }));
     let data;
     try {
       data = await api("/operator/api/templates");

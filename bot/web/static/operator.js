@@ -156,7 +156,7 @@ import { postForEvents } from "./event-post.js";
     setText($("avatar"), initials(name));
     setText($("user-role"), me.role || "");
     $("nav-users").hidden = !isAdmin();
-    $("console-switch").hidden = !isAdmin();
+    $("console-switch").hidden = !isAdmin() && me.role !== "operator"; // operators read the agent console
     if (me.role && me.role !== "operator" && me.role !== "admin") {
       showError("This account (" + me.role + ") cannot change templates: the operator console needs an operator or admin account.");
     }
