@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 from typing import Annotated, AsyncIterator
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from ..accounts import Session
-from ..regression.cases import CaseError, operator_case, remove_case
+from ..regression.cases import MAX_SCREENSHOTS, CaseError, operator_case, remove_case
 from ..regression.runner import RegressionRuns, SetCannotRun, runs_of
 from ..regression.saved_turns import TurnNotUsable, case_from_turn
 from ..regression.turn import TemplateTurn
@@ -32,6 +32,7 @@ from .operator_console import YamlIn, parse_draft
 from .params import Name, RowId
 
 OperatorSession = Annotated[Session, Depends(require("operator"))]
+ScreenshotNumber = Annotated[int, Path(ge=1, le=MAX_SCREENSHOTS, description="which screenshot of the case, from 1")]
 router = APIRouter(tags=["regression sets"])
 PLACE_POLL_S = 0.05
 
@@ -110,9 +111,9 @@ async def delete_case(case_id: RowId, runtime: RuntimeDep, session: OperatorSess
 
 @router.get("/operator/api/cases/{case_id}/screenshots/{number}", summary="A case's screenshot (redacted)",
             response_class=FileResponse)
-async def case_screenshot(case_id: RowId, number: int, runtime: RuntimeDep, session: OperatorSession):
+async def case_screenshot(case_id: RowId, number: ScreenshotNumber, runtime: RuntimeDep, session: OperatorSession):
     case = await runtime.manager.db(operator_case, runtime.store, case_id)
-    if case is None or not 1 <= number <= len(case.screenshots) or not case.screenshots[number - 1].is_file():
+    if case is None or number > len(case.screenshots) or not case.screenshots[number - 1].is_file():
         raise HTTPException(404, detail={"error": "not_found", "message": "No such screenshot."})
     return FileResponse(case.screenshots[number - 1], media_type="image/png",
                         headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
