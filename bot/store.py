@@ -408,10 +408,34 @@ def _m13_regression(db: sqlite_utils.Database) -> None:
     db["eval_results"].create_index(["run_id", "case_key", "arm"], unique=True)
 
 
+def _m14_rollouts(db: sqlite_utils.Database) -> None:
+    """A template version answering a share of one channel's new conversations before it goes to
+    everyone (bot/rollouts.py), and the side each of those conversations drew. A channel has at
+    most one active rollout (a partial unique index: two operators starting one at once cannot
+    both win), and a conversation draws once (its id is the key), so it never changes versions."""
+    db["template_rollouts"].create(
+        {
+            "id": int, "template": str, "version": int, "channel": str, "percent": float, "status": str,
+            "started_by": str, "started_at": str, "updated_at": str, "ended_by": str, "ended_at": str,
+        },
+        pk="id",
+        not_null={"template", "version", "channel", "percent", "status", "started_at", "updated_at"},
+    )
+    db.execute("create unique index idx_template_rollouts_active on template_rollouts (channel) "
+               "where status = 'active'")
+    db["rollout_arms"].create(
+        {"conversation_id": int, "rollout_id": int, "arm": str, "assigned_at": str},
+        pk="conversation_id",
+        not_null={"rollout_id", "arm", "assigned_at"},
+        foreign_keys=[("conversation_id", "conversations", "id"), ("rollout_id", "template_rollouts", "id")],
+    )
+    db["rollout_arms"].create_index(["rollout_id", "arm"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial, _m2_message_kind, _m3_platform_events, _m4_console_sessions, _m5_message_search,
     _m6_api_keys, _m7_undelivered_index, _m8_ownership, _m9_password_change, _m10_screenshot_reading,
-    _m11_knowledge, _m12_turn_knowledge, _m13_regression,
+    _m11_knowledge, _m12_turn_knowledge, _m13_regression, _m14_rollouts,
 ]
 
 
@@ -929,7 +953,7 @@ class Store:
     # Retention ------------------------------------------------------------------
     def purge(self, older_than_days: float, now: datetime | None = None) -> dict[str, int]:
         """Delete conversations whose last message is older than the cutoff, with their
-        messages, escalations and the attachment files no remaining message uses."""
+        messages, escalations, rollout arms and the attachment files no remaining message uses."""
         cutoff = iso((now or utcnow()) - timedelta(days=older_than_days))
         removed = {"conversations": 0, "messages": 0, "escalations": 0, "attachments": 0, "platform_events": 0}
         with self.transaction():
@@ -942,6 +966,7 @@ class Store:
             for conversation_id in ids:
                 self.db.execute("delete from staged_images where message_id in "
                                 "(select id from messages where conversation_id = ?)", [conversation_id])
+                self.db.execute("delete from rollout_arms where conversation_id = ?", [conversation_id])
                 removed["messages"] += self.db.execute(
                     "delete from messages where conversation_id = ?", [conversation_id]
                 ).rowcount

@@ -2,7 +2,9 @@
 
 The shipped files in prompts/ seed version 1 of each template; operators publish newer
 versions. An end user must never see a template error: if the live version fails to
-render, the previous published versions are tried, then the shipped file.
+render, the previous published versions are tried, then the shipped file. A version being
+rolled out (bot/rollouts.py) answers the conversations that drew it; if it fails to render,
+they get the live chain instead.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Mapping
 
+from . import queries, rollouts
 from .store import Store
 from .templates import Template, TemplateError, TemplateLibrary
 
@@ -71,15 +75,36 @@ class PublishedTemplates:
             found.append((self.library.get(name), 0))
         return found
 
-    def render_for(self, channel: str, language: str, user_name: str = "", **screenshots: str) -> RenderedPrompt:
-        """`screenshots`: screenshot_text and screenshot_evidence of the message being answered."""
+    def render_for(self, channel: str, language: str, user_name: str = "",
+                   conversation: Mapping[str, Any] | None = None, **screenshots: str) -> RenderedPrompt:
+        """`screenshots`: screenshot_text and screenshot_evidence of the message being answered;
+        `conversation` (its id and created_at): the one answered, which may take part in a rollout."""
         name = self.template_name_for(channel)
+        if conversation is not None:
+            candidate = self._render_candidate(name, channel, language, user_name, conversation, screenshots)
+            if candidate is not None:
+                return candidate
         try:
             return self._render(name, channel, language, user_name, screenshots)
         except TemplateError:
             if name == self.default:
                 raise
             return self._render(self.default, channel, language, user_name, screenshots)
+
+    def _render_candidate(self, name: str, channel: str, language: str, user_name: str,
+                          conversation: Mapping[str, Any], screenshots: dict) -> RenderedPrompt | None:
+        """The rolled-out version for a conversation that drew it; None for the live chain."""
+        rollout = rollouts.candidate_for(self.store, channel, name, conversation)
+        if rollout is None:
+            return None
+        try:
+            template = _parse(queries.template_version_body(self.store, name, rollout.version) or "")
+            prompt = template.render_system_prompt(language, channel=channel, user_name=user_name, **screenshots)
+        except TemplateError as exc:
+            log.error("template %s version %s (rolled out on %s) failed to render, answering with the live "
+                      "version: %s", name, rollout.version, channel, exc)
+            return None
+        return RenderedPrompt(template, rollout.version, prompt)
 
     def _render(self, name: str, channel: str, language: str, user_name: str, screenshots: dict) -> RenderedPrompt:
         for template, version in self.candidates(name):

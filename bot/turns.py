@@ -109,7 +109,7 @@ class Turns:
         try:
             rendered: Any = self.core.templates.render_for(
                 conversation["channel"], conversation["language"] or "en", **template_values(conversation),
-                **screenshot_values(read),
+                conversation=conversation, **screenshot_values(read),
             )
         except TemplateError as exc:
             log.error("no usable template for channel %s", conversation["channel"])
