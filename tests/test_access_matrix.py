@@ -19,6 +19,7 @@ from bot.web.auth import router as auth_router
 from bot.web.knowledge_console import router as knowledge_router
 from bot.web.operator_console import router as operator_router
 from bot.web.regression_console import router as regression_router
+from bot.web.rollout_console import router as rollout_router
 
 from engine.stub import StubEngine
 from tests.live_server import live_server
@@ -28,7 +29,7 @@ ALLOWED = {"/agent": {"agent", "admin"}, "/operator": {"operator", "admin"}, "/a
            "/console": set(ROLES), "/logout": set(ROLES)}
 READ_ONLY = {"/agent": {"operator"}}  # the roles that may only read a console: its GET routes
 PARAMS = {"conversation_id": "{conversation_id}", "name": "billing", "sha256": "0" * 64, "article_id": "1",
-          "message_id": "1", "case_id": "1", "number": "1", "run_id": "1"}
+          "message_id": "1", "case_id": "1", "number": "1", "run_id": "1", "rollout_id": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def server(tmp_path_factory):
 
 def console_routes(app) -> list[tuple[str, str, set[str]]]:
     routes = []
-    for route in [*agent_router.routes, *operator_router.routes, *regression_router.routes, *knowledge_router.routes,
-                  *admin_router.routes, *auth_router.routes]:
+    for route in [*agent_router.routes, *operator_router.routes, *regression_router.routes, *rollout_router.routes,
+                  *knowledge_router.routes, *admin_router.routes, *auth_router.routes]:
         if not isinstance(route, APIRoute):
             continue
         prefix = next((p for p in ALLOWED if route.path == p or route.path.startswith(p + "/")), None)
