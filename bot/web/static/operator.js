@@ -17,6 +17,7 @@ import {
 } from "./console-common.js";
 import { knowledgeTab } from "./knowledge.js";
 import { regressionCard } from "./regression.js";
+import { rolloutView } from "./rollout.js";
 import { duration, statsView } from "./stats.js";
 import { templateEditor } from "./yaml-editor.js";
 import { postForEvents } from "./event-post.js";
@@ -121,6 +122,12 @@ import { postForEvents } from "./event-post.js";
   let editor = null; // the template editor (yaml-editor.js), made in wire()
   const knowledge = knowledgeTab(api); // the Knowledge view (knowledge.js)
   const statistics = statsView(api); // the Statistics view (stats.js)
+  const rollout = rolloutView(api, { // the Rollout view (rollout.js)
+    draft: function () {
+      return state.tpl ? { name: state.tpl.name, yaml: draft() } : null;
+    },
+    published: loadTemplates // a promoted version is the live one now
+  });
   const regression = regressionCard(api, { // the template's regression set and runs (regression.js)
     draft: draft,
     replaceDraft: replaceDraft,
@@ -175,6 +182,7 @@ import { postForEvents } from "./event-post.js";
     const h = location.hash.replace(/^#\/?/, "");
     const parts = h.split("/");
     if (parts[0] === "stats") return { view: "stats" };
+    if (parts[0] === "rollout") return { view: "rollout" };
     if (parts[0] === "knowledge") return { view: "knowledge" };
     if (parts[0] === "users" && isAdmin()) return { view: "users" };
     if (parts[0] === "templates" && parts[1]) {
@@ -203,17 +211,19 @@ import { postForEvents } from "./event-post.js";
     $("view-templates").hidden = view !== "templates";
     $("view-knowledge").hidden = view !== "knowledge";
     $("view-stats").hidden = view !== "stats";
+    $("view-rollout").hidden = view !== "rollout";
     $("view-users").hidden = view !== "users";
-    for (const v of ["templates", "knowledge", "stats", "users"]) {
+    for (const v of ["templates", "knowledge", "stats", "rollout", "users"]) {
       if (v === view) $("nav-" + v).setAttribute("aria-current", "page");
       else $("nav-" + v).removeAttribute("aria-current");
     }
     const navT = $("nav-templates");
     navT.setAttribute("href", state.tpl ? "#/templates/" + encodeURIComponent(state.tpl.name) : "#/templates");
-    const titles = { knowledge: "Knowledge", stats: "Statistics", users: "Users" };
+    const titles = { knowledge: "Knowledge", stats: "Statistics", rollout: "Rollout", users: "Users" };
     document.title = (titles[view] || (state.tpl ? state.tpl.name : "Templates")) + " · Snapdesk · Operator";
     if (view === "knowledge" && changed) knowledge.show(focus);
     if (changed) statistics.show(view === "stats", focus);
+    if (changed) rollout.show(view === "rollout", focus);
     if (view === "users" && changed) {
       loadUsers();
       if (focus) $("users-heading").focus();
@@ -1397,6 +1407,7 @@ import { postForEvents } from "./event-post.js";
     editor = templateEditor($("editor"), $("gutter"), { change: onEditorInput, cursor: updateCursor, save: validateNow });
     $("editor-keys").hidden = !editor.enhanced;
     $("publish").addEventListener("click", publish);
+    $("rollout-draft").addEventListener("click", rollout.rollOutDraft);
     $("revert").addEventListener("click", revert);
 
     for (const lang of ["en", "zh"]) {
