@@ -73,7 +73,7 @@ def get(store: Store, rollout_id: int) -> Rollout | None:
 
 
 def active(store: Store, channel: str) -> Rollout | None:
-    found = _rollouts(store, "channel = ? and status = ?", [channel, ACTIVE])
+    found = _rollouts(store, f"channel = ? and status = '{ACTIVE}'", [channel])  # the partial index's own words
     return found[0] if found else None
 
 

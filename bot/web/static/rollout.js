@@ -35,12 +35,7 @@ function num(v) {
 
 function when(iso) {
   const d = parseTime(iso);
-  if (!d) return iso ? String(iso) : "";
-  try {
-    return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
-  } catch (_) {
-    return d.toLocaleString();
-  }
+  return d ? d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }) : "";
 }
 
 function versionLabel(template, version) {
@@ -74,26 +69,32 @@ export function rolloutView(api, options) {
   const state = { seq: 0, rollouts: [], templates: [], channels: [], versions: [], prefill: null,
                   versionsSeq: 0, starting: false };
 
+  /** Rollouts, templates and channels from the server, then the view drawn from them (the latest call wins). */
   async function load() {
     const seq = ++state.seq;
+    const view = $("view-rollout");
     setStatus($("rollout-status"), "Loading…", "busy");
-    $("view-rollout").setAttribute("aria-busy", "true");
+    view.setAttribute("aria-busy", "true");
+    let found = null;
+    let failure = null;
     try {
-      const found = await Promise.all([api(API), api("/operator/api/templates")]);
-      if (seq !== state.seq) return;
-      state.rollouts = Array.isArray(found[0].rollouts) ? found[0].rollouts : [];
-      state.templates = Array.isArray(found[1].templates) ? found[1].templates : [];
-      state.channels = Array.isArray(found[1].channels) ? found[1].channels : [];
-      renderRollouts();
-      await renderForm();
-      setStatus($("rollout-status"), "Updated " + new Date().toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }));
+      found = await Promise.all([api(API), api("/operator/api/templates")]);
     } catch (e) {
-      if (seq !== state.seq) return;
-      setStatus($("rollout-status"), "Not loaded", "bad");
-      showError("Rollouts could not be loaded: " + e.message);
-    } finally {
-      if (seq === state.seq) $("view-rollout").setAttribute("aria-busy", "false");
+      failure = e;
     }
+    if (seq !== state.seq) return;
+    view.setAttribute("aria-busy", "false");
+    if (failure) {
+      setStatus($("rollout-status"), "Not loaded", "bad");
+      showError("Rollouts could not be loaded: " + failure.message);
+      return;
+    }
+    state.rollouts = Array.isArray(found[0].rollouts) ? found[0].rollouts : [];
+    state.templates = Array.isArray(found[1].templates) ? found[1].templates : [];
+    state.channels = Array.isArray(found[1].channels) ? found[1].channels : [];
+    renderRollouts();
+    setStatus($("rollout-status"), "Updated " + new Date().toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }));
+    await renderForm();
   }
 
   // The start form ------------------------------------------------------------------------
