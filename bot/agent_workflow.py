@@ -95,7 +95,8 @@ class AgentWorkflow:
             raise NoSuchConversation()
         try:
             rendered = await self.core.db(self.templates.render_for, conversation["channel"],
-                                          conversation["language"] or "en", **template_values(conversation))
+                                          conversation["language"] or "en", conversation=conversation,
+                                          **template_values(conversation))
         except TemplateError:
             rendered = None
         text = handover_message(rendered, conversation["language"] or "en")

@@ -202,6 +202,18 @@ async def test_promote_gives_everyone_the_candidate_and_roll_back_the_live_versi
     manager.close()
 
 
+async def test_a_talk_to_a_person_button_hands_over_in_the_words_of_the_conversations_side(tmp_path):
+    manager, channel, _ = make(tmp_path)
+    store = manager.store
+    version = stored_candidate(store)
+    rollouts.start(store, template=TEMPLATE, channel="widget", percent=100, actor="olga", version=version)
+    outcome = await manager.handle(inbound("Why was I charged?", key="button"))
+    assert await manager.request_human(outcome.conversation_id) is True
+    notice = [m for m in store.messages(outcome.conversation_id) if m["kind"] == "handover"][-1]
+    assert "Acme Candidate support team" in notice["text"]
+    manager.close()
+
+
 # Compare-and-set ------------------------------------------------------------------------
 def test_an_ended_rollout_never_changes_again(seeded_store):
     store, _ = seeded_store
