@@ -140,7 +140,7 @@ def test_run_the_set_read_the_results_confirm_publishing_and_apply_the_threshold
     assert "engine failure" in figures["pass_rate"].query_selector(".rg-how").inner_text()
     assert len(page.query_selector_all("[data-testid=rg-reliability] [data-testid=rg-bin]")) == 5
     advice = page.inner_text("[data-testid=rg-advice-text]")
-    assert "Hand over below 0.80 to reach 90 % precision (keeps 2 of 3 answers)" in advice
+    assert "Hand over below 0.80 to reach 90% precision (keeps 2 of 3 answers)" in advice
     page.click("[data-testid=rg-filter][data-filter=failing]")
     assert list(rows(page)) == ["shipped:invoices"]
     page.click("[data-testid=rg-filter][data-filter=changed]")

@@ -692,7 +692,7 @@ export function regressionCard(api, hooks) {
       return;
     }
     const threshold = Math.round(a.threshold * 100) / 100;
-    const text = "Hand over below " + threshold.toFixed(2) + " to reach " + Math.round(a.target_precision * 100) + " % precision (keeps " + a.kept + " of " + a.of + " answers)";
+    const text = "Hand over below " + threshold.toFixed(2) + " to reach " + Math.round(a.target_precision * 100) + "% precision (keeps " + a.kept + " of " + a.of + " answers)";
     box.appendChild(el("p", { "data-testid": "rg-advice-text" }, [el("strong", { text: text }),
       document.createTextNode(isNum(draft.threshold) ? ". The draft's threshold is " + draft.threshold.toFixed(2) + "." : ".")]));
     box.appendChild(el("p", { class: "muted small", text: "The lowest threshold at which the answers kept (confidence at or above it) would pass at the target precision; the others would be handed over. Measured on this run's cases only." }));
