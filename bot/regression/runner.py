@@ -111,7 +111,7 @@ def _record(store: Store, run_id: int, case: Case, arm: str, result: TurnResult,
             "result": json.dumps({**result.as_dict(), "passed": verdict.passed, "failures": list(verdict.failures),
                                   "checks": verdict.checks, "checks_passed": verdict.checks_passed},
                                  ensure_ascii=False),
-        }, replace=True)
+        })  # once: the unique index refuses a second result for a case and version
         store.db.execute("update eval_runs set done = done + 1 where id = ? and status = ?", [run_id, RUNNING])
 
 
