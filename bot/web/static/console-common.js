@@ -126,11 +126,12 @@ export function parseTime(iso) {
 // The console API
 // -----------------------------------------------------------------------------------------
 export class ApiError extends Error {
-  constructor(status, code, message, issues) {
+  constructor(status, code, message, issues, detail) {
     super(message);
     this.status = status;
     this.code = code;
     this.issues = issues || null;
+    this.detail = detail || null; // the whole refusal, for routes that say more (a publish gate's check)
   }
 }
 
@@ -150,9 +151,10 @@ export function errorFrom(status, body, fallback) {
   let code = "";
   let message = "";
   let issues = null;
+  let d = null;
   if (body && typeof body === "object") {
     const detail = body.detail;
-    const d = detail && typeof detail === "object" && !Array.isArray(detail) ? detail : body;
+    d = detail && typeof detail === "object" && !Array.isArray(detail) ? detail : body;
     if (typeof d.error === "string") code = d.error;
     if (Array.isArray(d.issues)) issues = d.issues;
     if (typeof d.message === "string") message = d.message;
@@ -162,7 +164,7 @@ export function errorFrom(status, body, fallback) {
     }
   }
   if (!message) message = (fallback && fallback(status)) || "The request failed (" + status + ").";
-  return new ApiError(status, code || String(status), message, issues);
+  return new ApiError(status, code || String(status), message, issues, d);
 }
 
 /**

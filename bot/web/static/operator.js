@@ -133,11 +133,7 @@ import { postForEvents } from "./event-post.js";
     replaceDraft: replaceDraft,
     issues: function (text, issues) {
       applyValidation(text, false, issues, null);
-    },
-    csrf: function () {
-      return state.csrf;
-    },
-    unauthorized: toLogin
+    }
   });
 
   function tplPath(name, rest) {

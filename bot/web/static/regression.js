@@ -15,7 +15,7 @@
  */
 import {
   $, el, setText, str, isNum, clear, setStatus, setBusy, reasonLabel, channelLabel, confidenceClass, parseTime,
-  showError, clearError, toast, errorFrom, readJson
+  showError, clearError, toast
 } from "./console-common.js";
 import { duration } from "./stats.js";
 
@@ -212,8 +212,7 @@ function diffView(live, draft) {
 /**
  * regressionCard(api, hooks) -> {open(name), draftChanged(), publish(path, yaml)}.
  * hooks: draft() the editor's text; replaceDraft(text) puts a changed draft in the editor as an
- * edit; issues(text, issues) shows a draft's problems; csrf() the session's token;
- * unauthorized() goes to the sign-in page.
+ * edit; issues(text, issues) shows a draft's problems.
  */
 export function regressionCard(api, hooks) {
   const state = {
@@ -731,25 +730,15 @@ export function regressionCard(api, hooks) {
   }
 
   // Publishing through the gate -----------------------------------------------------------------
-  /** POST publish; a refusal keeps the gate's check (the run's comparison), which api() leaves out. */
+  /** POST publish; a refusal carries the gate's check (the run's comparison) in its detail. */
   async function postPublish(path, yaml, confirm) {
-    let res;
     try {
-      res = await fetch(path, {
-        method: "POST", credentials: "same-origin", cache: "no-store",
-        headers: { Accept: "application/json", "Content-Type": "application/json", "X-CSRF-Token": hooks.csrf() || "" },
-        body: JSON.stringify({ yaml: yaml, confirm: confirm })
-      });
-    } catch (_) {
-      throw errorFrom(0, { message: "Can't reach the server. Check the connection and try again." });
+      return await api(path, { method: "POST", json: { yaml: yaml, confirm: confirm } });
+    } catch (err) {
+      const check = err.detail && err.detail.check;
+      err.check = check && typeof check === "object" ? check : null;
+      throw err;
     }
-    const data = await readJson(res);
-    if (res.ok) return data || {};
-    if (res.status === 401) hooks.unauthorized();
-    const err = errorFrom(res.status, data);
-    const body = data && data.detail && typeof data.detail === "object" ? data.detail : data; // flat or FastAPI's
-    err.check = body && body.check && typeof body.check === "object" ? body.check : null;
-    throw err;
   }
 
   function gateDialog(err) {
