@@ -171,6 +171,11 @@ def test_run_the_set_read_the_results_confirm_publishing_and_apply_the_threshold
     assert len(before) == len(after) and [a.strip() for _, a in changed] == ["confidence_threshold: 0.8"], changed
     assert page.is_visible("[data-testid=rg-stale]")  # the run shown answered the draft before this edit
     page.screenshot(path=str(tmp_path / "4-threshold-applied.png"), full_page=True)
+    page.click(".CodeMirror")  # an edit like any other: Ctrl+Z takes it back
+    page.keyboard.press("Control+z")
+    page.wait_for_function("() => !document.querySelector('.CodeMirror').CodeMirror.getValue()"
+                           ".includes('confidence_threshold: 0.8')")
+    assert editor_text(page).splitlines() == before
     assert page.evaluate("() => window.__snapdesk_xss") is None
 
 

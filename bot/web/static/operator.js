@@ -471,8 +471,7 @@ import { postForEvents } from "./event-post.js";
 
   /** A changed draft from the server (threshold advice) replaces the editor's text: an edit, checked and unsaved. */
   function replaceDraft(text) {
-    setEditorText(text);
-    scheduleValidate();
+    editor.edit(text); // an edit like the operator's own: marked unsaved, validated, undoable
   }
 
   function onEditorInput() {

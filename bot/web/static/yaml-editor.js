@@ -13,9 +13,10 @@ const LINE_HEIGHT = 20; // px of one line in the plain textarea (.op-yaml / .op-
 const LINE_PADDING = 12; // px left of CodeMirror's text (.cm-s-snapdesk pre.CodeMirror-line)
 
 /**
- * templateEditor(textarea, gutter, hooks) -> {enhanced, value(), setValue(text), focus(),
+ * templateEditor(textarea, gutter, hooks) -> {enhanced, value(), setValue(text), edit(text), focus(),
  * goToLine(n), markIssues(lines), cursor()}; hooks: change() after the operator edits, cursor()
- * when the cursor moves, save() on Ctrl/Cmd+S. setValue() calls no hook.
+ * when the cursor moves, save() on Ctrl/Cmd+S. setValue() loads a text (no hook, no undo past it);
+ * edit() changes the text as the operator would: undoable with Ctrl/Cmd+Z, change() follows.
  */
 export function templateEditor(textarea, gutter, hooks) {
   const CM = window.CodeMirror;
@@ -130,6 +131,13 @@ function codeMirrorEditor(CM, textarea, gutter, hooks) {
       cm.scrollTo(0, 0);
       cm.refresh(); // the editor may have been hidden until now
     },
+    edit: function (text) {
+      const cursor = cm.getCursor();
+      const scroll = cm.getScrollInfo();
+      cm.replaceRange(text, CM.Pos(cm.firstLine(), 0), CM.Pos(cm.lastLine()), "+snapdesk");
+      cm.setCursor(cursor);
+      cm.scrollTo(scroll.left, scroll.top);
+    },
     focus: function () {
       cm.focus();
     },
@@ -212,6 +220,13 @@ function plainEditor(textarea, gutter, hooks) {
         /* not focused */
       }
       updateGutter();
+    },
+    edit: function (text) {
+      const at = textarea.selectionStart;
+      textarea.setRangeText(text, 0, textarea.value.length, "preserve");
+      textarea.setSelectionRange(Math.min(at, text.length), Math.min(at, text.length));
+      updateGutter();
+      hooks.change();
     },
     focus: function () {
       textarea.focus();
