@@ -151,6 +151,8 @@ def test_run_the_set_read_the_results_confirm_publishing_and_apply_the_threshold
     # Publishing the draft that does worse asks, with the comparison; keeping the draft publishes nothing
     page.click("[data-testid=publish]")
     dialog = page.wait_for_selector("[data-testid=publish-gate][open]")
+    asked = page.dialogs[-1]  # the confirmation before publishing names the run's comparison
+    assert "of this draft: pass rate 75% (live 100%)" in asked and "does worse than the live version" in asked, asked
     assert "pass rate 75% against 100% live" in page.inner_text("[data-testid=publish-gate-why]")
     assert page.is_visible("[data-testid=publish-gate-totals]") and page.is_visible("[data-testid=publish-anyway]")
     page.screenshot(path=str(tmp_path / "3-publish-gate.png"))

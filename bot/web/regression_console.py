@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from ..accounts import Session
 from ..regression.cases import MAX_SCREENSHOTS, CaseError, operator_case, remove_case
-from ..regression.runner import RegressionRuns, SetCannotRun, runs_of
+from ..regression.runner import RegressionRuns, SetCannotRun, publish_check, runs_of
 from ..regression.saved_turns import TurnNotUsable, case_from_turn
 from ..regression.turn import TemplateTurn
 from ..runtime import Runtime
@@ -164,6 +164,16 @@ async def cancel_run(run_id: RowId, runs: RunsDep, session: OperatorSession) -> 
     if not await runs.cancel(run_id, session.user.name):
         raise HTTPException(409, detail={"error": "not_running", "message": "This run is not going."})
     return {"ok": True}
+
+
+@router.post("/operator/api/templates/{name}/publish-check",
+             summary="What the newest finished run of exactly this draft says against the live version")
+async def check_publish(name: Name, body: YamlIn, runtime: RuntimeDep, session: OperatorSession) -> dict:
+    def read() -> dict:
+        live = next(iter(runtime.store.published_template_versions(name)), None)
+        return publish_check(runtime.store, name, body.yaml, live["version"] if live else None)
+
+    return {"check": await runtime.manager.db(read), "gate": runtime.settings.publish_gate}
 
 
 @router.post("/operator/api/draft/threshold", summary="The draft with another confidence threshold")

@@ -660,7 +660,9 @@ import { postForEvents } from "./event-post.js";
     const t = findTemplate(name);
     const chans = t && Array.isArray(t.channels) && t.channels.length ? " It goes live at once on: " + t.channels.map(channelLabel).join(", ") + "." : "";
     const same = text === state.tpl.yaml ? " The draft is the same as the live version." : "";
-    if (!window.confirm("Publish “" + name + "”" + next + "?" + chans + same)) return;
+    const checked = await regression.publishSummary(tplPath(name, "/publish-check"), text);
+    if (!state.tpl || state.tpl.name !== name || draft() !== text) return; // another template or text meanwhile
+    if (!window.confirm("Publish “" + name + "”" + next + "?" + chans + same + (checked ? "\n\n" + checked : ""))) return;
     state.publishing = true;
     updatePublish();
     setText($("publish"), "Publishing…");

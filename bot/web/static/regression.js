@@ -210,7 +210,7 @@ function diffView(live, draft) {
 // The card
 // -----------------------------------------------------------------------------------------
 /**
- * regressionCard(api, hooks) -> {open(name), draftChanged(), publish(path, yaml)}.
+ * regressionCard(api, hooks) -> {open(name), draftChanged(), publish(path, yaml), publishSummary(path, yaml)}.
  * hooks: draft() the editor's text; replaceDraft(text) puts a changed draft in the editor as an
  * edit; issues(text, issues) shows a draft's problems.
  */
@@ -776,6 +776,31 @@ export function regressionCard(api, hooks) {
    * is shown and "Publish anyway" sends it again with confirm. The server's answer, or null when
    * the operator kept the draft (or went to run the set); other refusals throw.
    */
+  /** One sentence for the publish confirmation: the newest run of exactly this draft against live. */
+  async function publishSummary(path, yaml) {
+    let data;
+    try {
+      data = await api(path, { method: "POST", json: { yaml: yaml } });
+    } catch (_) {
+      return ""; // the publish itself reports what is wrong
+    }
+    const check = (data && data.check) || {};
+    const figures = check.summary || {};
+    if (!isNum(check.run_id) || !figures.draft || !figures.live) {
+      return "No finished regression run of this draft against the live version yet.";
+    }
+    const parts = [];
+    for (const [key, name] of [["pass_rate", "pass rate"], ["handover_recall", "hand-over recall"],
+      ["handover_precision", "hand-over precision"], ["answer_check_rate", "answer checks"]]) {
+      const d = figures.draft[key];
+      const l = figures.live[key];
+      if (isNum(d) || isNum(l)) parts.push(name + " " + pct(d) + " (live " + pct(l) + ")");
+    }
+    const worse = check.comparison && check.comparison.worse;
+    return "Regression run " + check.run_id + " of this draft: " + parts.join(", ") + "." +
+      (worse ? " It does worse than the live version." : "");
+  }
+
   async function publish(path, yaml) {
     try {
       return await postPublish(path, yaml, false);
@@ -824,6 +849,7 @@ export function regressionCard(api, hooks) {
       loadRuns(true);
     },
     draftChanged: draftChanged,
-    publish: publish
+    publish: publish,
+    publishSummary: publishSummary
   };
 }
