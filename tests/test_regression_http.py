@@ -181,7 +181,12 @@ def test_a_draft_that_does_worse_asks_for_confirmation_then_publishes(stub):
     olga = signed_in(base, "operator")
     live = live_yaml(olga)
     draft = live.replace("Acme", REBRANDED)
+    before = olga.post("/operator/api/templates/billing/publish-check", json={"yaml": draft}).json()
+    assert before["check"]["run_id"] is None and before["gate"] == "confirm"
     run_id = finished(olga, start(olga, draft))["run"]["id"]
+    looked = olga.post("/operator/api/templates/billing/publish-check", json={"yaml": draft}).json()["check"]
+    assert looked["run_id"] == run_id and looked["comparison"]["worse"]
+    assert len(app.state.runtime.store.template_versions("billing")) == 1  # looking publishes nothing
     asked = olga.post("/operator/api/templates/billing/publish", json={"yaml": draft})
     assert asked.status_code == 409
     detail = asked.json()
