@@ -14,7 +14,6 @@ import json
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.screenshots import ReadingOptions
 from tests.test_screenshot_flow import FONT, inbound, make, reader  # noqa: F401 (the module's OCR reader)
 
 CARD = "5425 2334 3010 9903"
