@@ -136,8 +136,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
         removed = store.purge(args.older_than)  # waits for a server's write lock, up to the bound
         print(
             f"removed {removed['conversations']} conversations, {removed['messages']} messages, "
-            f"{removed['escalations']} hand-overs, {removed['attachments']} screenshot files and "
-            f"{removed['platform_events']} raw platform events "
+            f"{removed['escalations']} hand-overs, {removed['attachments']} screenshot files, "
+            f"{removed['platform_events']} raw platform events and {removed['regression_runs']} regression runs "
             f"older than {args.older_than:g} days"
         )
 

@@ -953,10 +953,18 @@ class Store:
     # Retention ------------------------------------------------------------------
     def purge(self, older_than_days: float, now: datetime | None = None) -> dict[str, int]:
         """Delete conversations whose last message is older than the cutoff, with their
-        messages, escalations, rollout arms and the attachment files no remaining message uses."""
+        messages, escalations, rollout arms and the attachment files no remaining message uses,
+        and the finished regression runs started before it."""
         cutoff = iso((now or utcnow()) - timedelta(days=older_than_days))
-        removed = {"conversations": 0, "messages": 0, "escalations": 0, "attachments": 0, "platform_events": 0}
+        removed = {"conversations": 0, "messages": 0, "escalations": 0, "attachments": 0, "platform_events": 0,
+                   "regression_runs": 0}
         with self.transaction():
+            # Finished regression runs hold model replies to the cases: they age like conversations.
+            # The cases themselves (the team's chosen examples) stay until an operator removes them.
+            old_runs = "select id from eval_runs where started_at < ? and status != 'running'"
+            self.db.execute(f"delete from eval_results where run_id in ({old_runs})", [cutoff])
+            removed["regression_runs"] = self.db.execute(
+                "delete from eval_runs where started_at < ? and status != 'running'", [cutoff]).rowcount
             # Raw platform events carry message text too; unfinished ones are kept for recovery.
             removed["platform_events"] = self.db.execute(
                 "delete from platform_events where received_at < ? and processed_at is not null", [cutoff]

@@ -283,3 +283,22 @@ async def test_a_run_a_stopped_server_left_is_interrupted_and_a_done_run_gates_p
     restarted = RegressionRuns(TemplateTurn(manager, max_new_tokens=32, timeout_s=10), cases_directory=cases)
     assert (await restarted.view(run_id))["run"]["status"] == "interrupted"
     manager.close()
+
+
+async def test_retention_removes_old_finished_runs_and_keeps_cases_and_running_runs(tmp_path):
+    manager, _, _ = make(tmp_path / "data")
+    store = manager.store
+    runs = RegressionRuns(TemplateTurn(manager, max_new_tokens=32, timeout_s=10), cases_directory=case_dir(tmp_path))
+    draft = TemplateLibrary().get("billing")
+    old = await runs.start("billing", draft, draft.to_yaml(), "olga")
+    await _finished(runs, old)
+    recent = await runs.start("billing", draft, draft.to_yaml(), "olga")
+    await _finished(runs, recent)
+    case = add_case(store, "billing", CaseSpec(text="Why 88?", expect="answer"), [], "olga")
+    store.db.execute("update eval_runs set started_at = '2020-01-01T00:00:00+00:00' where id = ?", [old])
+    removed = store.purge(30)
+    assert removed["regression_runs"] == 1
+    assert await runs.view(old) is None and (await runs.view(recent))["run"]["status"] == "done"
+    assert not list(store.db["eval_results"].rows_where("run_id = ?", [old]))
+    assert [c.row_id for c in regression_set(store, "billing", case_dir(tmp_path)) if c.row_id] == [case]
+    manager.close()
