@@ -84,6 +84,7 @@ model saw in a screenshot does not reach the escalation list; other numbers are 
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 import unicodedata
@@ -706,3 +707,10 @@ def _topic_matcher(topic: str):
     body = r"[\s\-_]+".join([re.escape(w) for w in head] + [tail])
     pattern = re.compile(r"(?<![a-z0-9])" + body + r"(?![a-z0-9])")
     return lambda normalized, compact: pattern.search(normalized) is not None
+
+
+@functools.lru_cache(maxsize=64)
+def policy_for_topics(topics: tuple[str, ...]) -> EscalationPolicy:
+    """A template's policy (its sensitive topics), built once per list: the matchers are
+    compiled patterns, and every turn of every template asks for one."""
+    return EscalationPolicy(topics)

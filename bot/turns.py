@@ -21,7 +21,7 @@ from engine.readability import unreadable_message
 
 from .context import ContextBuilder, attachment_ids, describe_from_answer, screenshot_values, template_values
 from .delivery import Delivery
-from .escalation import Decision, EscalationPolicy, Reason
+from .escalation import Decision, EscalationPolicy, Reason, policy_for_topics
 from .generation import TurnGenerator
 from .manager_core import ManagerCore
 from .masking import mask_card_numbers
@@ -65,7 +65,6 @@ class Turns:
         self.delivery = delivery
         self.context = ContextBuilder(engine, core.options.context)
         self.generator = TurnGenerator(core, engine)
-        self._policies: dict[tuple[str, ...], EscalationPolicy] = {}
 
     async def process(self, message_id: int, conversation_id: int | None = None) -> TurnOutcome:
         """Answer or hand over one stored user message, after the earlier ones of its thread."""
@@ -121,11 +120,7 @@ class Turns:
         """The template's sensitive topics, or the deployment's policy when there is no template."""
         if rendered is None:
             return self.policy
-        topics = tuple(rendered.template.escalation.sensitive_topics)
-        policy = self._policies.get(topics)
-        if policy is None:
-            policy = self._policies[topics] = EscalationPolicy(topics)
-        return policy
+        return policy_for_topics(tuple(rendered.template.escalation.sensitive_topics))
 
     async def _turn(self, message: dict) -> TurnOutcome:
         message_id = message["id"]

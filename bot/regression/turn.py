@@ -24,7 +24,7 @@ from engine.screenshots import ScreenshotReading, reading_limits
 
 from ..context import screenshot_values
 from ..conversation import ConversationManager
-from ..escalation import Decision, EscalationPolicy, Reason
+from ..escalation import Decision, Reason, policy_for_topics
 from ..knowledge.retrieval import Passage, cited, knowledge_section
 from ..masking import mask_card_numbers
 from ..templates import Template, TemplateError
@@ -122,7 +122,6 @@ class TemplateTurn:
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
         self.unknown_confidence_hands_over = unknown_confidence_hands_over
-        self._policies: dict[tuple[str, ...], EscalationPolicy] = {}
 
     @classmethod
     def for_settings(cls, manager: ConversationManager, settings) -> "TemplateTurn":
@@ -150,12 +149,6 @@ class TemplateTurn:
         return await self.prepare([await asyncio.to_thread(p.read_bytes) for p in paths], progress)
 
     # The turn -----------------------------------------------------------------------------------
-    def _policy(self, template: Template) -> EscalationPolicy:
-        topics = tuple(template.escalation.sensitive_topics)
-        if topics not in self._policies:
-            self._policies[topics] = EscalationPolicy(topics)
-        return self._policies[topics]
-
     async def _passages(self, text: str, screenshots: PreparedScreenshots) -> list[Passage]:
         knowledge = self.manager.turns.knowledge
         if knowledge is None:
@@ -171,7 +164,7 @@ class TemplateTurn:
         them); an engine failure or timeout is in `error`, with the policy's hand-over.
         """
         started = time.perf_counter() - screenshots.read_s
-        policy = self._policy(template)
+        policy = policy_for_topics(tuple(template.escalation.sensitive_topics))
         escalation = template.escalation
         has_content = bool(text.strip() or screenshots.readable)
         decision = policy.before_model(text, unreadable_images=screenshots.unreadable, answerable_text=has_content)

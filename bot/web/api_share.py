@@ -7,9 +7,14 @@ integration can never push a customer's turn out of the engine.
 
 from __future__ import annotations
 
-from .openai_errors import busy
+import asyncio
+import contextlib
+from typing import AsyncIterator, Callable
+
+from .openai_errors import ApiError, busy
 
 API_QUEUE_SHARE = 0.5  # of the engine queue that API requests may hold at once
+PLACE_POLL_S = 0.05  # how often a wait for a place looks again
 
 
 class ApiShare:
@@ -29,6 +34,34 @@ class ApiShare:
                        "taken (the rest is kept for the support bot). Retry in a moment.")
         self.active += 1
         return Ticket(self)
+
+    def places(self, wait_s: float | None = None, busy_error: Callable[[], Exception] | None = None):
+        """The `places` a turn run from the consoles takes (bot.regression.turn): each use holds
+        one place for the generation, waiting for one to free; past `wait_s` seconds (None: as
+        long as it takes) `busy_error()` is raised, or the share's own ApiError."""
+
+        @contextlib.asynccontextmanager
+        async def place() -> AsyncIterator[None]:
+            ticket = await self._wait(wait_s, busy_error)
+            try:
+                yield
+            finally:
+                ticket.release()
+
+        return place
+
+    async def _wait(self, wait_s: float | None, busy_error: Callable[[], Exception] | None) -> "Ticket":
+        loop = asyncio.get_running_loop()
+        deadline = None if wait_s is None else loop.time() + wait_s
+        while True:
+            try:
+                return self.acquire()
+            except ApiError:
+                if deadline is not None and loop.time() >= deadline:
+                    if busy_error is None:
+                        raise
+                    raise busy_error() from None
+            await asyncio.sleep(PLACE_POLL_S)
 
 
 class Ticket:

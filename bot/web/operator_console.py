@@ -14,12 +14,10 @@ customers into "busy" hand-overs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import difflib
 import time
 from dataclasses import dataclass
-from typing import Annotated, AsyncIterator
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
@@ -38,8 +36,7 @@ from ..template_work import off_loop
 from ..templates import Template, TemplateError
 from ..regression.turn import PreparedScreenshots, TemplateTurn
 from .auth import console_page, current_session, require
-from .api_share import ApiShare, Ticket
-from .openai_errors import ApiError
+from .api_share import ApiShare
 from .progress_stream import EVENT_STREAM, Progress, progress_response, wants_events
 from .params import Days, Name, RowIdField
 from ..runtime import Runtime
@@ -49,7 +46,6 @@ OperatorSession = Annotated[Session, Depends(require("operator"))]
 router = APIRouter(tags=["operator console"])
 MAX_TRY_IMAGES = 4
 PLACE_WAIT_S = 10.0  # how long "try it" waits for a place in the engine's queue before answering 429
-PLACE_POLL_S = 0.05
 
 
 class YamlIn(BaseModel):
@@ -98,22 +94,12 @@ async def _system_prompt(template: Template, language: str) -> str:
         raise _refusal(exc) from None
 
 
-async def engine_place(share: ApiShare) -> Ticket:
-    """A place in the engine's queue out of the /v1 API's share, waiting a while for one to free."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + PLACE_WAIT_S
-    while True:
-        try:
-            return share.acquire()
-        except ApiError:
-            if loop.time() >= deadline:
-                raise HTTPException(429, headers={"Retry-After": "1"}, detail={
-                    "error": "busy",
-                    "message": f"The model is busy: \"try it\", regression runs and the API may hold {share.limit} "
-                               "places in its queue and all are taken (the rest is kept for customers). Try again "
-                               "in a moment.",
-                }) from None
-            await asyncio.sleep(PLACE_POLL_S)
+def _busy(share: ApiShare) -> HTTPException:
+    return HTTPException(429, headers={"Retry-After": "1"}, detail={
+        "error": "busy",
+        "message": f"The model is busy: \"try it\", regression runs and the API may hold {share.limit} places in "
+                   "its queue and all are taken (the rest is kept for customers). Try again in a moment.",
+    })
 
 
 def _channels(runtime: Runtime) -> list[str]:
@@ -163,20 +149,6 @@ async def _try_question(request: Request, settings) -> TryQuestion:
                        tuple([(upload.filename or "screenshot", await upload.read()) for upload in uploads]))
 
 
-def _try_places(share: ApiShare):
-    """The engine's queue for "try it": a place from the API's share, or 429 after PLACE_WAIT_S."""
-
-    @contextlib.asynccontextmanager
-    async def place() -> AsyncIterator[None]:
-        ticket = await engine_place(share)
-        try:
-            yield
-        finally:
-            ticket.release()
-
-    return place
-
-
 async def _try_screenshots(runtime: Runtime, turn: TemplateTurn, files: tuple[tuple[str, bytes], ...],
                            tell: Progress) -> PreparedScreenshots:
     """Each screenshot read and redacted as a turn's are; one that is not an image we take is a 400
@@ -221,7 +193,8 @@ async def try_turn(runtime: Runtime, share: ApiShare, question: TryQuestion, pro
         tell(stage, details)
 
     try:
-        result = await turn.run(template, text, language, screenshots, places=_try_places(share), progress=relay)
+        result = await turn.run(template, text, language, screenshots,
+                                places=share.places(PLACE_WAIT_S, lambda: _busy(share)), progress=relay)
     except TemplateError as exc:
         raise _refusal(exc) from None
     first_token = when["text"] - when["generating"] if "text" in when and "generating" in when else None

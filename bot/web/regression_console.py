@@ -9,9 +9,7 @@ never pushes customers into "busy" hand-overs.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import Annotated, AsyncIterator
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import FileResponse
@@ -27,37 +25,16 @@ from ..template_yaml import set_confidence_threshold
 from .api_share import ApiShare
 from .auth import require
 from .deps import RuntimeDep
-from .openai_errors import ApiError
 from .operator_console import YamlIn, parse_draft
 from .params import Name, RowId
 
 OperatorSession = Annotated[Session, Depends(require("operator"))]
 ScreenshotNumber = Annotated[int, Path(ge=1, le=MAX_SCREENSHOTS, description="which screenshot of the case, from 1")]
 router = APIRouter(tags=["regression sets"])
-PLACE_POLL_S = 0.05
-
-
-def share_places(share: ApiShare):
-    """Places in the engine's queue out of the operators' and API's share, waiting for one."""
-
-    @contextlib.asynccontextmanager
-    async def place() -> AsyncIterator[None]:
-        while True:
-            try:
-                ticket = share.acquire()
-                break
-            except ApiError:
-                await asyncio.sleep(PLACE_POLL_S)
-        try:
-            yield
-        finally:
-            ticket.release()
-
-    return place
 
 
 def regression_runs(runtime: Runtime, share: ApiShare) -> RegressionRuns:
-    return RegressionRuns(TemplateTurn.for_settings(runtime.manager, runtime.settings), share_places(share),
+    return RegressionRuns(TemplateTurn.for_settings(runtime.manager, runtime.settings), share.places(),
                           spawn=runtime.spawn)
 
 
